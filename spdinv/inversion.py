@@ -1,0 +1,336 @@
+"""DDIM inversion and SPDInv's fixed-point inversion on a sigma grid.
+
+Each inversion step goes from ``x_a`` at ``sigma_a`` up to ``sigma_b`` and must satisfy the DDIM
+fixed point ``x_b = x_a + (sigma_b - sigma_a) * eps(x_b, sigma_b)``. Plain DDIM inversion evaluates
+``eps`` at the old latent instead; SPDInv (Li et al., ECCV 2024) starts from that guess and searches the
+fixed point. Residuals are the per-element mean square of ``z - f(z)`` on the VP scale
+(``z = x * input_scale(sigma)``), which is where the official code measures its threshold delta.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .ddim import eps_from_denoised
+from .schedules import validate_sampling_grid, vp_input_scale
+
+Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
+"""``denoise(x, sigma) -> denoised``: the model's clean-latent prediction for ``x`` at ``sigma``."""
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+"""``callback(step, total, latent)`` after each inversion step (progress, cancel)."""
+
+METHODS = ("spdinv", "ddim")
+SOLVERS = ("anderson", "adamw")
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    """How to invert. Defaults of ``adamw`` follow the paper's code (K 25, lr 1e-3, delta 5e-6)."""
+
+    method: str = "spdinv"
+    solver: str = "anderson"
+    max_iters: int = 25
+    lr: float = 1e-3
+    delta: float = 5e-6
+    rel_tol: float = 0.0
+    """Also require the residual to fall to ``rel_tol`` times the DDIM guess's (0 = off)."""
+    memory: int = 3
+    """Anderson history length."""
+    damping: float = 1.0
+    """Anderson mixing factor (1 = undamped)."""
+    measure_ddim_residual: bool = True
+    """For ``method="ddim"``: spend one extra forward per step to record the residual."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.max_iters < 1:
+            raise ValueError(f"max_iters (K) must be at least 1, got {self.max_iters}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not self.delta >= 0:
+            raise ValueError(f"delta must be >= 0, got {self.delta}")
+        if not 0 <= self.rel_tol < 1:
+            raise ValueError(f"rel_tol must be in [0, 1), got {self.rel_tol}")
+        if self.memory < 0:
+            raise ValueError(f"memory must be >= 0, got {self.memory}")
+        if not 0 < self.damping <= 1:
+            raise ValueError(f"damping must be in (0, 1], got {self.damping}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class InversionResult:
+    """The whole inversion, aligned with the sampling grid.
+
+    ``latents[i]`` is the latent at ``sigmas[i]`` (``latents[-1]`` is the input, ``latents[0]`` the final
+    noise). Per-step arrays are indexed the same way: entry ``i`` describes how ``latents[i]`` was found
+    from ``latents[i + 1]``. Residuals are NaN where they were not measured.
+    """
+
+    sigmas: torch.Tensor
+    latents: torch.Tensor
+    residual: torch.Tensor
+    guess_residual: torch.Tensor
+    iterations: torch.Tensor
+    forwards: torch.Tensor
+    backwards: torch.Tensor
+    settings: InversionSettings
+
+    @property
+    def steps(self) -> int:
+        return int(self.sigmas.numel()) - 1
+
+    @property
+    def noise(self) -> torch.Tensor:
+        """The final inverted latent at the highest sigma."""
+        return self.latents[0]
+
+    def steps_under_delta(self, delta: float | None = None) -> int:
+        """Number of steps whose recorded residual is below ``delta`` for every batch item."""
+        d = self.settings.delta if delta is None else delta
+        return int((self.residual < d).all(dim=1).sum())
+
+    def to(self, device: torch.device | str) -> InversionResult:
+        return InversionResult(
+            self.sigmas.to(device), self.latents.to(device), self.residual, self.guess_residual,
+            self.iterations, self.forwards, self.backwards, self.settings,
+        )
+
+
+@dataclass
+class _StepOutcome:
+    latent: torch.Tensor
+    residual: torch.Tensor
+    guess_residual: torch.Tensor
+    iterations: int
+    forwards: int
+    backwards: int
+
+
+class _FixedPointMap:
+    """``f(z) = s_b * (x_a + (sigma_b - sigma_a) * eps(z / s_b, sigma_b))`` on the VP scale of ``sigma_b``."""
+
+    def __init__(self, denoise: Denoiser, x_a: torch.Tensor, sigma_a: float, sigma_b: float, scale_b: float):
+        self.denoise, self.x_a, self.sigma_a, self.sigma_b, self.scale_b = denoise, x_a, sigma_a, sigma_b, scale_b
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        x = z / self.scale_b
+        eps = eps_from_denoised(x, self.denoise(x, self.sigma_b).float(), self.sigma_b)
+        return self.scale_b * (self.x_a + (self.sigma_b - self.sigma_a) * eps)
+
+
+def mean_square(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of squares over all non-batch dimensions (the reference's ``F.mse_loss``)."""
+    return t.float().square().flatten(1).mean(dim=1)
+
+
+def _threshold(settings: InversionSettings, guess_residual: torch.Tensor) -> torch.Tensor:
+    thr = torch.full_like(guess_residual, settings.delta)
+    if settings.rel_tol > 0:
+        thr = torch.minimum(thr, settings.rel_tol * guess_residual)
+    return thr
+
+
+def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> _StepOutcome:
+    """Forward-only Anderson-accelerated fixed-point iteration, per batch item.
+
+    Type-II Anderson mixing over the last ``memory`` differences. Safeguard: when an item's residual grows
+    (or turns non-finite) it returns to its best iterate, drops its history and halves its mixing factor.
+    The accepted latent is each item's best iterate, whose residual was measured by the same evaluation that
+    produced the next proposal, so the stopping test costs no extra forward.
+    """
+    batch = z0.shape[0]
+    z = z0
+    g = f(z)
+    r = g - z
+    res = mean_square(r)
+    guess_res = res.clone()
+    thr = _threshold(settings, guess_res)
+    best_z, best_r, best_res = z.clone(), r.clone(), res.clone()
+    done = res < thr
+    beta = torch.full((batch,), settings.damping, dtype=torch.float64, device=z.device)
+    hist_dz: list[torch.Tensor] = []
+    hist_dr: list[torch.Tensor] = []
+    valid_from = torch.zeros(batch, dtype=torch.long, device=z.device)
+    evals = 1
+    warned = False
+    while not bool(done.all()) and evals < settings.max_iters:
+        b = beta.view(-1, *([1] * (z.dim() - 1))).to(z.dtype)
+        step = b * r
+        if hist_dz and settings.memory > 0:
+            dz = torch.stack([h.flatten(1) for h in hist_dz], dim=-1).double()
+            dr = torch.stack([h.flatten(1) for h in hist_dr], dim=-1).double()
+            cols = torch.arange(len(hist_dz), device=z.device)
+            keep = (cols.unsqueeze(0) >= valid_from.unsqueeze(1)).double().unsqueeze(1)
+            dz, dr = dz * keep, dr * keep
+            gram = dr.transpose(1, 2) @ dr
+            reg = 1e-10 * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)
+            gram = gram + reg.view(-1, 1, 1) * torch.eye(gram.shape[-1], dtype=gram.dtype, device=z.device)
+            rhs = dr.transpose(1, 2) @ r.flatten(1).double().unsqueeze(-1)
+            gamma = torch.linalg.solve(gram, rhs)
+            correction = ((dz + beta.view(-1, 1, 1) * dr) @ gamma).squeeze(-1)
+            step = step - correction.view_as(z).to(z.dtype)
+        active = (~done).view(-1, *([1] * (z.dim() - 1)))
+        z_new = torch.where(active, z + step, z)
+        g_new = f(z_new)
+        evals += 1
+        r_new = g_new - z_new
+        res_new = mean_square(r_new)
+        finite = torch.isfinite(res_new)
+        if not bool(finite.all()) and not warned:
+            warnings.warn("SPDInv: non-finite fixed-point residual; keeping the last finite iterate", stacklevel=3)
+            warned = True
+        res_new = torch.where(finite, res_new, torch.full_like(res_new, math.inf))
+        hist_dz.append(torch.where(active, z_new - z, torch.zeros_like(z)))
+        hist_dr.append(torch.where(active, torch.nan_to_num(r_new - r), torch.zeros_like(z)))
+        if len(hist_dz) > settings.memory:
+            hist_dz.pop(0)
+            hist_dr.pop(0)
+            valid_from = (valid_from - 1).clamp_min(0)
+        improved = (res_new < best_res) & ~done
+        best_z = torch.where(improved.view_as(active), z_new, best_z)
+        best_r = torch.where(improved.view_as(active), r_new, best_r)
+        best_res = torch.where(improved, res_new, best_res)
+        grew = (res_new > res) & ~done
+        if bool(grew.any()):
+            g4 = grew.view_as(active)
+            z_new = torch.where(g4, best_z, z_new)
+            r_new = torch.where(g4, best_r, r_new)
+            res_new = torch.where(grew, best_res, res_new)
+            beta = torch.where(grew, beta * 0.5, beta)
+            valid_from = torch.where(grew, torch.full_like(valid_from, len(hist_dz)), valid_from)
+        z, r, res = z_new, r_new, torch.where(done, res, res_new)
+        done = done | (best_res < thr)
+    return _StepOutcome(best_z, best_res, guess_res, evals, evals + 1, 0)
+
+
+def _adamw(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> _StepOutcome:
+    """The paper's solver as the official code runs it: AdamW (lr, weight decay 0.01) on the VP latent,
+    loss = mean squared fixed-point residual, gradient through the frozen UNet, at most K iterations,
+    stop after the step whose pre-step loss fell below the threshold (that step is still applied).
+
+    Gradients are taken with ``torch.autograd.grad`` with respect to the latent only, so no weight gradient
+    is ever accumulated. Items of a batch are independent: a converged item stops moving.
+    """
+    batch = z0.shape[0]
+    shape4 = (-1, *([1] * (z0.dim() - 1)))
+    with torch.inference_mode(False):
+        z = torch.nn.Parameter(z0.detach().clone(), requires_grad=True)
+        opt = torch.optim.AdamW([z], lr=settings.lr)
+        done = torch.zeros(batch, dtype=torch.bool, device=z0.device)
+        last_res = torch.full((batch,), math.nan, device=z0.device)
+        guess_res = last_res.clone()
+        thr = None
+        iters = 0
+        for k in range(settings.max_iters):
+            with torch.enable_grad():
+                res_items = mean_square(z - f(z))
+                (grad,) = torch.autograd.grad(res_items.sum(), z)
+            res_items = res_items.detach()
+            iters = k + 1
+            if k == 0:
+                guess_res = res_items.clone()
+                thr = _threshold(settings, guess_res)
+            if not bool(torch.isfinite(res_items).all()):
+                warnings.warn("SPDInv: non-finite fixed-point residual; keeping the last finite iterate", stacklevel=3)
+                break
+            frozen = z.detach().clone()
+            z.grad = grad
+            opt.step()
+            with torch.no_grad():
+                z.copy_(torch.where(done.view(shape4), frozen, z))
+            last_res = torch.where(done, last_res, res_items)
+            done = done | (res_items < thr)
+            if bool(done.all()):
+                break
+        latent = z.detach().clone()
+    return _StepOutcome(latent, last_res, guess_res, iters, iters + 1, iters)
+
+
+def _ddim(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> _StepOutcome:
+    if not settings.measure_ddim_residual:
+        nan = torch.full((z0.shape[0],), math.nan, device=z0.device)
+        return _StepOutcome(z0, nan, nan.clone(), 0, 1, 0)
+    res = mean_square(f(z0) - z0)
+    return _StepOutcome(z0, res, res.clone(), 0, 2, 0)
+
+
+_SOLVERS = {"anderson": _anderson, "adamw": _adamw}
+
+
+def invert(
+    denoise: Denoiser,
+    x0: torch.Tensor,
+    sigmas: torch.Tensor,
+    settings: InversionSettings | None = None,
+    input_scale: Callable[[float], float] = vp_input_scale,
+    callback: StepCallback | None = None,
+) -> InversionResult:
+    """Invert the clean latent ``x0`` up the descending sampling grid ``sigmas`` (which ends at 0).
+
+    ``input_scale(sigma)`` maps ComfyUI's latent to the model's input scale (``1/sqrt(1+sigma^2)`` for EPS
+    models, 1 for flow models). The DDIM guess follows the reference convention: the previous latent, as the
+    model saw it, evaluated at the new sigma.
+    """
+    settings = settings or InversionSettings()
+    validate_sampling_grid(sigmas)
+    grid = [float(s) for s in sigmas]
+    n = len(grid) - 1
+    x0 = x0.float()
+    batch = x0.shape[0]
+    latents = torch.empty((n + 1, *x0.shape), dtype=torch.float32, device=x0.device)
+    latents[n] = x0
+    residual = torch.full((n, batch), math.nan)
+    guess_residual = torch.full((n, batch), math.nan)
+    iterations = torch.zeros(n, dtype=torch.long)
+    forwards = torch.zeros(n, dtype=torch.long)
+    backwards = torch.zeros(n, dtype=torch.long)
+    solve = _ddim if settings.method == "ddim" else _SOLVERS[settings.solver]
+    x = x0
+    for j in range(n):
+        i = n - 1 - j
+        sigma_a, sigma_b = grid[i + 1], grid[i]
+        scale_a, scale_b = input_scale(sigma_a), input_scale(sigma_b)
+        x_seen = x * (scale_a / scale_b)
+        eps = eps_from_denoised(x_seen, denoise(x_seen, sigma_b).float(), sigma_b)
+        guess = x + (sigma_b - sigma_a) * eps
+        outcome = solve(_FixedPointMap(denoise, x, sigma_a, sigma_b, scale_b), guess * scale_b, settings)
+        x = outcome.latent / scale_b
+        latents[i] = x
+        residual[i] = outcome.residual.float().cpu()
+        guess_residual[i] = outcome.guess_residual.float().cpu()
+        iterations[i], forwards[i], backwards[i] = outcome.iterations, outcome.forwards, outcome.backwards
+        if callback is not None:
+            callback(j, n, x)
+    return InversionResult(sigmas.detach().float().cpu(), latents, residual, guess_residual, iterations,
+                           forwards, backwards, settings)
+
+
+def fixed_point_residual(
+    denoise: Denoiser,
+    result: InversionResult,
+    input_scale: Callable[[float], float] = vp_input_scale,
+) -> torch.Tensor:
+    """Measure the residual of every stored latent afresh (one forward per step); ``[steps, batch]``.
+
+    Independent of what a solver recorded, so benchmarks can compare methods on the same footing.
+    """
+    grid = [float(s) for s in result.sigmas]
+    out = torch.empty(result.steps, result.latents.shape[1])
+    for i in range(result.steps):
+        scale_b = input_scale(grid[i])
+        f = _FixedPointMap(denoise, result.latents[i + 1], grid[i + 1], grid[i], scale_b)
+        z = result.latents[i] * scale_b
+        out[i] = mean_square(f(z) - z).cpu()
+    return out

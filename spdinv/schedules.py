@@ -1,0 +1,49 @@
+"""Sigma grids in ComfyUI's parameterisation (``x = latent + sigma * noise``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def sd_train_sigmas(
+    timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> torch.Tensor:
+    """Training sigmas ``sqrt((1 - a) / a)`` of Stable Diffusion's scaled-linear schedule (ascending)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt().float()
+
+
+def ddim_uniform_sigmas(train_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
+    """The ``ddim_uniform`` grid of ComfyUI: every ``len // steps``-th training sigma from index 1, descending,
+    ending in 0. For 50 steps on a 1000-step schedule these are timesteps 981, 961, ..., 1 (diffusers' DDIM)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    sigmas = [float(s) for s in train_sigmas]
+    start = 1
+    grid: list[float] = []
+    if math.isclose(sigmas[start], 0.0, abs_tol=1e-5):
+        steps += 1
+    else:
+        grid.append(0.0)
+    stride = max(len(sigmas) // steps, 1)
+    grid.extend(sigmas[start::stride])
+    return torch.tensor(grid[::-1], dtype=torch.float32)
+
+
+def validate_sampling_grid(sigmas: torch.Tensor) -> None:
+    """Check that ``sigmas`` is a descending sampling grid that ends at 0, as inversion and editing need."""
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D grid of at least 2 values, got shape {tuple(sigmas.shape)}")
+    if not bool(torch.all(sigmas[:-1] > sigmas[1:])):
+        raise ValueError("sigmas must be strictly descending (a sampling grid, not a flipped one)")
+    if float(sigmas[-1]) != 0.0:
+        raise ValueError(f"sigmas must end at 0 (the clean latent), got {float(sigmas[-1]):.4g}")
+
+
+def vp_input_scale(sigma: float) -> float:
+    """Factor that maps ComfyUI's latent ``x`` at ``sigma`` to the VP latent the UNet sees (EPS models):
+    ``z = x / sqrt(1 + sigma^2)``. The reference code works on this scale."""
+    return 1.0 / math.sqrt(1.0 + sigma * sigma)

@@ -1,0 +1,172 @@
+"""Behaviour of the inversion core on a small random-weight denoiser (no ComfyUI, no weights)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from spdinv_pack.spdinv.inversion import (
+    InversionSettings,
+    _adamw,
+    _anderson,
+    _FixedPointMap,
+    fixed_point_residual,
+    invert,
+)
+from spdinv_pack.spdinv.metrics import latent_psnr
+from spdinv_pack.spdinv.sampling import ddim_sample
+from spdinv_pack.spdinv.schedules import ddim_uniform_sigmas, sd_train_sigmas
+
+from toy_model import ToyDenoiser, toy_latent
+
+DELTA = 5e-6
+
+
+def run(settings: InversionSettings, steps: int, batch: int = 1):
+    model = ToyDenoiser()
+    x0 = toy_latent(batch=batch)
+    sigmas = ddim_uniform_sigmas(model.train_sigmas, steps)
+    result = invert(model, x0, sigmas, settings)
+    recon = ddim_sample(lambda x, s, i: model(x, s), result.noise, sigmas)
+    return result, latent_psnr(recon, x0), model
+
+
+def test_ddim_uniform_grid_matches_comfyui_timesteps():
+    train = sd_train_sigmas()
+    grid = ddim_uniform_sigmas(train, 10)
+    assert grid.shape == (11,)
+    assert float(grid[-1]) == 0.0
+    expected = torch.stack([train[t] for t in range(901, 0, -100)])
+    assert torch.allclose(grid[:-1], expected)
+    grid50 = ddim_uniform_sigmas(train, 50)
+    assert torch.allclose(grid50[:-1], torch.stack([train[t] for t in range(981, 0, -20)]))
+    assert abs(float(train[0]) - 0.0292) < 1e-3 and abs(float(train[-1]) - 14.6146) < 1e-3
+
+
+@pytest.mark.parametrize("solver", ["anderson", "adamw"])
+def test_each_solver_reaches_delta_where_ddim_does_not(solver):
+    ddim, _, _ = run(InversionSettings(method="ddim"), steps=10)
+    spd, _, _ = run(InversionSettings(solver=solver), steps=20 if solver == "adamw" else 10)
+    assert ddim.steps_under_delta() < ddim.steps // 2
+    assert spd.steps_under_delta() >= math.ceil(0.9 * spd.steps)
+    assert float(spd.residual.max()) < DELTA
+
+
+def test_spdinv_reconstructs_far_better_than_ddim():
+    _, ddim_psnr, _ = run(InversionSettings(method="ddim"), steps=10)
+    _, anderson_psnr, _ = run(InversionSettings(solver="anderson"), steps=10)
+    _, adamw_psnr, _ = run(InversionSettings(solver="adamw"), steps=10)
+    assert anderson_psnr > ddim_psnr + 10
+    assert adamw_psnr > ddim_psnr
+
+
+def test_relative_tolerance_buys_reconstruction_where_delta_is_loose():
+    ddim, ddim_psnr, _ = run(InversionSettings(method="ddim"), steps=50)
+    loose, loose_psnr, _ = run(InversionSettings(solver="anderson"), steps=50)
+    tight, tight_psnr, _ = run(InversionSettings(solver="anderson", rel_tol=0.01), steps=50)
+    assert loose_psnr < ddim_psnr + 3
+    assert tight_psnr > ddim_psnr + 10
+    assert bool((tight.residual <= 0.01 * tight.guess_residual + 1e-12).all())
+
+
+def test_trajectory_and_grid_shapes():
+    result, _, _ = run(InversionSettings(), steps=5, batch=2)
+    assert result.sigmas.shape == (6,)
+    assert result.latents.shape == (6, 2, 4, 8, 8)
+    assert result.residual.shape == result.guess_residual.shape == (5, 2)
+    assert result.iterations.shape == result.forwards.shape == result.backwards.shape == (5,)
+    assert torch.equal(result.latents[-1], toy_latent(batch=2))
+    assert torch.equal(result.noise, result.latents[0])
+
+
+def test_residual_is_measured_on_the_reference_vp_scale():
+    """The recorded residual equals mean((z - C1 z_prev - C2 eps)^2) on VP latents, as in the official code."""
+    model = ToyDenoiser()
+    result, _, _ = run(InversionSettings(solver="anderson"), steps=5)
+    recomputed = fixed_point_residual(model, result)
+    assert torch.allclose(recomputed, result.residual, rtol=1e-3, atol=1e-12)
+    grid = [float(s) for s in result.sigmas]
+    for i in range(result.steps):
+        s_a, s_b = grid[i + 1], grid[i]
+        a_a, a_b = 1 / (1 + s_a**2), 1 / (1 + s_b**2)
+        z_a, z_b = result.latents[i + 1] * math.sqrt(a_a), result.latents[i] * math.sqrt(a_b)
+        eps = (z_b / math.sqrt(a_b) - model(z_b / math.sqrt(a_b), s_b)) / s_b
+        c1 = math.sqrt(a_b / a_a)
+        c2 = math.sqrt(1 - a_b) - math.sqrt(a_b * (1 - a_a) / a_a)
+        vp = float((z_b - (c1 * z_a + c2 * eps)).square().mean())
+        assert vp == pytest.approx(float(result.residual[i, 0]), rel=1e-3, abs=1e-12)
+
+
+def test_adamw_early_stop_applies_the_step_and_stops():
+    """With a threshold every guess meets, each step runs one AdamW update (still applied) and stops."""
+    result, _, _ = run(InversionSettings(solver="adamw", delta=1.0), steps=4)
+    assert result.iterations.tolist() == [1, 1, 1, 1]
+    assert result.forwards.tolist() == [2, 2, 2, 2] and result.backwards.tolist() == [1, 1, 1, 1]
+    capped, _, _ = run(InversionSettings(solver="adamw", delta=0.0, max_iters=3), steps=4)
+    assert capped.iterations.tolist() == [3, 3, 3, 3]
+
+
+def test_adamw_iterate_matches_a_hand_written_reference_step():
+    """One iteration equals torch AdamW (lr 1e-3, weight decay 0.01) on the VP latent with the mse loss."""
+    model = ToyDenoiser()
+    x_a = toy_latent()
+    s_a, s_b = 0.5, 0.9
+    scale_b = 1 / math.sqrt(1 + s_b**2)
+    f = _FixedPointMap(model, x_a, s_a, s_b, scale_b)
+    z0 = x_a * scale_b
+    out = _adamw(f, z0, InversionSettings(solver="adamw", delta=0.0, max_iters=1))
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([z], lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    loss = torch.nn.functional.mse_loss(z, f(z))
+    loss.backward()
+    opt.step()
+    assert torch.allclose(out.latent, z.detach(), atol=1e-7)
+    assert float(out.guess_residual[0]) == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
+def test_anderson_safeguard_recovers_from_a_diverging_map():
+    """On f(z) = -1.5 z + c plain iteration diverges; the safeguard damps it back to the fixed point."""
+    c = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return -1.5 * z + c
+
+    settings = InversionSettings(memory=0, max_iters=40, delta=1e-10)
+    out = _anderson(f, torch.zeros_like(c), settings)
+    assert float(out.residual[0]) < 1e-10
+    assert torch.allclose(out.latent, c / 2.5, atol=1e-4)
+    accelerated = _anderson(f, torch.zeros_like(c), InversionSettings(memory=3, max_iters=40, delta=1e-10))
+    assert accelerated.iterations < out.iterations
+
+
+def test_anderson_keeps_the_last_finite_iterate_when_the_map_blows_up():
+    c = torch.ones(1, 4, 2, 2)
+    calls = {"n": 0}
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return torch.full_like(z, math.nan) if calls["n"] == 2 else 0.5 * z + c
+
+    with pytest.warns(UserWarning, match="non-finite"):
+        out = _anderson(f, torch.zeros_like(c), InversionSettings(max_iters=30, delta=1e-12))
+    assert torch.isfinite(out.latent).all()
+    assert float(out.residual[0]) < 1e-10
+
+
+def test_batch_items_are_inverted_independently():
+    both, _, _ = run(InversionSettings(solver="anderson"), steps=5, batch=2)
+    model = ToyDenoiser()
+    sigmas = ddim_uniform_sigmas(model.train_sigmas, 5)
+    single = invert(model, toy_latent(batch=2)[1:], sigmas, InversionSettings(solver="anderson"))
+    assert torch.allclose(both.latents[:, 1:], single.latents, atol=1e-5)
+
+
+def test_settings_are_validated_with_the_input_named():
+    with pytest.raises(ValueError, match="solver"):
+        InversionSettings(solver="newton")
+    with pytest.raises(ValueError, match="max_iters"):
+        InversionSettings(max_iters=0)
+    with pytest.raises(ValueError, match="descending"):
+        invert(ToyDenoiser(), toy_latent(), torch.tensor([0.0, 1.0]))
