@@ -1,0 +1,332 @@
+"""Random-weight Stable Diffusion 1.5 checkpoint and LoRA for host tests (pure torch + safetensors).
+
+Real SD1.5 weights cannot be downloaded in CI, but the pack's attention/ResBlock patches address
+blocks by their real SD1.5 indices, so the test checkpoint must have the *exact* original LDM key
+set and shapes (ComfyUI detects the model type from them):
+
+* 686 UNet tensors under ``model.diffusion_model.``,
+* 196 CLIP-L text tensors under ``cond_stage_model.transformer.text_model.`` plus ``position_ids``,
+* 248 VAE tensors under ``first_stage_model.``,
+
+about 1.07 B parameters, stored as fp16 (about 2 GiB). Weights are random but deterministic and
+small enough (``N(0, (0.5/sqrt(fan_in))^2)``, norms one, biases zero) that UNet, CLIP and VAE
+outputs stay finite. Files are built once into a cache folder outside the repository
+(``$SPDINV_TEST_CACHE``, default ``~/.cache/spdinv-edit-tests/``) and reused afterwards.
+
+Nothing here imports ComfyUI; ``tests/host/test_harness.py`` checks the key set against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+# Bump when the content of a generated file changes, so stale caches are not reused.
+FORMAT_VERSION = 1
+SEED = 1234
+
+CHECKPOINT_NAME = f"spdinv-test-sd15-random-v{FORMAT_VERSION}.safetensors"
+LORA_NAME = f"spdinv-test-lora-random-v{FORMAT_VERSION}.safetensors"
+
+UNET_PREFIX = "model.diffusion_model."
+CLIP_PREFIX = "cond_stage_model.transformer.text_model."
+VAE_PREFIX = "first_stage_model."
+
+Shapes = dict[str, tuple[int, ...]]
+
+
+# --------------------------------------------------------------------------------------------
+# Key sets and shapes (original CompVis/LDM layout of v1-5-pruned-emaonly)
+# --------------------------------------------------------------------------------------------
+
+
+def _conv(shapes: Shapes, name: str, c_out: int, c_in: int, k: int) -> None:
+    shapes[f"{name}.weight"] = (c_out, c_in, k, k)
+    shapes[f"{name}.bias"] = (c_out,)
+
+
+def _linear(shapes: Shapes, name: str, c_out: int, c_in: int, bias: bool = True) -> None:
+    shapes[f"{name}.weight"] = (c_out, c_in)
+    if bias:
+        shapes[f"{name}.bias"] = (c_out,)
+
+
+def _norm(shapes: Shapes, name: str, c: int) -> None:
+    shapes[f"{name}.weight"] = (c,)
+    shapes[f"{name}.bias"] = (c,)
+
+
+def _unet_resblock(shapes: Shapes, name: str, c_in: int, c_out: int, emb: int) -> None:
+    _norm(shapes, f"{name}.in_layers.0", c_in)
+    _conv(shapes, f"{name}.in_layers.2", c_out, c_in, 3)
+    _linear(shapes, f"{name}.emb_layers.1", c_out, emb)
+    _norm(shapes, f"{name}.out_layers.0", c_out)
+    _conv(shapes, f"{name}.out_layers.3", c_out, c_out, 3)
+    if c_in != c_out:
+        _conv(shapes, f"{name}.skip_connection", c_out, c_in, 1)
+
+
+def _unet_transformer(shapes: Shapes, name: str, c: int, context: int) -> None:
+    """SpatialTransformer with conv (1x1) proj_in/proj_out, depth 1, GEGLU feed-forward."""
+    _norm(shapes, f"{name}.norm", c)
+    _conv(shapes, f"{name}.proj_in", c, c, 1)
+    blk = f"{name}.transformer_blocks.0"
+    for attn, ctx in (("attn1", c), ("attn2", context)):
+        _linear(shapes, f"{blk}.{attn}.to_q", c, c, bias=False)
+        _linear(shapes, f"{blk}.{attn}.to_k", c, ctx, bias=False)
+        _linear(shapes, f"{blk}.{attn}.to_v", c, ctx, bias=False)
+        _linear(shapes, f"{blk}.{attn}.to_out.0", c, c)
+    _linear(shapes, f"{blk}.ff.net.0.proj", 8 * c, c)
+    _linear(shapes, f"{blk}.ff.net.2", c, 4 * c)
+    for n in ("norm1", "norm2", "norm3"):
+        _norm(shapes, f"{blk}.{n}", c)
+    _conv(shapes, f"{name}.proj_out", c, c, 1)
+
+
+def unet_shapes() -> Shapes:
+    """SD1.5 UNet (openaimodel.UNetModel) keys without prefix, in construction order."""
+    mc, mult, n_res, attn_levels, context, in_ch = 320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 4
+    emb = 4 * mc
+    s: Shapes = {}
+    _linear(s, "time_embed.0", emb, mc)
+    _linear(s, "time_embed.2", emb, emb)
+    _conv(s, "input_blocks.0.0", mc, in_ch, 3)
+    skip = [mc]
+    ch, idx = mc, 1
+    for level, m in enumerate(mult):
+        for _ in range(n_res):
+            _unet_resblock(s, f"input_blocks.{idx}.0", ch, m * mc, emb)
+            ch = m * mc
+            if level in attn_levels:
+                _unet_transformer(s, f"input_blocks.{idx}.1", ch, context)
+            skip.append(ch)
+            idx += 1
+        if level != len(mult) - 1:
+            _conv(s, f"input_blocks.{idx}.0.op", ch, ch, 3)
+            skip.append(ch)
+            idx += 1
+    _unet_resblock(s, "middle_block.0", ch, ch, emb)
+    _unet_transformer(s, "middle_block.1", ch, context)
+    _unet_resblock(s, "middle_block.2", ch, ch, emb)
+    idx = 0
+    for level in reversed(range(len(mult))):
+        for i in range(n_res + 1):
+            c_out = mult[level] * mc
+            _unet_resblock(s, f"output_blocks.{idx}.0", ch + skip.pop(), c_out, emb)
+            ch, sub = c_out, 1
+            if level in attn_levels:
+                _unet_transformer(s, f"output_blocks.{idx}.1", ch, context)
+                sub = 2
+            if level != 0 and i == n_res:
+                _conv(s, f"output_blocks.{idx}.{sub}.conv", ch, ch, 3)
+            idx += 1
+    _norm(s, "out.0", ch)
+    _conv(s, "out.2", in_ch, ch, 3)
+    return s
+
+
+def clip_text_shapes() -> Shapes:
+    """CLIP ViT-L/14 text encoder (HF CLIPTextModel ``text_model.*``) keys without prefix."""
+    d, layers, vocab, ctx = 768, 12, 49408, 77
+    s: Shapes = {
+        "embeddings.token_embedding.weight": (vocab, d),
+        "embeddings.position_embedding.weight": (ctx, d),
+    }
+    for i in range(layers):
+        p = f"encoder.layers.{i}"
+        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
+            _linear(s, f"{p}.self_attn.{proj}", d, d)
+        _norm(s, f"{p}.layer_norm1", d)
+        _linear(s, f"{p}.mlp.fc1", 4 * d, d)
+        _linear(s, f"{p}.mlp.fc2", d, 4 * d)
+        _norm(s, f"{p}.layer_norm2", d)
+    _norm(s, "final_layer_norm", d)
+    return s
+
+
+def _vae_resblock(s: Shapes, name: str, c_in: int, c_out: int) -> None:
+    _norm(s, f"{name}.norm1", c_in)
+    _conv(s, f"{name}.conv1", c_out, c_in, 3)
+    _norm(s, f"{name}.norm2", c_out)
+    _conv(s, f"{name}.conv2", c_out, c_out, 3)
+    if c_in != c_out:
+        _conv(s, f"{name}.nin_shortcut", c_out, c_in, 1)
+
+
+def _vae_mid(s: Shapes, name: str, c: int) -> None:
+    _vae_resblock(s, f"{name}.block_1", c, c)
+    _norm(s, f"{name}.attn_1.norm", c)
+    for n in ("q", "k", "v", "proj_out"):
+        _conv(s, f"{name}.attn_1.{n}", c, c, 1)
+    _vae_resblock(s, f"{name}.block_2", c, c)
+
+
+def vae_shapes() -> Shapes:
+    """SD AutoencoderKL (ch 128, mult 1,2,4,4, 2 res blocks, z 4) keys without prefix."""
+    ch, mult, n_res, z = 128, (1, 2, 4, 4), 2, 4
+    s: Shapes = {}
+    _conv(s, "encoder.conv_in", ch, 3, 3)
+    c = ch
+    for level, m in enumerate(mult):
+        for b in range(n_res):
+            _vae_resblock(s, f"encoder.down.{level}.block.{b}", c, m * ch)
+            c = m * ch
+        if level != len(mult) - 1:
+            _conv(s, f"encoder.down.{level}.downsample.conv", c, c, 3)
+    _vae_mid(s, "encoder.mid", c)
+    _norm(s, "encoder.norm_out", c)
+    _conv(s, "encoder.conv_out", 2 * z, c, 3)
+
+    c = ch * mult[-1]
+    _conv(s, "decoder.conv_in", c, z, 3)
+    _vae_mid(s, "decoder.mid", c)
+    for level in reversed(range(len(mult))):
+        for b in range(n_res + 1):
+            _vae_resblock(s, f"decoder.up.{level}.block.{b}", c, mult[level] * ch)
+            c = mult[level] * ch
+        if level != 0:
+            _conv(s, f"decoder.up.{level}.upsample.conv", c, c, 3)
+    _norm(s, "decoder.norm_out", c)
+    _conv(s, "decoder.conv_out", 3, c, 3)
+    _conv(s, "quant_conv", 2 * z, 2 * z, 1)
+    _conv(s, "post_quant_conv", z, z, 1)
+    return s
+
+
+def sd15_shapes() -> Shapes:
+    """Full checkpoint key -> shape map (without ``position_ids``, which is an int64 buffer)."""
+    out: Shapes = {}
+    for prefix, part in ((UNET_PREFIX, unet_shapes()), (CLIP_PREFIX, clip_text_shapes()), (VAE_PREFIX, vae_shapes())):
+        out.update({prefix + k: v for k, v in part.items()})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Deterministic random weights
+# --------------------------------------------------------------------------------------------
+
+
+def _init_tensor(key: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Small-scale init that keeps random UNet/CLIP/VAE activations finite (see module doc)."""
+    if len(shape) == 1:
+        return torch.zeros(shape) if key.endswith(".bias") else torch.ones(shape)
+    if "embedding" in key:
+        return torch.randn(shape, generator=gen) * 0.02
+    fan_in = math.prod(shape[1:])
+    return torch.randn(shape, generator=gen) * (0.5 / math.sqrt(fan_in))
+
+
+def build_sd15_state_dict(seed: int = SEED, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All SD1.5 checkpoint tensors with deterministic random values (keys in sorted order)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {k: _init_tensor(k, shape, gen).to(dtype) for k, shape in sorted(sd15_shapes().items())}
+    sd[CLIP_PREFIX + "embeddings.position_ids"] = torch.arange(77, dtype=torch.int64).unsqueeze(0)
+    return sd
+
+
+# --------------------------------------------------------------------------------------------
+# Random LoRA (kohya key format)
+# --------------------------------------------------------------------------------------------
+
+# (kohya module name, out features, in features). UNet names use the diffusers layout, which
+# ComfyUI maps onto LDM keys (comfy.utils.unet_to_diffusers); the text-encoder name is kohya's.
+LORA_TARGETS: tuple[tuple[str, int, int], ...] = (
+    ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 320, 320),
+    ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", 320, 768),
+    ("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_v", 320, 768),
+    ("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_out_0", 1280, 1280),
+    ("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_v", 1280, 768),
+    ("lora_unet_up_blocks_1_attentions_1_transformer_blocks_0_attn1_to_v", 1280, 1280),
+    ("lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_q", 320, 320),
+    ("lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_out_0", 320, 320),
+    ("lora_te_text_model_encoder_layers_11_self_attn_v_proj", 768, 768),
+)
+LORA_RANK = 4
+LORA_ALPHA = 4.0
+
+
+def build_lora_state_dict(seed: int = SEED + 1, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """Kohya-style LoRA: ``<name>.lora_down.weight`` [r, in], ``.lora_up.weight`` [out, r], ``.alpha``.
+
+    The delta ``up @ down * alpha / r`` has entries of about the size of the base weights, so it
+    visibly changes the UNet output.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for name, c_out, c_in in LORA_TARGETS:
+        sd[f"{name}.lora_down.weight"] = (torch.randn(LORA_RANK, c_in, generator=gen) / math.sqrt(c_in)).to(dtype)
+        sd[f"{name}.lora_up.weight"] = (torch.randn(c_out, LORA_RANK, generator=gen) * 2.0 / math.sqrt(c_in)).to(dtype)
+        sd[f"{name}.alpha"] = torch.tensor(LORA_ALPHA, dtype=dtype)
+    return sd
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Cache folder for generated models: ``$SPDINV_TEST_CACHE`` or ``~/.cache/spdinv-edit-tests``."""
+    env = os.environ.get("SPDINV_TEST_CACHE")
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "spdinv-edit-tests"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock so that parallel test processes build a file only once (no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent builds just duplicate work; os.replace stays atomic
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _cached(name: str, build: Callable[[], dict[str, torch.Tensor]], metadata: dict[str, str]) -> Path:
+    """Return ``cache_dir()/name``, building it first if absent (temp file + atomic rename)."""
+    target = cache_dir() / name
+    if target.is_file():
+        return target
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if target.is_file():
+            return target
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            save_file(build(), str(tmp), metadata=metadata)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return target
+
+
+def sd15_checkpoint_path() -> Path:
+    """Path of the cached random SD1.5 checkpoint (built on first use, about 15 s and 2 GiB)."""
+    meta = {"spdinv_test": "random-weight SD1.5 checkpoint, not a real model", "seed": str(SEED)}
+    return _cached(CHECKPOINT_NAME, build_sd15_state_dict, meta)
+
+
+def lora_path() -> Path:
+    """Path of the cached random LoRA for the checkpoint above (kohya key format)."""
+    meta = {"spdinv_test": "random LoRA for the random SD1.5 checkpoint", "ss_network_dim": str(LORA_RANK)}
+    return _cached(LORA_NAME, build_lora_state_dict, meta)
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    ckpt = sd15_checkpoint_path()
+    print(f"{ckpt} ({ckpt.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.1f} s")
+    print(lora_path())
