@@ -27,6 +27,10 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 
 METHODS = ("spdinv", "ddim")
 SOLVERS = ("anderson", "adamw")
+BLOWUP = 10.0
+"""Anderson restarts an item whose residual exceeds this multiple of its best."""
+PATIENCE = 3
+"""Anderson restarts an item whose best residual has not improved for this many evaluations."""
 
 
 @dataclass(frozen=True)
@@ -145,15 +149,17 @@ def _threshold(settings: InversionSettings, guess_residual: torch.Tensor) -> tor
 def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> _StepOutcome:
     """Forward-only Anderson-accelerated fixed-point iteration, per batch item.
 
-    Type-II Anderson mixing over the last ``memory`` differences. Safeguard: when an item's residual grows
-    (or turns non-finite) it returns to its best iterate, drops its history and halves its mixing factor.
-    The accepted latent is each item's best iterate, whose residual was measured by the same evaluation that
-    produced the next proposal, so the stopping test costs no extra forward.
+    Type-II Anderson mixing over the last ``memory`` secant pairs. A growing residual is normal for
+    Anderson and its pair is kept (it carries curvature information), but the safeguard restarts an item
+    from its best iterate, without history and with half the mixing factor, when its residual blows up
+    (more than ``BLOWUP`` times its best, or non-finite) or its best has not improved for ``PATIENCE``
+    evaluations. The accepted latent is each item's best iterate, whose residual was measured by the same
+    evaluation that produced the next proposal, so the stopping test costs no extra forward.
     """
     batch = z0.shape[0]
+    view = (-1, *([1] * (z0.dim() - 1)))
     z = z0
-    g = f(z)
-    r = g - z
+    r = f(z) - z
     res = mean_square(r)
     guess_res = res.clone()
     thr = _threshold(settings, guess_res)
@@ -163,11 +169,11 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
     hist_dz: list[torch.Tensor] = []
     hist_dr: list[torch.Tensor] = []
     valid_from = torch.zeros(batch, dtype=torch.long, device=z.device)
+    stale = torch.zeros(batch, dtype=torch.long, device=z.device)
     evals = 1
     warned = False
     while not bool(done.all()) and evals < settings.max_iters:
-        b = beta.view(-1, *([1] * (z.dim() - 1))).to(z.dtype)
-        step = b * r
+        step = beta.view(view).to(z.dtype) * r
         if hist_dz and settings.memory > 0:
             dz = torch.stack([h.flatten(1) for h in hist_dz], dim=-1).double()
             dr = torch.stack([h.flatten(1) for h in hist_dr], dim=-1).double()
@@ -181,35 +187,36 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
             gamma = torch.linalg.solve(gram, rhs)
             correction = ((dz + beta.view(-1, 1, 1) * dr) @ gamma).squeeze(-1)
             step = step - correction.view_as(z).to(z.dtype)
-        active = (~done).view(-1, *([1] * (z.dim() - 1)))
+        active = (~done).view(view)
         z_new = torch.where(active, z + step, z)
-        g_new = f(z_new)
+        r_new = f(z_new) - z_new
         evals += 1
-        r_new = g_new - z_new
         res_new = mean_square(r_new)
         finite = torch.isfinite(res_new)
         if not bool(finite.all()) and not warned:
             warnings.warn("SPDInv: non-finite fixed-point residual; keeping the last finite iterate", stacklevel=3)
             warned = True
         res_new = torch.where(finite, res_new, torch.full_like(res_new, math.inf))
-        hist_dz.append(torch.where(active, z_new - z, torch.zeros_like(z)))
-        hist_dr.append(torch.where(active, torch.nan_to_num(r_new - r), torch.zeros_like(z)))
+        ok = finite.view(view) & active
+        hist_dz.append(torch.where(ok, z_new - z, torch.zeros_like(z)))
+        hist_dr.append(torch.where(ok, r_new - r, torch.zeros_like(z)))
         if len(hist_dz) > settings.memory:
             hist_dz.pop(0)
             hist_dr.pop(0)
             valid_from = (valid_from - 1).clamp_min(0)
         improved = (res_new < best_res) & ~done
-        best_z = torch.where(improved.view_as(active), z_new, best_z)
-        best_r = torch.where(improved.view_as(active), r_new, best_r)
+        best_z = torch.where(improved.view(view), z_new, best_z)
+        best_r = torch.where(improved.view(view), r_new, best_r)
         best_res = torch.where(improved, res_new, best_res)
-        grew = (res_new > res) & ~done
-        if bool(grew.any()):
-            g4 = grew.view_as(active)
-            z_new = torch.where(g4, best_z, z_new)
-            r_new = torch.where(g4, best_r, r_new)
-            res_new = torch.where(grew, best_res, res_new)
-            beta = torch.where(grew, beta * 0.5, beta)
-            valid_from = torch.where(grew, torch.full_like(valid_from, len(hist_dz)), valid_from)
+        stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
+        restart = ~done & ((res_new > BLOWUP * best_res) | (stale >= PATIENCE))
+        if bool(restart.any()):
+            r4 = restart.view(view)
+            z_new, r_new = torch.where(r4, best_z, z_new), torch.where(r4, best_r, r_new)
+            res_new = torch.where(restart, best_res, res_new)
+            beta = torch.where(restart, beta * 0.5, beta)
+            stale = torch.where(restart, torch.zeros_like(stale), stale)
+            valid_from = torch.where(restart, torch.full_like(valid_from, len(hist_dz)), valid_from)
         z, r, res = z_new, r_new, torch.where(done, res, res_new)
         done = done | (best_res < thr)
     return _StepOutcome(best_z, best_res, guess_res, evals, evals + 1, 0)

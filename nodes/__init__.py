@@ -1,0 +1,18 @@
+"""ComfyUI nodes of the pack (V3 schema). Thin adapters over ``spdinv/`` and ``attention_patches/``."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from .edit_sampler import SPDInvEditSampler
+from .invert import SPDInvInvert
+from .residual_plot import SPDInvResidualPlot
+
+NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, SPDInvResidualPlot]
+
+
+class SPDInvExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

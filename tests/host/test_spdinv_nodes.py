@@ -1,0 +1,123 @@
+"""SPDInv nodes inside real ComfyUI (random-weight SD1.5), called under inference mode like the executor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from spdinv_pack.spdinv.metrics import latent_psnr
+
+STEPS = 10
+
+
+def photo(size: int = 64) -> torch.Tensor:
+    """A smooth synthetic RGB image [1, H, W, 3] in 0..1."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    img = torch.stack([x, y, 0.5 + 0.4 * torch.sin(6 * x) * torch.cos(4 * y)], dim=-1)
+    return img.unsqueeze(0)
+
+
+@pytest.fixture(scope="module")
+def pack_nodes(comfy_env):
+    from spdinv_pack import nodes
+
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def scene(comfy_env, sd15, run_node):
+    model, clip, vae = sd15
+    (latent,) = run_node(comfy_env.nodes.VAEEncode, pixels=photo(), vae=vae)
+    (source,) = run_node(comfy_env.nodes.CLIPTextEncode, text="a photo of a cat", clip=clip)
+    (target,) = run_node(comfy_env.nodes.CLIPTextEncode, text="a photo of a dog", clip=clip)
+    return model, clip, latent, source, target
+
+
+def invert(run_node, pack_nodes, model, source, latent, **kw):
+    settings = dict(steps=STEPS, method="spdinv", solver="anderson", max_iters=25, lr=1e-3, delta=5e-6,
+                    rel_tol=0.0, measure_residual=True)
+    settings.update(kw)
+    return run_node(pack_nodes.SPDInvInvert, model=model, source=source, latent=latent, **settings).result
+
+
+def reconstruct(run_node, pack_nodes, model, inversion, source, target=None, cfg=1.0):
+    out = run_node(pack_nodes.SPDInvEditSampler, model=model, inversion=inversion, source=source,
+                   target=target if target is not None else source, cfg=cfg).result
+    return out
+
+
+def test_spdinv_inverts_and_reconstructs_better_than_ddim(run_node, pack_nodes, scene, comfy_env):
+    model, _, latent, source, _ = scene
+    ddim, ddim_noise = invert(run_node, pack_nodes, model, source, latent, method="ddim")
+    spd, spd_noise = invert(run_node, pack_nodes, model, source, latent)
+    assert spd_noise["samples"].shape == latent["samples"].shape
+    assert spd.result.latents.shape[0] == STEPS + 1
+    assert spd.result.steps_under_delta() >= math.ceil(0.9 * STEPS)
+    assert ddim.result.steps_under_delta() < spd.result.steps_under_delta()
+    _, recon_ddim = reconstruct(run_node, pack_nodes, model, ddim, source)
+    _, recon_spd = reconstruct(run_node, pack_nodes, model, spd, source)
+    psnr_ddim = latent_psnr(recon_ddim["samples"], latent["samples"])
+    psnr_spd = latent_psnr(recon_spd["samples"], latent["samples"])
+    print(f"\n[host] reconstruction PSNR ddim {psnr_ddim:.1f} dB, spdinv/anderson {psnr_spd:.1f} dB")
+    assert psnr_spd > psnr_ddim + 10
+
+
+def test_adamw_runs_autograd_after_a_lora_and_leaves_the_model_intact(run_node, pack_nodes, scene, sd15_lora,
+                                                                       comfy_env):
+    _, _, latent, source, _ = scene
+    lora_model, _ = sd15_lora
+    ksampler = dict(seed=0, steps=2, cfg=1.0, sampler_name="euler", scheduler="normal", positive=source,
+                    negative=source, latent_image=latent, denoise=1.0)
+    (before,) = run_node(comfy_env.nodes.KSampler, model=lora_model, **ksampler)
+    inv, _ = invert(run_node, pack_nodes, lora_model, source, latent, solver="adamw", max_iters=3, steps=4)
+    assert int(inv.result.backwards.sum()) > 0
+    assert torch.isfinite(inv.result.latents).all()
+    (after,) = run_node(comfy_env.nodes.KSampler, model=lora_model, **ksampler)
+    assert torch.equal(before["samples"], after["samples"])
+    assert not torch.is_inference_mode_enabled()
+
+
+def test_noise_latent_rebuilds_the_photo_with_core_ksampler(run_node, pack_nodes, scene, comfy_env):
+    """The noise output is a plain LATENT: KSamplerAdvanced (no added noise, euler, ddim_uniform, CFG 1)
+    reconstructs the same latent as the edit sampler's source branch."""
+    model, _, latent, source, _ = scene
+    inv, noise = invert(run_node, pack_nodes, model, source, latent)
+    _, recon = reconstruct(run_node, pack_nodes, model, inv, source)
+    (core,) = run_node(comfy_env.nodes.KSamplerAdvanced, model=model, add_noise="disable", noise_seed=0,
+                       steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="ddim_uniform", positive=source,
+                       negative=source, latent_image=noise, start_at_step=0, end_at_step=10000,
+                       return_with_leftover_noise="disable")
+    assert torch.allclose(core["samples"], recon["samples"], atol=1e-3)
+
+
+def test_edit_changes_the_target_and_keeps_the_reconstruction(run_node, pack_nodes, scene):
+    model, _, latent, source, target = scene
+    inv, _ = invert(run_node, pack_nodes, model, source, latent)
+    edited, recon = reconstruct(run_node, pack_nodes, model, inv, source, target, cfg=7.5)
+    _, recon_only = reconstruct(run_node, pack_nodes, model, inv, source)
+    assert torch.allclose(recon["samples"], recon_only["samples"], atol=1e-4)
+    assert not torch.allclose(edited["samples"], recon["samples"], atol=1e-3)
+    identity, _ = reconstruct(run_node, pack_nodes, model, inv, source, source, cfg=7.5)
+    assert torch.allclose(identity["samples"], recon["samples"], atol=1e-4)
+
+
+def test_residual_plot_is_an_image(run_node, pack_nodes, scene):
+    model, _, latent, source, _ = scene
+    ddim, _ = invert(run_node, pack_nodes, model, source, latent, method="ddim", steps=4)
+    spd, _ = invert(run_node, pack_nodes, model, source, latent, steps=4)
+    (image,) = run_node(pack_nodes.SPDInvResidualPlot, inversion=spd, compare=ddim).result
+    assert image.shape[0] == 1 and image.shape[-1] == 3 and image.shape[1] >= 256
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert float(image.std()) > 0.05
+
+
+def test_bad_inputs_are_named(run_node, pack_nodes, scene, comfy_env):
+    model, _, latent, source, target = scene
+    inv, _ = invert(run_node, pack_nodes, model, source, latent, steps=2)
+    combined = source + target
+    with pytest.raises(Exception, match="target: has 2 conditioning entries"):
+        reconstruct(run_node, pack_nodes, model, inv, source, combined)
+    with pytest.raises(Exception, match="sigmas"):
+        invert(run_node, pack_nodes, model, source, latent, sigmas=torch.tensor([0.0, 1.0, 2.0]))
