@@ -31,6 +31,8 @@ BLOWUP = 10.0
 """Anderson restarts an item whose residual exceeds this multiple of its best."""
 PATIENCE = 3
 """Anderson restarts an item whose best residual has not improved for this many evaluations."""
+MAX_RESTARTS = 3
+"""Anderson gives an item up (keeping its best iterate) after this many restarts: it has stalled."""
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,9 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
     Anderson and its pair is kept (it carries curvature information), but the safeguard restarts an item
     from its best iterate, without history and with half the mixing factor, when its residual blows up
     (more than ``BLOWUP`` times its best, or non-finite) or its best has not improved for ``PATIENCE``
-    evaluations. The accepted latent is each item's best iterate, whose residual was measured by the same
-    evaluation that produced the next proposal, so the stopping test costs no extra forward.
+    evaluations, and stops an item that stalls through ``MAX_RESTARTS`` restarts. The accepted latent is
+    each item's best iterate, whose residual was measured by the same evaluation that produced the next
+    proposal, so the stopping test costs no extra forward.
     """
     batch = z0.shape[0]
     view = (-1, *([1] * (z0.dim() - 1)))
@@ -218,7 +221,7 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
             stale = torch.where(restart, torch.zeros_like(stale), stale)
             valid_from = torch.where(restart, torch.full_like(valid_from, len(hist_dz)), valid_from)
         z, r, res = z_new, r_new, torch.where(done, res, res_new)
-        done = done | (best_res < thr)
+        done = done | (best_res < thr) | (beta < settings.damping * 0.5**MAX_RESTARTS)
     return _StepOutcome(best_z, best_res, guess_res, evals, evals + 1, 0)
 
 

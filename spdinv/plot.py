@@ -79,6 +79,7 @@ def render_residual_plot(series: list[Series], delta: float, width: int = 768, h
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=s.color)
     draw.text((left, 10), "fixed-point residual (lines, log) and iterations (bars) per inversion step",
               fill=(0, 0, 0), font=font)
+    draw.text((right - 40, top - 14), "iterations", fill=(120, 120, 120), font=font)
     draw.text(((left + right) // 2 - 60, height - 25), "inversion step (low sigma -> high)", fill=(0, 0, 0),
               font=font)
     for n, s in enumerate(series):

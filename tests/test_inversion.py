@@ -170,3 +170,11 @@ def test_settings_are_validated_with_the_input_named():
         InversionSettings(max_iters=0)
     with pytest.raises(ValueError, match="descending"):
         invert(ToyDenoiser(), toy_latent(), torch.tensor([0.0, 1.0]))
+
+
+def test_anderson_gives_up_a_map_without_a_fixed_point_before_the_cap():
+    """f(z) = z + c never reaches a fixed point; the stall rule stops it well before K evaluations."""
+    c = torch.ones(1, 4, 2, 2)
+    out = _anderson(lambda z: z + c, torch.zeros_like(c), InversionSettings(max_iters=100, delta=1e-12))
+    assert out.iterations < 30
+    assert float(out.residual[0]) == pytest.approx(1.0)
