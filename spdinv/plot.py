@@ -86,4 +86,4 @@ def render_residual_plot(series: list[Series], delta: float, width: int = 768, h
         y = top + 8 + 14 * n
         draw.rectangle([right - 230, y, right - 220, y + 8], fill=s.color)
         draw.text((right - 214, y - 2), s.label, fill=(0, 0, 0), font=font)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)

@@ -97,10 +97,12 @@ def test_edit_changes_the_target_and_keeps_the_reconstruction(run_node, pack_nod
     inv, _ = invert(run_node, pack_nodes, model, source, latent)
     edited, recon = reconstruct(run_node, pack_nodes, model, inv, source, target, cfg=7.5)
     _, recon_only = reconstruct(run_node, pack_nodes, model, inv, source)
-    assert torch.allclose(recon["samples"], recon_only["samples"], atol=1e-4)
-    assert not torch.allclose(edited["samples"], recon["samples"], atol=1e-3)
+    # Batches of 4 and 2 rows sum in different orders inside attention; a random UNet amplifies that
+    # rounding over the steps, so "equal" means equal to well within the reconstruction error.
+    assert latent_psnr(recon["samples"], recon_only["samples"]) > 40
+    assert latent_psnr(edited["samples"], recon["samples"]) < 30
     identity, _ = reconstruct(run_node, pack_nodes, model, inv, source, source, cfg=7.5)
-    assert torch.allclose(identity["samples"], recon["samples"], atol=1e-4)
+    assert latent_psnr(identity["samples"], recon["samples"]) > 40
 
 
 def test_residual_plot_is_an_image(run_node, pack_nodes, scene):
@@ -121,3 +123,29 @@ def test_bad_inputs_are_named(run_node, pack_nodes, scene, comfy_env):
         reconstruct(run_node, pack_nodes, model, inv, source, combined)
     with pytest.raises(Exception, match="sigmas"):
         invert(run_node, pack_nodes, model, source, latent, sigmas=torch.tensor([0.0, 1.0, 2.0]))
+
+
+@pytest.mark.parametrize("solver", ["anderson", "adamw"])
+def test_cancel_stops_within_one_unet_call_and_leaves_no_state(run_node, pack_nodes, scene, comfy_env, solver):
+    import comfy.model_management as mm
+
+    model, _, latent, source, _ = scene
+    calls = {"n": 0}
+
+    def interrupting(apply_model, args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            mm.interrupt_current_processing(True)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    patched = model.clone()
+    patched.set_model_unet_function_wrapper(interrupting)
+    grad_before = torch.is_grad_enabled()
+    with pytest.raises(mm.InterruptProcessingException):
+        invert(run_node, pack_nodes, patched, source, latent, solver=solver, steps=4, max_iters=3)
+    assert calls["n"] == 3
+    assert not mm.processing_interrupted()
+    assert torch.is_grad_enabled() == grad_before and not torch.is_inference_mode_enabled()
+    assert "model_function_wrapper" not in model.model_options
+    inv, _ = invert(run_node, pack_nodes, model, source, latent, steps=2)
+    assert torch.isfinite(inv.result.latents).all()

@@ -52,7 +52,7 @@ def server(comfyui_path, sd15_checkpoint_path):
     with ComfyServer(comfyui_path, python=sys.executable, checkpoints=[sd15_checkpoint_path.parent],
                      require_nodes=["SPDInvInvert", "SPDInvEditSampler", "SPDInvResidualPlot"]) as srv:
         yield srv
-    assert not srv.running()
+    assert not srv.running
 
 
 def test_every_workflow_has_an_api_twin():
@@ -88,7 +88,7 @@ def test_api_twin_executes(server, ui_path, photo_file, sd15_checkpoint_path):
     for path in images:
         with Image.open(path) as im:
             assert np.asarray(im).std() > 0
-    assert server.running()
+    assert server.running
 
 
 def test_headless_runner_reconstructs_from_the_command_line(comfyui_path, sd15_checkpoint_path, photo_file,
