@@ -115,6 +115,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path,
                    help="SD checkpoint file (default: the random-weight SD1.5 of tests/host/factory.py)")
     p.add_argument("--image", type=Path, help="photo to invert, centre-cropped and resized (default: synthetic)")
+    p.add_argument("--latent", choices=("auto", "vae", "sd-like"), default="auto",
+                   help="what to invert: the VAE-encoded image, or a smooth latent with real SD1.5 latent\n"
+                        "statistics (the random test VAE gives latents ~50x too small to judge reconstruction);\n"
+                        "auto: sd-like with the random test checkpoint and no --image, else vae")
     p.add_argument("--resolution", type=int, default=128, help="image side in pixels, multiple of 8 (default 128)")
     p.add_argument("--steps", type=int, nargs="+", default=[20], help="inversion steps; one table per value")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is reported")
@@ -336,8 +340,16 @@ class Bench:
         n = self.env.nodes
         log(f"loading {ckpt}")
         self.model, self.clip, self.vae = self.run_node(n.CheckpointLoaderSimple, ckpt_name=ckpt.name)
-        pixels = synthetic_image(args.resolution) if args.image is None else load_image(args.image, args.resolution)
-        (self.latent,) = self.run_node(n.VAEEncode, pixels=pixels, vae=self.vae)
+        self.latent_source = args.latent
+        if self.latent_source == "auto":
+            self.latent_source = "vae" if args.image is not None or args.checkpoint is not None else "sd-like"
+        if self.latent_source == "sd-like":
+            from spdinv_pack.tests.host import factory
+
+            self.latent = {"samples": factory.sd_like_latent(args.resolution)}
+        else:
+            pixels = synthetic_image(args.resolution) if args.image is None else load_image(args.image, args.resolution)
+            (self.latent,) = self.run_node(n.VAEEncode, pixels=pixels, vae=self.vae)
         (self.source,) = self.run_node(n.CLIPTextEncode, text=args.prompt, clip=self.clip)
         (self.target,) = self.run_node(n.CLIPTextEncode, text=args.target_prompt, clip=self.clip)
         self.memory_how = PeakMemory(cuda).how
@@ -484,6 +496,7 @@ class Bench:
             "resolution": args.resolution,
             "latent_shape": list(self.latent["samples"].shape),
             "image": str(args.image) if args.image else "synthetic",
+            "latent": self.latent_source,
             "prompt": args.prompt,
             "repeats": args.repeats,
             "warmup_steps": args.warmup_steps,
@@ -513,7 +526,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- device: {m['device']}",
         f"- torch {m['torch']}, Python {m['python']}, ComfyUI {m['comfyui_version']}, pack commit {commit}",
         f"- model: {Path(m['checkpoint']).name} ({m['model']}, UNet {m['unet_dtype']}); "
-        f"image {m['image']} at {m['resolution']}x{m['resolution']} (latent {m['latent_shape']}); "
+        f"{'VAE-encoded image ' + m['image'] if m['latent'] == 'vae' else 'SD-like synthetic latent'} at "
+        f"{m['resolution']}x{m['resolution']} (latent {m['latent_shape']}); "
         f"prompt \"{m['prompt']}\"",
         f"- wall time: median of {m['repeats']} SPDInvInvert calls after a {m['warmup_steps']}-step warm-up; "
         "residuals re-measured afterwards (one untimed UNet forward per step)",

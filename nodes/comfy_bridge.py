@@ -7,6 +7,7 @@ Every model call goes through a ``CFGGuider`` (model loading, LoRA and other wei
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -131,9 +132,7 @@ def stack_branches(conditionings: list[tuple[str, list]], rows: int) -> list:
         p = meta.get("pooled_output")
         pooled.append(None if p is None else (p.expand(rows, *p.shape[1:]) if p.shape[0] == 1 else p))
         extras = extras or {k: v for k, v in meta.items() if k != "pooled_output"}
-    length = 1
-    for t in tensors:
-        length = length * t.shape[1] // torch.gcd(torch.tensor(length), torch.tensor(t.shape[1])).item()
+    length = math.lcm(*(t.shape[1] for t in tensors))
     tensors = [t.repeat(1, length // t.shape[1], 1) for t in tensors]
     meta = dict(extras or {})
     if all(p is not None for p in pooled):

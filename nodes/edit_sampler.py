@@ -63,10 +63,7 @@ class SPDInvEditSampler(io.ComfyNode):
         latent_image = torch.cat([inversion.source_latent, inversion.source_latent])
 
         def routine(denoise, model_wrap, x_start, _latent, grid, progress):
-            def step_progress(step, total, x, denoised):
-                progress(step, total, x, denoised)
-
-            return ddim_sample(denoise, x_start, grid.float(), callback=step_progress)
+            return ddim_sample(denoise, x_start, grid.float(), callback=progress)
 
         out = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
         return io.NodeOutput({"samples": out[rows:]}, {"samples": out[:rows]})

@@ -93,7 +93,7 @@ class SPDInvInvert(io.ComfyNode):
             inner = model_wrap.inner_model
             if needs_grad:
                 make_weights_autograd_safe(inner)
-            result = invert(lambda x, s: denoise(x, s), x0, grid.float(), settings,
+            result = invert(denoise, x0, grid.float(), settings,
                             input_scale=input_scale_of(inner.model_sampling), callback=progress)
             found["result"] = result
             return result.noise

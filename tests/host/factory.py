@@ -330,3 +330,17 @@ if __name__ == "__main__":
     ckpt = sd15_checkpoint_path()
     print(f"{ckpt} ({ckpt.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t0:.1f} s")
     print(lora_path())
+
+
+def sd_like_latent(resolution: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """Raw LATENT samples with the statistics of a real SD1.5 VAE latent (std 1 after the 0.18215 scale).
+
+    The random VAE encodes images to latents about 50x smaller than a trained VAE does, which makes
+    every reconstruction error look huge relative to the signal. Reconstruction quality is measured on
+    latents like this instead: smooth (bicubic upsampling of a 4x coarser field), as image latents are.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    size = resolution // 8
+    coarse = torch.randn(batch, 4, max(1, size // 4), max(1, size // 4), generator=gen)
+    z = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    return z / z.std() / 0.18215
