@@ -311,11 +311,11 @@ def invert(
     for j in range(n):
         i = n - 1 - j
         sigma_a, sigma_b = grid[i + 1], grid[i]
-        scale_a, scale_b = input_scale(sigma_a), input_scale(sigma_b)
-        x_seen = x * (scale_a / scale_b)
-        eps = eps_from_denoised(x_seen, denoise(x_seen, sigma_b).float(), sigma_b)
-        guess = x + (sigma_b - sigma_a) * eps
-        outcome = solve(_FixedPointMap(denoise, x, sigma_a, sigma_b, scale_b), guess * scale_b, settings)
+        scale_b = input_scale(sigma_b)
+        f = _FixedPointMap(denoise, x, sigma_a, sigma_b, scale_b)
+        # The DDIM guess is one application of the map to the previous VP latent: the model sees the old
+        # latent at the new sigma, the reference's (and null-text inversion's) convention.
+        outcome = solve(f, f(x * input_scale(sigma_a)), settings)
         x = outcome.latent / scale_b
         latents[i] = x
         residual[i] = outcome.residual.float().cpu()
