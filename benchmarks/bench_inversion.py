@@ -35,7 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "spdinv_pack"
-DEFAULT_METHODS = ("ddim", "spdinv/anderson", "spdinv/adamw", "spdinv/anderson rel_tol=0.01")
+DEFAULT_METHODS = ("ddim", "spdinv/anderson rel_tol=0", "spdinv/adamw rel_tol=0", "spdinv/anderson rel_tol=0.01")
 TUNABLE: dict[str, Callable[[str], Any]] = {
     "max_iters": int,
     "lr": float,
