@@ -25,33 +25,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make ``tools`` importable as a package
+if __package__ in (None, ""):  # run as a script: import ``tools`` as a package so relative imports work
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tools.comfy_server import REPO_ROOT, ComfyServer, ComfyServerError
-    from tools.workflow_api import (
-        Conversion,
-        OverrideError,
-        WorkflowError,
-        api_titles,
-        apply_overrides,
-        is_ui_workflow,
-        parse_overrides,
-        set_input_where,
-        to_api,
-    )
-else:
-    from .comfy_server import REPO_ROOT, ComfyServer, ComfyServerError
-    from .workflow_api import (
-        Conversion,
-        OverrideError,
-        WorkflowError,
-        api_titles,
-        apply_overrides,
-        is_ui_workflow,
-        parse_overrides,
-        set_input_where,
-        to_api,
-    )
+    import tools  # noqa: F401
+
+    __package__ = "tools"
+
+from .comfy_server import REPO_ROOT, ComfyServer, ComfyServerError  # noqa: E402
+from .workflow_api import (  # noqa: E402
+    Conversion,
+    OverrideError,
+    WorkflowError,
+    api_titles,
+    apply_overrides,
+    is_ui_workflow,
+    parse_overrides,
+    set_input_where,
+    to_api,
+)
 
 
 @dataclass
