@@ -5,11 +5,14 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
+from .attention_preview import SPDInvAttentionPreview
 from .edit_sampler import SPDInvEditSampler
 from .invert import SPDInvInvert
+from .p2p_control import P2PAttentionControl
 from .residual_plot import SPDInvResidualPlot
 
-NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, SPDInvResidualPlot]
+NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, P2PAttentionControl, SPDInvAttentionPreview,
+                                   SPDInvResidualPlot]
 
 
 class SPDInvExtension(ComfyExtension):

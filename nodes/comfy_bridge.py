@@ -16,6 +16,7 @@ import comfy.samplers
 import latent_preview
 import torch
 
+from ..attention_patches.registration import STEP_KEY
 from ..spdinv.guidance import BranchCFG
 
 Routine = Callable[..., torch.Tensor]
@@ -49,20 +50,26 @@ class RoutineSampler(comfy.samplers.Sampler):
 
 class BranchGuider(comfy.samplers.CFGGuider):
     """CFG with one scale per editing branch: predicts cond and uncond for the stacked branches in one batch
-    and lets a core guidance rule (``combine``/``needs_uncond``) mix them. ``step`` is set by the sampler."""
+    and lets a core guidance rule (``guide``/``needs_uncond``) mix them. ``step`` is set by the sampler and
+    passed to attention patches as ``transformer_options[STEP_KEY]``; ``edit_mask`` is the rule's mask of
+    the last step (or ``None``)."""
 
     def __init__(self, model_patcher, guidance: BranchCFG):
         super().__init__(model_patcher)
         self.guidance = guidance
         self.step = 0
+        self.edit_mask: torch.Tensor | None = None
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
         uncond = self.conds.get("negative") if self.guidance.needs_uncond(self.step) else None
+        options = {**model_options, "transformer_options": {**model_options.get("transformer_options", {}),
+                                                            STEP_KEY: self.step}}
         cond_den, uncond_den = comfy.samplers.calc_cond_batch(
-            self.inner_model, [self.conds.get("positive"), uncond], x, timestep, model_options
+            self.inner_model, [self.conds.get("positive"), uncond], x, timestep, options
         )
-        return self.guidance.combine(self.step, x, float(timestep[0]), cond_den,
-                                     uncond_den if uncond is not None else None)
+        denoised, self.edit_mask = self.guidance.guide(self.step, x, float(timestep[0]), cond_den,
+                                                       uncond_den if uncond is not None else None)
+        return denoised
 
 
 def run_in_guider(

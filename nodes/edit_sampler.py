@@ -7,8 +7,10 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..spdinv.guidance import BranchCFG
+from ..attention_patches.registration import engine_of
+from ..spdinv.guidance import EditRecipe
 from ..spdinv.sampling import ddim_sample
+from .attention_preview import AttentionMaps, AttentionRecord
 from .comfy_bridge import BranchGuider, run_in_guider, stack_branches
 from .inversion_type import Inversion
 
@@ -44,6 +46,8 @@ class SPDInvEditSampler(io.ComfyNode):
                 io.Latent.Output(display_name="edited", tooltip="The target branch."),
                 io.Latent.Output(display_name="reconstruction", tooltip="The source branch: the photo rebuilt "
                                  "from the inversion (compare it with the input to judge the inversion)."),
+                AttentionMaps.Output(display_name="attention", tooltip="Cross-attention maps recorded by a "
+                                     "Prompt-to-Prompt model, for SPDInv Attention Preview."),
             ],
         )
 
@@ -54,16 +58,39 @@ class SPDInvEditSampler(io.ComfyNode):
                         "reconstruction will not match the photo exactly")
         result = inversion.result
         rows = result.noise.shape[0]
+        engine = engine_of(model)
+        recipe: EditRecipe = getattr(engine, "recipe", EditRecipe())
         positive = stack_branches([("source", source), ("target", target)], rows)
         negative_b = stack_branches([("source", source), ("negative", negative if negative is not None else source)],
                                     rows)
-        guider = BranchGuider(model, BranchCFG((1.0, float(cfg))))
+        guider = BranchGuider(model, recipe.guidance(float(cfg)))
         guider.set_conds(positive, negative_b)
         start = torch.cat([result.noise, result.noise])
         latent_image = torch.cat([inversion.source_latent, inversion.source_latent])
+        pinned = cls._pinned_steps(model, result.sigmas, recipe)
+
+        def after_step(step: int, x: torch.Tensor) -> torch.Tensor:
+            if pinned[step] and guider.edit_mask is not None:
+                stored = result.latents[step + 1].to(x)
+                x = torch.where(guider.edit_mask, x, torch.cat([stored, stored]))
+            return x if engine is None else engine.after_step(step, x)
 
         def routine(denoise, model_wrap, x_start, _latent, grid, progress):
-            return ddim_sample(denoise, x_start, grid.float(), callback=progress)
+            return ddim_sample(denoise, x_start, grid.float(), after_step=after_step, callback=progress)
 
-        out = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
-        return io.NodeOutput({"samples": out[rows:]}, {"samples": out[:rows]})
+        if engine is not None:
+            engine.begin_run(result.steps)
+        try:
+            out = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
+        finally:
+            if engine is not None:
+                engine.end_run()
+        return io.NodeOutput({"samples": out[rows:]}, {"samples": out[:rows]}, AttentionRecord.of(engine))
+
+    @staticmethod
+    def _pinned_steps(model, sigmas: torch.Tensor, recipe: EditRecipe) -> list[bool]:
+        """Steps where inversion guidance pins the latent: model timestep below ``pin_below`` of 1000."""
+        if recipe.pin_below is None:
+            return [False] * (len(sigmas) - 1)
+        timesteps = model.get_model_object("model_sampling").timestep(sigmas[:-1].float())
+        return [float(t) < recipe.pin_below * 1000 for t in timesteps]

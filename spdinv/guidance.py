@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,65 @@ class BranchCFG:
             return cond
         scale = self.per_row(x.shape[0], x.device).view(-1, *([1] * (x.dim() - 1)))
         return uncond + scale * (cond - uncond)
+
+    def guide(
+        self, step: int, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``combine`` plus the per-element edit mask of this step (``None``: this rule makes none)."""
+        return self.combine(step, x, sigma, cond, uncond), None
+
+
+@dataclass(frozen=True)
+class ProximalCFG(BranchCFG):
+    """ProxEdit's guidance (the recipe SPDInv's P2P code runs): the guidance difference is soft-thresholded
+    at its ``quantile`` over the whole batch, source rows included, before it is scaled.
+
+    Reference (``ptp_utils.diffusion_step``, prox ``l0``): ``d = ε_c − ε_u``, ``thr = quantile(|d|, q)``,
+    ``d ← d − clamp(d, −thr, thr)``. Here ``d`` is taken on denoised predictions, which differ from the
+    ε-space ones by the common factor ``−σ``, so the threshold, the shrinkage and the masks are the same.
+    ``shrink=False`` keeps plain CFG but still yields the edit mask (for inversion guidance alone).
+    """
+
+    quantile: float = 0.7
+    shrink: bool = True
+
+    def guide(
+        self, step: int, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if uncond is None:
+            return cond, None
+        delta = cond - uncond
+        threshold = torch.quantile(delta.abs().flatten().float(), self.quantile).to(delta.dtype)
+        shrunk = delta - delta.clamp(-threshold, threshold)
+        mask = edit_mask(shrunk, threshold)
+        scale = self.per_row(x.shape[0], x.device).view(-1, *([1] * (x.dim() - 1)))
+        return uncond + scale * (shrunk if self.shrink else delta), mask
+
+
+def edit_mask(shrunk: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Where the edit acts: ``|shrunk difference| > threshold`` (the raw difference beyond twice the
+    threshold), dilated by a 3×3 max-pool per channel, as the reference's inversion guidance uses it."""
+    hot = (shrunk.abs() > threshold).float()
+    flat = hot.reshape(-1, 1, *hot.shape[-2:])
+    return (F.max_pool2d(flat, kernel_size=3, stride=1, padding=1) > 0).reshape(hot.shape)
+
+
+@dataclass(frozen=True)
+class EditRecipe:
+    """How the edit sampler guides the branches for one engine (reference notes §2.1, §3.1, §4.3).
+
+    ``pin_below``: inversion guidance. While the model timestep is below ``pin_below`` of the training
+    range (reference: t < 400 of 1000), elements outside the step's edit mask are set to the stored
+    inversion latent after the step; the source branch has no edit, so it is pinned whole.
+    """
+
+    source_cfg: float = 1.0
+    proximal_quantile: float | None = None
+    shrink: bool = True
+    pin_below: float | None = None
+
+    def guidance(self, target_cfg: float) -> BranchCFG:
+        scales = (self.source_cfg, target_cfg)
+        if self.proximal_quantile is None:
+            return BranchCFG(scales)
+        return ProximalCFG(scales, quantile=self.proximal_quantile, shrink=self.shrink)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from spdinv_pack.spdinv.guidance import BranchCFG
+from spdinv_pack.spdinv.guidance import BranchCFG, EditRecipe, ProximalCFG
 from spdinv_pack.spdinv.inversion import InversionSettings, invert
 from spdinv_pack.spdinv.sampling import ddim_sample
 from spdinv_pack.spdinv.schedules import ddim_uniform_sigmas
@@ -55,3 +56,29 @@ def test_hooks_see_every_step_in_order():
 
     ddim_sample(lambda x, s, i: model(x, s), toy_latent(), sigmas, before_step=before, after_step=after)
     assert seen == [(k, i) for i in range(5) for k in ("before", "after")]
+
+
+def test_proximal_guidance_soft_thresholds_at_the_batch_quantile_and_marks_the_edit():
+    cond = torch.zeros(2, 1, 5, 5)
+    uncond = torch.zeros(2, 1, 5, 5)
+    cond[1, 0, 2, 2] = 1.0
+    cond[1, 0, 0, 0] = 0.2
+    guidance = ProximalCFG((1.0, 7.5), quantile=0.98)
+    threshold = torch.quantile(cond.flatten(), 0.98)
+    out, mask = guidance.guide(0, cond, 1.0, cond, uncond)
+    assert torch.equal(out[0], cond[0])
+    assert out[1, 0, 2, 2] == pytest.approx(7.5 * (1.0 - float(threshold)))
+    assert out[1, 0, 0, 0] == 0.0
+    expected = torch.zeros(5, 5, dtype=torch.bool)
+    expected[1:4, 1:4] = True
+    assert torch.equal(mask[1, 0], expected) and not mask[0].any()
+    plain, plain_mask = ProximalCFG((1.0, 7.5), quantile=0.98, shrink=False).guide(0, cond, 1.0, cond, uncond)
+    assert torch.equal(plain, BranchCFG((1.0, 7.5)).combine(0, cond, 1.0, cond, uncond))
+    assert torch.equal(plain_mask, mask)
+
+
+def test_edit_recipe_builds_the_guidance_it_names():
+    assert type(EditRecipe().guidance(7.5)) is BranchCFG
+    recipe = EditRecipe(proximal_quantile=0.7, shrink=False, pin_below=0.4)
+    guidance = recipe.guidance(7.5)
+    assert isinstance(guidance, ProximalCFG) and guidance.scales == (1.0, 7.5) and not guidance.shrink

@@ -1,0 +1,245 @@
+"""Prompt-to-Prompt attention control on real-image edits (Hertz et al. 2022, as SPDInv uses it).
+
+The edit sampler stacks the branches along the batch: inside every CFG chunk the first half of the rows
+is the source branch and the second half the target branch (row ``j`` of each pairs with row ``j`` of the
+other). Control applies to the conditional chunks only, as in the reference; the unconditional chunks
+run plain attention. Per step ``i`` of ``steps``:
+
+- cross-attention, every layer, for ``i < int(cross_fraction·steps)``: the target's probabilities become
+  the source's mapped through the token mapping (word swap or refine), then scaled per token by the
+  reweight equaliser;
+- self-attention, layers at ``level >= self_min_level`` (32×32 and below for a 512² SD1.5 image), for
+  ``i < int(self_fraction·steps)``: the target uses the source's probabilities (over its own values);
+- cross-attention maps at ``map_level`` (16×16 at 512²) are recorded before editing, summed over layers
+  and steps, for local blend and the preview;
+- local blend (after the DDIM step, from ``int(start·steps)``): the blend words' summed maps, 3×3
+  max-pool, upsampled to the latent, divided by their maximum, thresholded; the source and target word
+  masks are united and outside them the target latent is replaced by the source latent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..spdinv.guidance import EditRecipe
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``attend(q, k, v, heads) -> out`` on ``[B, N, heads·d]`` tensors: the host's optimised attention."""
+
+
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Scaled dot-product attention on ``[B, N, heads·d]`` tensors (used when no host attention is given)."""
+    b, _, inner = q.shape
+    qh, kh, vh = (t.reshape(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, -1, inner)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Softmax attention probabilities ``[B, heads, Nq, Nk]`` in float32."""
+    b, nq, inner = q.shape
+    d = inner // heads
+    qh = q.reshape(b, nq, heads, d).transpose(1, 2).float()
+    kh = k.reshape(b, -1, heads, d).transpose(1, 2).float()
+    return (qh @ kh.transpose(-1, -2) * d**-0.5).softmax(-1)
+
+
+def apply_probs(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``probs @ v`` back to ``[B, Nq, heads·d]`` in ``v``'s dtype."""
+    b, heads = probs.shape[:2]
+    vh = v.reshape(b, -1, heads, v.shape[-1] // heads).transpose(1, 2)
+    out = probs.to(vh.dtype) @ vh
+    return out.transpose(1, 2).reshape(b, probs.shape[2], -1)
+
+
+def steps_for(fraction: float, steps: int) -> int:
+    """How many of ``steps`` a fraction covers, rounded down as the reference does (0.8·50 → 40)."""
+    return int(math.floor(fraction * steps + 1e-9))
+
+
+@dataclass(frozen=True)
+class ReplaceMapping:
+    """Word swap: target map ``n`` = Σ_w source map ``w`` · ``matrix[w, n]``."""
+
+    matrix: torch.Tensor
+
+    def __call__(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bhpw,wn->bhpn", source, self.matrix.to(source))
+
+
+@dataclass(frozen=True)
+class RefineMapping:
+    """Refine: aligned target tokens take the aligned source token's map, inserted ones keep their own."""
+
+    index: torch.Tensor
+    alphas: torch.Tensor
+
+    def __call__(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        alphas = self.alphas.to(source)
+        return source[..., self.index.to(source.device)] * alphas + target * (1 - alphas)
+
+
+@dataclass(frozen=True)
+class LocalBlend:
+    """Token positions of the blend words in each prompt, threshold and start (fraction of the steps)."""
+
+    source_positions: tuple[int, ...]
+    target_positions: tuple[int, ...]
+    threshold: float = 0.3
+    start: float = 0.2
+
+
+class PromptToPrompt:
+    """One edit's P2P controller. The sampler calls ``begin_run``/``end_run`` around a run and
+    ``after_step`` after each DDIM step and guides the branches by ``recipe``; the attention patches call
+    ``cross_attention``/``self_attention``.
+
+    Between runs (or without a step index, e.g. inside a plain KSampler) every layer is plain attention.
+    """
+
+    def __init__(
+        self,
+        mapping: ReplaceMapping | RefineMapping,
+        equalizer: torch.Tensor | None = None,
+        cross_fraction: float = 0.8,
+        self_fraction: float = 0.6,
+        blend: LocalBlend | None = None,
+        self_min_level: int = 1,
+        map_level: int = 2,
+        recipe: EditRecipe | None = None,
+        labels: tuple[list[str], list[str]] | None = None,
+    ):
+        for name, value in (("cross_fraction", cross_fraction), ("self_fraction", self_fraction)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        self.mapping = mapping
+        self.equalizer = equalizer
+        self.cross_fraction = cross_fraction
+        self.self_fraction = self_fraction
+        self.blend = blend
+        self.self_min_level = self_min_level
+        self.map_level = map_level
+        self.recipe = recipe if recipe is not None else EditRecipe()
+        self.labels = labels if labels is not None else ([], [])
+        """Text of the content tokens (positions 1..n) of the source and the target prompt, for previews."""
+        self.steps = 0
+        self.active = False
+        self._reset_maps()
+
+    def _reset_maps(self) -> None:
+        self.blend_sum: torch.Tensor | None = None
+        self.preview_sum: torch.Tensor | None = None
+        self.preview_count = 0
+        self.blend_mask: torch.Tensor | None = None
+
+    def begin_run(self, steps: int) -> None:
+        """Start a sampling run of ``steps`` steps: clears the maps of any earlier run."""
+        self.steps = steps
+        self.active = True
+        self._reset_maps()
+
+    def end_run(self) -> None:
+        self.active = False
+
+    def cross_steps(self) -> int:
+        return steps_for(self.cross_fraction, self.steps)
+
+    def self_steps(self) -> int:
+        return steps_for(self.self_fraction, self.steps)
+
+    def _cond_chunks(self, rows: int, cond_or_uncond: Sequence[int]) -> tuple[int, list[slice]]:
+        chunk = rows // len(cond_or_uncond)
+        if chunk % 2 or chunk * len(cond_or_uncond) != rows:
+            raise ValueError(f"P2P expects source and target rows stacked in each CFG chunk, got {rows} rows for "
+                             f"chunks {list(cond_or_uncond)}; run the patched model with the SPDInv Edit Sampler")
+        return chunk, [slice(i * chunk, (i + 1) * chunk) for i, c in enumerate(cond_or_uncond) if c == 0]
+
+    def cross_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
+        cond_or_uncond: Sequence[int], level: int, spatial: tuple[int, int], attend: Attend = plain_attention,
+    ) -> torch.Tensor:
+        """One cross-attention layer; ``spatial`` is the layer's ``(h, w)``, ``attend`` the host's attention."""
+        record = level == self.map_level
+        edit = step is not None and step < self.cross_steps()
+        if not self.active or step is None or not (record or edit):
+            return attend(q, k, v, heads)
+        chunk, conds = self._cond_chunks(q.shape[0], cond_or_uncond)
+        out = torch.empty_like(q)
+        for i, c in enumerate(cond_or_uncond):
+            if c != 0:
+                rows = slice(i * chunk, (i + 1) * chunk)
+                out[rows] = attend(q[rows], k[rows], v[rows], heads)
+        half = chunk // 2
+        for rows in conds:
+            probs = attention_probs(q[rows], k[rows], heads)
+            if record:
+                self._record(probs, spatial, in_window=edit or self.cross_steps() == 0)
+            if edit:
+                mapped = self.mapping(probs[:half], probs[half:])
+                if self.equalizer is not None:
+                    mapped = mapped * self.equalizer.to(mapped)
+                probs = torch.cat([probs[:half], mapped])
+            out[rows] = apply_probs(probs, v[rows])
+        return out
+
+    def self_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
+        cond_or_uncond: Sequence[int], level: int, attend: Attend = plain_attention,
+    ) -> torch.Tensor:
+        """One self-attention layer: inside the window the target attends with the source's probabilities."""
+        if (not self.active or step is None or step >= self.self_steps() or level < self.self_min_level):
+            return attend(q, k, v, heads)
+        chunk, conds = self._cond_chunks(q.shape[0], cond_or_uncond)
+        half = chunk // 2
+        q, k = q.clone(), k.clone()
+        for rows in conds:
+            start = rows.start
+            q[start + half:rows.stop] = q[start:start + half]
+            k[start + half:rows.stop] = k[start:start + half]
+        return attend(q, k, v, heads)
+
+    def _record(self, probs: torch.Tensor, spatial: tuple[int, int], in_window: bool) -> None:
+        h, w = spatial
+        maps = probs.mean(1).reshape(probs.shape[0], h, w, probs.shape[-1])
+        self.blend_sum = maps if self.blend_sum is None else self.blend_sum + maps
+        if in_window:
+            self.preview_sum = maps if self.preview_sum is None else self.preview_sum + maps
+            self.preview_count += 1
+
+    def attention_maps(self) -> torch.Tensor | None:
+        """Cross-attention maps ``[rows, h, w, tokens]`` (source rows, then target rows) averaged over the
+        recorded layers and the cross-replace steps (all steps when that window is empty)."""
+        if self.preview_sum is None:
+            return None
+        return self.preview_sum / self.preview_count
+
+    def blend_masks(self, latent_hw: tuple[int, int]) -> torch.Tensor | None:
+        """The local-blend mask ``[B, 1, H, W]`` (bool) from the maps recorded so far, or ``None``."""
+        if self.blend is None or self.blend_sum is None:
+            return None
+        half = self.blend_sum.shape[0] // 2
+        words = torch.cat([
+            self.blend_sum[:half][..., list(self.blend.source_positions)].sum(-1),
+            self.blend_sum[half:][..., list(self.blend.target_positions)].sum(-1),
+        ]).unsqueeze(1)
+        words = F.max_pool2d(words, kernel_size=3, stride=1, padding=1)
+        words = F.interpolate(words, size=latent_hw, mode="nearest")
+        peak = words.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(words.dtype).tiny)
+        mask = (words / peak) > self.blend.threshold
+        return mask[:half] | mask[half:]
+
+    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """Local blend on the stacked latent ``[source rows, target rows]`` after DDIM step ``step``."""
+        if self.blend is None or step < steps_for(self.blend.start, self.steps):
+            return x
+        mask = self.blend_masks(tuple(x.shape[-2:]))
+        if mask is None:
+            return x
+        self.blend_mask = mask
+        half = x.shape[0] // 2
+        source, target = x[:half], x[half:]
+        return torch.cat([source, torch.where(mask.to(x.device), target, source)])

@@ -1,0 +1,82 @@
+"""The transformer layers of a loaded UNet, in forward order, with their resolution level.
+
+Engines choose layers from the model's own structure (SPEC §4), not from a hard-coded SD1.5 list:
+the level of a layer is how many times the latent was downsampled before it (SD1.5 at 512²: level 0 is
+64×64, 1 is 32×32, 2 is 16×16, 3 is 8×8), so a rule such as "16×16 at 512²" becomes "level 2" and
+carries over to other sizes and to SD2.x and SDXL. Duck-typed: this module never imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TransformerLayer:
+    """One ``BasicTransformerBlock``: the key ComfyUI's attention patches use, and where it sits."""
+
+    block: str
+    """``"input"``, ``"middle"`` or ``"output"``."""
+    block_id: int
+    index: int
+    """Depth inside its ``SpatialTransformer`` (ComfyUI's ``block_index``)."""
+    order: int
+    """Position among all transformer layers in forward order (0 = first encoder layer)."""
+    level: int
+    """Number of downsamplings applied to the latent before this layer."""
+    self_attention: bool
+    cross_attention: bool
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """``(block, id, index)``: the key of ``set_model_attn1_replace``/``attn2_replace``."""
+        return (self.block, self.block_id, self.index)
+
+
+def _contains(module: torch.nn.Module, class_word: str) -> bool:
+    return any(class_word in type(m).__name__ for m in module.modules())
+
+
+def _layers_of(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The ``BasicTransformerBlock``s of one UNet block, in order (a block holds at most one transformer)."""
+    for m in module.modules():
+        blocks = getattr(m, "transformer_blocks", None)
+        if isinstance(blocks, torch.nn.ModuleList):
+            return list(blocks)
+    return []
+
+
+def transformer_layers(unet: torch.nn.Module) -> list[TransformerLayer]:
+    """All transformer layers of an openaimodel-style UNet (SD1.x, SD2.x, SDXL), in forward order.
+
+    Raises ``ValueError`` for a model without ``input_blocks``/``output_blocks`` (DiT, MMDiT, flow
+    transformers), whose attention layout the engines cannot address.
+    """
+    if not all(hasattr(unet, name) for name in ("input_blocks", "output_blocks")):
+        raise ValueError(f"{type(unet).__name__} is not a UNet with input/output blocks; the attention engines "
+                         "support SD1.x, SD2.x and SDXL-style UNets")
+    found: list[TransformerLayer] = []
+
+    def add(block: str, block_id: int, module: torch.nn.Module, level: int) -> None:
+        for index, layer in enumerate(_layers_of(module)):
+            found.append(TransformerLayer(
+                block, block_id, index, len(found), level,
+                self_attention=not getattr(layer, "disable_self_attn", False),
+                cross_attention=getattr(layer, "attn2", None) is not None,
+            ))
+
+    level = 0
+    for block_id, module in enumerate(unet.input_blocks):
+        add("input", block_id, module, level)
+        if _contains(module, "Downsample"):
+            level += 1
+    middle = getattr(unet, "middle_block", None)
+    if middle is not None:
+        add("middle", 0, middle, level)
+    for block_id, module in enumerate(unet.output_blocks):
+        add("output", block_id, module, level)
+        if _contains(module, "Upsample"):
+            level -= 1
+    return found

@@ -1,0 +1,58 @@
+"""Token ids and token text from a ComfyUI CLIP, for the token mappings of the attention engines.
+
+Uses ``clip.tokenize`` (the tokenisation the text encoder sees, word by word as ComfyUI splits prompts) and
+the CLIP BPE tokenizer behind it for start/end ids and token text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..attention_patches.token_alignment import TokenizeFn
+
+
+def _bpe_tokenizer(clip: Any, key: str) -> Any:
+    holder = clip.tokenizer
+    for name in (f"clip_{key}", key):
+        inner = getattr(holder, name, None)
+        if inner is not None and hasattr(inner, "end_token"):
+            return inner
+    if hasattr(holder, "end_token"):
+        return holder
+    raise ValueError("clip: this text encoder's tokenizer is not a CLIP BPE tokenizer; Prompt-to-Prompt supports "
+                     "the CLIP text encoders of SD1.x, SD2.x and SDXL")
+
+
+def _clip_key(tokens: dict) -> str:
+    return "l" if "l" in tokens else next(iter(tokens))
+
+
+def token_ids(clip: Any) -> TokenizeFn:
+    """``text -> content token ids`` (no start, end or padding tokens) as ``clip``'s encoder receives them."""
+
+    def tokenize(text: str) -> list[int]:
+        tokens = clip.tokenize(text)
+        key = _clip_key(tokens)
+        bpe = _bpe_tokenizer(clip, key)
+        ids: list[int] = []
+        for batch in tokens[key]:
+            for position, entry in enumerate(batch):
+                token = entry[0]
+                if position == 0 and token == bpe.start_token:
+                    continue
+                if not isinstance(token, int):
+                    raise ValueError("embeddings (embedding:name) are not supported in Prompt-to-Prompt prompts: "
+                                     "their tokens cannot be aligned")
+                if token == bpe.end_token:
+                    break
+                ids.append(token)
+        return ids
+
+    return tokenize
+
+
+def token_text(clip: Any, ids: list[int]) -> list[str]:
+    """Readable text of each token (CLIP's ``</w>`` word-end marker removed)."""
+    bpe = _bpe_tokenizer(clip, _clip_key(clip.tokenize("")))
+    vocab = getattr(bpe, "inv_vocab", {})
+    return [vocab.get(i, str(i)).replace("</w>", "") for i in ids]

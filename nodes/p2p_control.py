@@ -1,0 +1,134 @@
+"""P2PAttentionControl: Prompt-to-Prompt on a MODEL clone, with the two prompts encoded once."""
+
+from __future__ import annotations
+
+from comfy.ldm.modules.attention import optimized_attention
+from comfy_api.latest import io
+
+from ..attention_patches.prompt_to_prompt import LocalBlend, PromptToPrompt, RefineMapping, ReplaceMapping
+from ..attention_patches.registration import attach_prompt_to_prompt
+from ..attention_patches.token_alignment import (
+    equalizer,
+    find_phrase,
+    parse_word_factors,
+    refinement_mapper,
+    replacement_mapper,
+    tokenize_prompt,
+)
+from ..spdinv.guidance import EditRecipe
+from .clip_tokens import token_ids, token_text
+
+MODES = ("refine", "word swap")
+PIN_BELOW = 0.4
+"""Inversion guidance acts while the timestep is below 400 of 1000, as in the reference."""
+SELF_MIN_LEVEL = 1
+"""Self-attention replacement on layers at half the latent's resolution and below (32×32 at 512²)."""
+MAP_LEVEL = 2
+"""Cross-attention maps for local blend and the preview at a quarter of the latent (16×16 at 512²)."""
+
+
+def _named(input_name: str, fn, *args):
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise ValueError(f"{input_name}: {e}") from None
+
+
+def _words(spec: str) -> list[str]:
+    return [w.strip() for w in spec.replace("\n", ",").split(",") if w.strip()]
+
+
+class P2PAttentionControl(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="P2PAttentionControl",
+            display_name="SPDInv Prompt-to-Prompt",
+            category="SPDInv/engines",
+            description="Prompt-to-Prompt attention control for the SPDInv Edit Sampler: the target prompt's "
+                        "cross-attention follows the source's (word swap or refine), optionally reweighted, with "
+                        "self-attention replacement and local blend. Also encodes both prompts and sets the "
+                        "ProxEdit guidance recipe SPDInv uses (proximal guidance, inversion guidance).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model the photo was inverted with."),
+                io.Clip.Input("clip", tooltip="The text encoder, to tokenize and encode both prompts."),
+                io.String.Input("source_text", multiline=True, default="a photo of a cat",
+                                tooltip="Describes the photo: the prompt the inversion used. Connect the "
+                                        "'source' output to SPDInv Invert and the edit sampler."),
+                io.String.Input("target_text", multiline=True, default="a photo of a dog",
+                                tooltip="The edit: the source prompt with words swapped, added or removed."),
+                io.Combo.Input("mode", options=list(MODES), default="refine",
+                               tooltip="refine: aligns the prompts token by token (words may be added or "
+                                       "removed; new words keep their own attention). word swap: same number of "
+                                       "words, changed words take the maps of the words they replace."),
+                io.Float.Input("cross_replace", default=0.8, min=0.0, max=1.0, step=0.05,
+                               tooltip="Fraction of the steps (from the start) where the target's cross-attention "
+                                       "follows the source's (paper code: 0.8; PIE-Bench protocol: 0.4). Lower it "
+                                       "if the edit is too weak."),
+                io.Float.Input("self_replace", default=0.6, min=0.0, max=1.0, step=0.05,
+                               tooltip="Fraction of the steps where the target uses the source's self-attention "
+                                       "(layout, 0.6). Raise it to keep more structure, lower it for bigger shape "
+                                       "changes."),
+                io.String.Input("blend_source_words", default="",
+                                tooltip="Local blend: words (comma-separated) of the source prompt whose region "
+                                        "may change, e.g. 'cat'. Empty on both sides: no local blend."),
+                io.String.Input("blend_target_words", default="",
+                                tooltip="Local blend: words of the target prompt whose region may change, e.g. "
+                                        "'dog'. Outside the union of both regions the edit keeps the source."),
+                io.Float.Input("blend_threshold", default=0.3, min=0.0, max=1.0, step=0.05,
+                               tooltip="Local blend mask threshold on the normalised word maps (0.3). Lower it if "
+                                       "the edited region is cut too tight."),
+                io.Float.Input("blend_start", default=0.2, min=0.0, max=1.0, step=0.05,
+                               tooltip="Local blend applies from this fraction of the steps on (0.2: step 11 of "
+                                       "50)."),
+                io.String.Input("reweight", default="",
+                                tooltip="Per-word factors on the target's cross-attention, e.g. 'silver:2.0, "
+                                        "cat:0.5' (words of the target prompt). Acts during cross_replace."),
+                io.Boolean.Input("proximal_guidance", default=True,
+                                 tooltip="Soft-threshold the guidance difference at its quantile (ProxEdit, as "
+                                         "SPDInv's code does): edits stay local. Off: plain CFG."),
+                io.Float.Input("proximal_quantile", default=0.7, min=0.0, max=0.999, step=0.05,
+                               tooltip="Quantile of |guidance difference| used as threshold (0.7; PIE-Bench "
+                                       "protocol: 0.75). Higher: fewer pixels edited."),
+                io.Boolean.Input("inversion_guidance", default=True,
+                                 tooltip="For the last steps (timestep < 400 of 1000), pin everything outside the "
+                                         "guidance's edit mask to the inversion trajectory: the background matches "
+                                         "the photo. The reconstruction output is then the photo itself."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The model with P2P attention control (use it "
+                                "with the SPDInv Edit Sampler; other samplers see plain attention)."),
+                io.Conditioning.Output(display_name="source", tooltip="The source prompt's encoding."),
+                io.Conditioning.Output(display_name="target", tooltip="The target prompt's encoding."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, source_text, target_text, mode, cross_replace, self_replace,
+                blend_source_words, blend_target_words, blend_threshold, blend_start, reweight, proximal_guidance,
+                proximal_quantile, inversion_guidance) -> io.NodeOutput:
+        tokenize = token_ids(clip)
+        source = _named("source_text", tokenize_prompt, source_text, tokenize)
+        target = _named("target_text", tokenize_prompt, target_text, tokenize)
+        if mode == "word swap":
+            mapping = ReplaceMapping(_named("target_text", replacement_mapper, source, target))
+        else:
+            mapping = RefineMapping(*refinement_mapper(source, target))
+        factors = _named("reweight", parse_word_factors, reweight)
+        eq = _named("reweight", equalizer, target, factors, tokenize) if factors else None
+        blend = None
+        if _words(blend_source_words) or _words(blend_target_words):
+            src = [p for w in _words(blend_source_words)
+                   for p in _named("blend_source_words", find_phrase, source, w, tokenize)]
+            tgt = [p for w in _words(blend_target_words)
+                   for p in _named("blend_target_words", find_phrase, target, w, tokenize)]
+            blend = LocalBlend(tuple(src), tuple(tgt), blend_threshold, blend_start)
+        guided = proximal_guidance or inversion_guidance
+        recipe = EditRecipe(source_cfg=1.0, proximal_quantile=proximal_quantile if guided else None,
+                            shrink=proximal_guidance, pin_below=PIN_BELOW if inversion_guidance else None)
+        labels = (token_text(clip, list(source.ids)), token_text(clip, list(target.ids)))
+        engine = PromptToPrompt(mapping, eq, cross_replace, self_replace, blend, SELF_MIN_LEVEL, MAP_LEVEL, recipe,
+                                labels)
+        patched = attach_prompt_to_prompt(model, engine, optimized_attention)
+        encode = [clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in (source_text, target_text)]
+        return io.NodeOutput(patched, *encode)

@@ -1,0 +1,136 @@
+"""Layer discovery from a UNet's structure and P2P patch registration on a ModelPatcher stand-in.
+
+The stand-ins mimic the parts of ComfyUI's openaimodel UNet and ModelPatcher these modules read (module
+names and the attn replace API); the real ones are exercised by the host tests.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from spdinv_pack.attention_patches.prompt_to_prompt import PromptToPrompt, ReplaceMapping
+from spdinv_pack.attention_patches.registration import ENGINE_KEY, attach_prompt_to_prompt, engine_of
+from spdinv_pack.attention_patches.unet_layers import transformer_layers
+
+
+class Downsample(nn.Module):
+    pass
+
+
+class Upsample(nn.Module):
+    pass
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn1, self.attn2 = nn.Identity(), nn.Identity()
+
+
+class SpatialTransformer(nn.Module):
+    def __init__(self, depth: int = 1):
+        super().__init__()
+        self.transformer_blocks = nn.ModuleList(Block() for _ in range(depth))
+
+
+def seq(*mods: nn.Module) -> nn.Sequential:
+    return nn.Sequential(nn.Identity(), *mods)
+
+
+class SD15LikeUNet(nn.Module):
+    """SD1.5's block layout: transformers at input 1,2,4,5,7,8, middle, output 3..11."""
+
+    def __init__(self):
+        super().__init__()
+        t = SpatialTransformer
+        self.input_blocks = nn.ModuleList([
+            seq(), seq(t()), seq(t()), seq(Downsample()), seq(t()), seq(t()), seq(Downsample()), seq(t()), seq(t()),
+            seq(Downsample()), seq(), seq(),
+        ])
+        self.middle_block = seq(t())
+        self.output_blocks = nn.ModuleList([
+            seq(), seq(), seq(Upsample()), seq(t()), seq(t()), seq(t(), Upsample()), seq(t()), seq(t()),
+            seq(t(), Upsample()), seq(t()), seq(t()), seq(t()),
+        ])
+
+
+class FakePatcher:
+    """The slice of ComfyUI's ModelPatcher that registration uses."""
+
+    def __init__(self, unet: nn.Module):
+        self.unet = unet
+        self.model_options: dict = {"transformer_options": {}}
+
+    def clone(self) -> FakePatcher:
+        n = FakePatcher(self.unet)
+        n.model_options = copy.deepcopy(self.model_options)
+        return n
+
+    def get_model_object(self, name: str):
+        assert name == "diffusion_model"
+        return self.unet
+
+    def _set(self, kind, patch, block, number, index):
+        to = self.model_options["transformer_options"]
+        to.setdefault("patches_replace", {}).setdefault(kind, {})[(block, number, index)] = patch
+
+    def set_model_attn1_replace(self, patch, block, number, index=None):
+        self._set("attn1", patch, block, number, index)
+
+    def set_model_attn2_replace(self, patch, block, number, index=None):
+        self._set("attn2", patch, block, number, index)
+
+
+def test_layers_come_in_forward_order_with_their_resolution_level():
+    layers = transformer_layers(SD15LikeUNet())
+    assert len(layers) == 16
+    assert [layer.order for layer in layers] == list(range(16))
+    assert [(layer.block, layer.block_id) for layer in layers[:7]] == [
+        ("input", 1), ("input", 2), ("input", 4), ("input", 5), ("input", 7), ("input", 8), ("middle", 0)]
+    assert [layer.level for layer in layers] == [0, 0, 1, 1, 2, 2, 3, 2, 2, 2, 1, 1, 1, 0, 0, 0]
+
+
+def test_a_model_without_unet_blocks_is_refused():
+    with pytest.raises(ValueError, match="SD1.x"):
+        transformer_layers(nn.Linear(2, 2))
+
+
+def engine() -> PromptToPrompt:
+    return PromptToPrompt(ReplaceMapping(torch.eye(77)), self_min_level=1)
+
+
+def test_p2p_patches_every_cross_attention_and_self_attention_at_level_one_and_below_on_a_clone():
+    base = FakePatcher(SD15LikeUNet())
+    patched = attach_prompt_to_prompt(base, engine(), attend=lambda q, k, v, heads: q)
+    assert base.model_options == {"transformer_options": {}}
+    replace = patched.model_options["transformer_options"]["patches_replace"]
+    assert len(replace["attn2"]) == 16
+    assert len(replace["attn1"]) == 11  # 32x32, 16x16 and 8x8 at 512²: input 4,5,7,8, middle, output 3..8
+    assert ("input", 1, 0) not in replace["attn1"] and ("output", 11, 0) not in replace["attn1"]
+    assert engine_of(patched) is patched.model_options["transformer_options"][ENGINE_KEY]
+
+
+def test_a_clone_of_the_patched_model_keeps_one_consistent_engine_of_its_own():
+    patched = attach_prompt_to_prompt(FakePatcher(SD15LikeUNet()), engine(), attend=lambda q, k, v, heads: q)
+    again = patched.clone()
+    mine = engine_of(again)
+    assert mine is not engine_of(patched)
+    patches = again.model_options["transformer_options"]["patches_replace"]
+    assert all(p.engine is mine for kind in ("attn1", "attn2") for p in patches[kind].values())
+
+
+def test_attention_replaced_by_another_node_is_kept_and_engines_do_not_stack():
+    base = FakePatcher(SD15LikeUNet())
+
+    def theirs(q, k, v, extra_options):
+        return q
+
+    base.set_model_attn2_replace(theirs, "output", 3, 0)
+    patched = attach_prompt_to_prompt(base, engine(), attend=lambda q, k, v, heads: q)
+    assert patched.model_options["transformer_options"]["patches_replace"]["attn2"][("output", 3, 0)] is theirs
+    with pytest.raises(ValueError, match="already carries"):
+        attach_prompt_to_prompt(patched, engine(), attend=lambda q, k, v, heads: q)
