@@ -9,15 +9,7 @@ import torch
 
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import sd_like_latent
-
-STEPS = 10
-
-
-def photo(size: int = 64) -> torch.Tensor:
-    """A smooth synthetic RGB image [1, H, W, 3] in 0..1."""
-    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    img = torch.stack([x, y, 0.5 + 0.4 * torch.sin(6 * x) * torch.cos(4 * y)], dim=-1)
-    return img.unsqueeze(0)
+from spdinv_pack.tests.host.pack_calls import STEPS, invert, photo, reconstruct
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +26,6 @@ def scene(comfy_env, sd15, run_node):
     (source,) = run_node(comfy_env.nodes.CLIPTextEncode, text="a photo of a cat", clip=clip)
     (target,) = run_node(comfy_env.nodes.CLIPTextEncode, text="a photo of a dog", clip=clip)
     return model, clip, latent, source, target
-
-
-def invert(run_node, pack_nodes, model, source, latent, **kw):
-    settings = dict(steps=STEPS, method="spdinv", solver="anderson", max_iters=25, lr=1e-3, delta=5e-6,
-                    rel_tol=0.0, measure_residual=True)
-    settings.update(kw)
-    return run_node(pack_nodes.SPDInvInvert, model=model, source=source, latent=latent, **settings).result
-
-
-def reconstruct(run_node, pack_nodes, model, inversion, source, target=None, cfg=1.0):
-    out = run_node(pack_nodes.SPDInvEditSampler, model=model, inversion=inversion, source=source,
-                   target=target if target is not None else source, cfg=cfg).result
-    return out
 
 
 def test_spdinv_inverts_and_reconstructs_better_than_ddim(run_node, pack_nodes, scene, comfy_env):

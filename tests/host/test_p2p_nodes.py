@@ -1,0 +1,136 @@
+"""Prompt-to-Prompt inside real ComfyUI (random-weight SD1.5), node calls under inference mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spdinv_pack.spdinv.attention_grid import MapRow, grid_layout
+from spdinv_pack.tests.host.pack_calls import edit, invert, photo
+
+SOURCE = "a photo of a cat"
+P2P_DEFAULTS = dict(mode="refine", cross_replace=0.8, self_replace=0.6, blend_source_words="",
+                    blend_target_words="", blend_threshold=0.3, blend_start=0.2, reweight="",
+                    proximal_guidance=True, proximal_quantile=0.7, inversion_guidance=True)
+
+
+@pytest.fixture(scope="module")
+def pack_nodes(comfy_env):
+    from spdinv_pack import nodes
+
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def photo_scene(comfy_env, sd15, run_node, pack_nodes):
+    """A 128² photo (16×16 latent: maps at 4×4) inverted once with the source prompt."""
+    model, clip, vae = sd15
+    (latent,) = run_node(comfy_env.nodes.VAEEncode, pixels=photo(128), vae=vae)
+    (source,) = run_node(comfy_env.nodes.CLIPTextEncode, text=SOURCE, clip=clip)
+    inversion, _ = invert(run_node, pack_nodes, model, source, latent, steps=10)
+    return model, clip, latent, inversion
+
+
+def p2p(run_node, pack_nodes, model, clip, target, **kw):
+    settings = {**P2P_DEFAULTS, **kw}
+    return run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip, source_text=SOURCE,
+                    target_text=target, **settings).result
+
+
+def test_identity_edit_equals_the_reconstruction(run_node, pack_nodes, photo_scene):
+    model, clip, _, inversion = photo_scene
+    patched, source, target = p2p(run_node, pack_nodes, model, clip, SOURCE)
+    edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target)
+    diff = (edited["samples"] - recon["samples"]).abs().max().item()
+    print(f"\n[host] identity P2P edit vs reconstruction: max abs latent difference {diff:.2e}")
+    assert diff <= 1e-4
+
+
+@pytest.mark.parametrize("mode,target,reweight", [
+    ("word swap", "a photo of a dog", ""),
+    ("refine", "a photo of a fluffy dog", ""),
+    ("refine", "a photo of a silver dog", "silver:2.0"),
+], ids=["word-swap", "refine", "reweight"])
+def test_local_blend_keeps_the_source_outside_its_mask(run_node, pack_nodes, photo_scene, mode, target, reweight):
+    """A random UNet attends almost uniformly (normalised word maps 0.92-1.0), so the threshold is 0.99 to
+    get a mask that is neither empty nor full."""
+    model, clip, _, inversion = photo_scene
+    patched, source, target_cond = p2p(run_node, pack_nodes, model, clip, target, mode=mode, reweight=reweight,
+                                       blend_source_words="cat", blend_target_words="dog", blend_threshold=0.99)
+    edited, recon, attention = edit(run_node, pack_nodes, patched, inversion, source, target_cond)
+    mask = attention.blend_mask[:, 0]
+    assert mask.shape[-2:] == edited["samples"].shape[-2:]
+    assert 0.0 < mask.float().mean() < 1.0, "threshold gave a trivial mask; the test would prove nothing"
+    outside = ~mask.unsqueeze(1).expand_as(edited["samples"])
+    assert torch.equal(edited["samples"][outside], recon["samples"][outside])
+    assert not torch.equal(edited["samples"][~outside], recon["samples"][~outside])
+    assert torch.isfinite(edited["samples"]).all()
+    print(f"\n[host] {mode} {target!r}: blend mask covers {mask.float().mean():.0%} of the latent")
+
+
+def test_attention_preview_has_one_panel_per_token(run_node, pack_nodes, photo_scene):
+    model, clip, _, inversion = photo_scene
+    patched, source, target = p2p(run_node, pack_nodes, model, clip, "a photo of a small dog",
+                                  blend_source_words="cat", blend_target_words="dog")
+    _, _, attention = edit(run_node, pack_nodes, patched, inversion, source, target)
+    assert attention.labels == (["a", "photo", "of", "a", "cat"], ["a", "photo", "of", "a", "small", "dog"])
+    image, mask = run_node(pack_nodes.SPDInvAttentionPreview, attention=attention, image_index=0,
+                           panel_size=64).result
+    rows = [MapRow("", torch.zeros(n, 1, 1).numpy(), [""] * n) for n in (5, 6)]
+    assert tuple(image.shape) == (1, *grid_layout(rows, 64, has_mask=True), 3)
+    assert float(image.std()) > 0.05
+    assert tuple(mask.shape) == (1, 128, 128)
+
+
+def test_the_model_given_to_p2p_samples_bit_identically_after_an_edit(run_node, pack_nodes, photo_scene,
+                                                                     comfy_env):
+    model, clip, latent, inversion = photo_scene
+    (cond,) = run_node(comfy_env.nodes.CLIPTextEncode, text=SOURCE, clip=clip)
+    ksampler = dict(seed=0, steps=2, cfg=7.5, sampler_name="euler", scheduler="normal", positive=cond,
+                    negative=cond, latent_image=latent, denoise=1.0)
+    (before,) = run_node(comfy_env.nodes.KSampler, model=model, **ksampler)
+    patched, source, target = p2p(run_node, pack_nodes, model, clip, "a photo of a dog",
+                                  blend_source_words="cat", blend_target_words="dog")
+    edit(run_node, pack_nodes, patched, inversion, source, target)
+    (after,) = run_node(comfy_env.nodes.KSampler, model=model, **ksampler)
+    assert torch.equal(before["samples"], after["samples"])
+    assert "patches_replace" not in model.model_options.get("transformer_options", {})
+
+
+def test_p2p_keeps_patches_other_nodes_put_on_the_model(run_node, pack_nodes, photo_scene):
+    model, clip, _, inversion = photo_scene
+    calls = {"n": 0}
+
+    def counting(n, extra_options):
+        calls["n"] += 1
+        return n
+
+    other = model.clone()
+    other.set_model_attn1_output_patch(counting)
+    patched, source, target = p2p(run_node, pack_nodes, other, clip, "a photo of a dog")
+    edit(run_node, pack_nodes, patched, inversion, source, target)
+    assert calls["n"] > 0
+
+
+def test_cfg_one_runs_cond_only_batches(run_node, pack_nodes, photo_scene):
+    """At CFG 1 everywhere ComfyUI skips the unconditional batch: the controller sees cond chunks only."""
+    model, clip, _, inversion = photo_scene
+    patched, source, target = p2p(run_node, pack_nodes, model, clip, "a photo of a dog", proximal_guidance=False,
+                                  inversion_guidance=False)
+    edited, recon, attention = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=1.0)
+    assert torch.isfinite(edited["samples"]).all() and attention.maps is not None
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(target_text="a photo of a dog", blend_target_words="horse"), "blend_target_words: .*horse.*a photo of a dog"),
+    (dict(target_text="a photo of a dog", blend_source_words="dog"), "blend_source_words: .*dog.*a photo of a cat"),
+    (dict(target_text="a photo of a dog", reweight="silver:2"), "reweight: .*silver"),
+    (dict(target_text="a photo of a dog", reweight="dog=2"), "reweight: .*word:factor"),
+    (dict(target_text="a photo of a big dog", mode="word swap"), "target_text: .*refine"),
+    (dict(target_text="a photo of a dog " + "and a cat " * 30), "target_text: .*tokens"),
+], ids=["blend-target", "blend-source", "reweight-word", "reweight-format", "swap-count", "too-long"])
+def test_bad_p2p_inputs_name_the_input_and_the_fix(run_node, pack_nodes, photo_scene, settings, match):
+    model, clip, _, _ = photo_scene
+    target = settings.pop("target_text")
+    with pytest.raises(ValueError, match=match):
+        p2p(run_node, pack_nodes, model, clip, target, **settings)
