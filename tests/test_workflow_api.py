@@ -559,6 +559,13 @@ def test_runner_build_prompt_convenience_flags() -> None:
         run_workflow.build_prompt(api, None, source_prompt="x")  # API input without titles
 
 
+def test_runner_prompt_flags_also_fill_engine_nodes_that_take_both_texts() -> None:
+    api = {"1": {"class_type": "P2PAttentionControl", "inputs": {"source_text": "a", "target_text": "b"},
+                 "_meta": {"title": "Prompt-to-Prompt"}}}
+    p = run_workflow.build_prompt(api, None, source_prompt="a cat", target_prompt="a dog").prompt
+    assert p["1"]["inputs"] == {"source_text": "a cat", "target_text": "a dog"}
+
+
 def test_runner_cli_reports_errors_without_starting_a_server(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert run_workflow.main([str(tmp_path / "missing.json"), "--comfyui", str(tmp_path)]) == 1
     assert "cannot read workflow" in capsys.readouterr().err

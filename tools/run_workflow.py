@@ -97,7 +97,8 @@ def build_prompt(
     ``checkpoint_name`` -> ``ckpt_name`` of every CheckpointLoaderSimple; ``image_name`` -> ``image`` of
     every LoadImage; ``clip_vision_name`` -> ``clip_name`` of every CLIPVisionLoader;
     ``source_prompt`` / ``target_prompt`` -> ``text`` of the CLIPTextEncode nodes whose title contains
-    "source" / "target" (case-insensitive). ``overrides`` (``{"NODE.INPUT": value}``) come last.
+    "source" / "target" (case-insensitive), and the ``source_text`` / ``target_text`` inputs of engine nodes
+    that encode both prompts (P2P). ``overrides`` (``{"NODE.INPUT": value}``) come last.
     """
     conv = to_api(workflow, object_info)
     prompt = conv.prompt
@@ -115,7 +116,11 @@ def build_prompt(
     ):
         if text is not None:
             changed = set_input_where(prompt, "text", text, class_type="CLIPTextEncode", title_contains=word)
-            _require(changed, f"{flag} (title containing {word!r})", prompt, "CLIPTextEncode")
+            for node_id, entry in prompt.items():
+                if isinstance(entry.get("inputs", {}).get(f"{word}_text"), str):
+                    entry["inputs"][f"{word}_text"] = text
+                    changed.append(node_id)
+            _require(changed, f"{flag} (title containing {word!r}, or a {word}_text input)", prompt, "CLIPTextEncode")
     if overrides:
         apply_overrides(prompt, overrides, object_info)
     conv.titles = api_titles(prompt)

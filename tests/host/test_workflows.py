@@ -50,7 +50,8 @@ def photo_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(comfyui_path, sd15_checkpoint_path):
     with ComfyServer(comfyui_path, python=sys.executable, checkpoints=[sd15_checkpoint_path.parent],
-                     require_nodes=["SPDInvInvert", "SPDInvEditSampler", "SPDInvResidualPlot"]) as srv:
+                     require_nodes=["SPDInvInvert", "SPDInvEditSampler", "SPDInvResidualPlot", "P2PAttentionControl",
+                                    "SPDInvAttentionPreview"]) as srv:
         yield srv
     assert not srv.running
 
@@ -91,17 +92,26 @@ def test_api_twin_executes(server, ui_path, photo_file, sd15_checkpoint_path):
     assert server.running
 
 
-def test_headless_runner_reconstructs_from_the_command_line(comfyui_path, sd15_checkpoint_path, photo_file,
-                                                            tmp_path):
-    ui = ROOT / "workflows" / "spdinv_reconstruction.json"
+@pytest.mark.parametrize("stem,prompts,expected", [
+    ("spdinv_reconstruction", ["--source-prompt", "a photo of a dog"], ["spdinv_reconstruction", "residual_plot"]),
+    ("spdinv_p2p_edit", ["--source-prompt", "a photo of a dog", "--target-prompt", "a photo of a cat"],
+     ["spdinv_p2p_edit", "spdinv_p2p_reconstruction_vs_edit", "p2p_attention_maps"]),
+], ids=["reconstruction", "p2p"])
+def test_headless_runner_runs_a_shipped_workflow_from_the_command_line(comfyui_path, sd15_checkpoint_path,
+                                                                       photo_file, tmp_path, stem, prompts,
+                                                                       expected):
+    ui = ROOT / "workflows" / f"{stem}.json"
     sets = [f"{k}={v}" for k, v in small_overrides(json.loads(twin_of(ui).read_text())).items()]
+    if stem == "spdinv_p2p_edit":
+        sets += ["Prompt-to-Prompt.blend_source_words=dog", "Prompt-to-Prompt.blend_target_words=cat",
+                 "Prompt-to-Prompt.reweight=cat:2.0"]
     cmd = [sys.executable, str(ROOT / "tools" / "run_workflow.py"), str(ui), "--comfyui", str(comfyui_path),
            "--python", sys.executable, "--checkpoint", str(sd15_checkpoint_path), "--image", str(photo_file),
-           "--source-prompt", "a photo of a dog", "--out", str(tmp_path)]
+           *prompts, "--out", str(tmp_path)]
     for s in sets:
         cmd += ["--set", s]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     names = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert any(n.startswith("spdinv_reconstruction") for n in names), names
-    assert any(n.startswith("residual_plot") for n in names), names
+    for prefix in expected:
+        assert any(n.startswith(prefix) for n in names), names
