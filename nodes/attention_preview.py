@@ -65,7 +65,7 @@ class SPDInvAttentionPreview(io.ComfyNode):
         rows = []
         for branch, (title, labels) in enumerate(zip(("source", "target"), attention.labels, strict=True)):
             maps = attention.maps[branch * images + image_index, :, :, 1:len(labels) + 1]
-            rows.append(MapRow(title, maps.permute(2, 0, 1).numpy(), labels))
+            rows.append(MapRow(f"{title}: {' '.join(labels)}", maps.permute(2, 0, 1).numpy(), labels))
         mask = attention.blend_mask
         latent_mask = None if mask is None else mask[image_index, 0].float()
         grid = render_attention_grid(rows, panel_size, None if latent_mask is None else latent_mask.numpy())

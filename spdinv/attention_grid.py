@@ -23,6 +23,8 @@ LABEL_H = 16
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 MASK_LABEL = "blend mask"
+MASK_OUTLINE = (150, 150, 150)
+"""Grey frame around the mask panel, so an all-white (everything blended) mask stays visible."""
 
 # Black -> purple -> orange -> yellow: brightness rises monotonically, so hot tokens read at a glance.
 _STOPS = np.array([0.0, 0.35, 0.7, 1.0])
@@ -140,6 +142,7 @@ def render_attention_grid(rows: list[MapRow], panel: int = 96, mask: np.ndarray 
     height, width = grid_layout(rows, panel, mask is not None)
     canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
     labels: list[tuple[int, int, str]] = []
+    outlines: list[tuple[int, int]] = []
     for r, row in enumerate(rows):
         if _token_count(row) == 0:
             continue
@@ -154,6 +157,7 @@ def render_attention_grid(rows: list[MapRow], panel: int = 96, mask: np.ndarray 
         grey = np.rint(_upsample(_mask_values(mask), panel) * 255).astype(np.uint8)
         canvas[y : y + panel, x : x + panel] = grey[..., None]
         labels.append((y + panel, x, MASK_LABEL))
+        outlines.append((x, y))
 
     img = Image.fromarray(canvas)
     draw = ImageDraw.Draw(img)
@@ -163,4 +167,6 @@ def render_attention_grid(rows: list[MapRow], panel: int = 96, mask: np.ndarray 
         draw.text((x, y - TITLE_H + 2), _fit(draw, str(row.title), font, width - 2 * MARGIN), fill=TEXT, font=font)
     for y, x, label in labels:
         draw.text((x, y + 2), _fit(draw, label, font, panel), fill=TEXT, font=font)
+    for x, y in outlines:
+        draw.rectangle((x - 1, y - 1, x + panel, y + panel), outline=MASK_OUTLINE)
     return np.array(img, dtype=np.uint8)
