@@ -67,8 +67,12 @@ class ReplaceMapping:
 
     matrix: torch.Tensor
 
+    @property
+    def tokens(self) -> int:
+        return self.matrix.shape[0]
+
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bhpw,wn->bhpn", source, self.matrix.to(source))
+        return torch.einsum("...w,wn->...n", source, self.matrix.to(source))
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,10 @@ class RefineMapping:
 
     index: torch.Tensor
     alphas: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        return self.index.shape[0]
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         alphas = self.alphas.to(source)
@@ -168,6 +176,11 @@ class PromptToPrompt:
         if not self.active or step is None or not (record or edit):
             return attend(q, k, v, heads)
         chunk, conds = self._cond_chunks(q.shape[0], cond_or_uncond)
+        tokens = self.mapping.tokens
+        if k.shape[1] % tokens:
+            raise ValueError(f"P2P: the cross-attention context has {k.shape[1]} tokens, not a multiple of the "
+                             f"prompts' {tokens}; a node that extends the text context (e.g. IP-Adapter) cannot be "
+                             "combined with Prompt-to-Prompt")
         out = torch.empty_like(q)
         for i, c in enumerate(cond_or_uncond):
             if c != 0:
@@ -176,14 +189,16 @@ class PromptToPrompt:
         half = chunk // 2
         for rows in conds:
             probs = attention_probs(q[rows], k[rows], heads)
+            # ComfyUI repeats a context to batch it with a longer one: map each 77-token copy alike.
+            probs = probs.unflatten(-1, (-1, tokens))
             if record:
-                self._record(probs, spatial, in_window=edit or self.cross_steps() == 0)
+                self._record(probs.sum(-2), spatial, in_window=edit or self.cross_steps() == 0)
             if edit:
                 mapped = self.mapping(probs[:half], probs[half:])
                 if self.equalizer is not None:
                     mapped = mapped * self.equalizer.to(mapped)
                 probs = torch.cat([probs[:half], mapped])
-            out[rows] = apply_probs(probs, v[rows])
+            out[rows] = apply_probs(probs.flatten(-2), v[rows])
         return out
 
     def self_attention(

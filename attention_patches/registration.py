@@ -72,7 +72,10 @@ def attach_prompt_to_prompt(model_patcher: Any, engine: PromptToPrompt, attend: 
     if engine_of(model_patcher) is not None:
         raise ValueError("model: this MODEL already carries an SPDInv editing engine; connect the model from "
                          "before that engine node (engines do not stack)")
-    layers = transformer_layers(model_patcher.get_model_object("diffusion_model"))
+    try:
+        layers = transformer_layers(model_patcher.get_model_object("diffusion_model"))
+    except ValueError as e:
+        raise ValueError(f"model: {e}") from None
     if not any(layer.cross_attention for layer in layers):
         raise ValueError("model: no cross-attention layers found; Prompt-to-Prompt needs a text-conditioned UNet "
                          "(SD1.x, SD2.x, SDXL)")

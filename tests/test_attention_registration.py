@@ -134,3 +134,8 @@ def test_attention_replaced_by_another_node_is_kept_and_engines_do_not_stack():
     assert patched.model_options["transformer_options"]["patches_replace"]["attn2"][("output", 3, 0)] is theirs
     with pytest.raises(ValueError, match="already carries"):
         attach_prompt_to_prompt(patched, engine(), attend=lambda q, k, v, heads: q)
+
+
+def test_p2p_on_a_model_without_unet_attention_names_the_model_input():
+    with pytest.raises(ValueError, match="^model: .*SD1.x"):
+        attach_prompt_to_prompt(FakePatcher(nn.Linear(2, 2)), engine(), attend=lambda q, k, v, heads: q)

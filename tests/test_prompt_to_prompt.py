@@ -152,3 +152,13 @@ def test_an_odd_chunk_is_refused_with_a_hint_to_use_the_edit_sampler():
     q, k, v = qkv(3, 4, TOKENS)
     with pytest.raises(ValueError, match="Edit Sampler"):
         cross(controller(), q, k, v, step=0, cond_or_uncond=(0,))
+
+
+def test_a_context_repeated_to_batch_with_a_longer_one_is_mapped_copy_by_copy():
+    q, k, v = qkv(2, 4, TOKENS, seed=6)
+    p2p = controller()
+    once = cross(p2p, q, k, v, step=0, cond_or_uncond=(0,))
+    twice = cross(p2p, q, k.repeat(1, 2, 1), v.repeat(1, 2, 1), step=0, cond_or_uncond=(0,))
+    torch.testing.assert_close(twice, once)
+    with pytest.raises(ValueError, match="IP-Adapter"):
+        cross(p2p, q, k[:, :4], v[:, :4], step=0, cond_or_uncond=(0,))
