@@ -564,6 +564,15 @@ def test_runner_prompt_flags_also_fill_engine_nodes_that_take_both_texts() -> No
                  "_meta": {"title": "Prompt-to-Prompt"}}}
     p = run_workflow.build_prompt(api, None, source_prompt="a cat", target_prompt="a dog").prompt
     assert p["1"]["inputs"] == {"source_text": "a cat", "target_text": "a dog"}
+    linked = {
+        "1": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a"}, "_meta": {"title": "Source prompt"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": ["1", 0]}, "_meta": {"title": "Source encoding"}},
+        "3": {"class_type": "P2PAttentionControl", "inputs": {"source_text": ["1", 0], "target_text": "b"},
+              "_meta": {"title": "Prompt-to-Prompt"}},
+    }
+    p = run_workflow.build_prompt(linked, None, source_prompt="a cat", target_prompt="a dog").prompt
+    assert p["1"]["inputs"]["value"] == "a cat" and p["2"]["inputs"]["text"] == ["1", 0]
+    assert p["3"]["inputs"] == {"source_text": ["1", 0], "target_text": "a dog"}
 
 
 def test_runner_cli_reports_errors_without_starting_a_server(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

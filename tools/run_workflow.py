@@ -80,6 +80,25 @@ def _require(changed: list[str], what: str, prompt: Mapping[str, Any], class_typ
     )
 
 
+def _set_prompt_text(prompt: dict[str, Any], word: str, text: str) -> list[str]:
+    """Set a prompt wherever the workflow types it: the ``text`` of CLIPTextEncode nodes and the ``value`` of
+    String primitives whose title contains ``word``, and ``<word>_text`` inputs of engine nodes. Inputs fed by a
+    link are left alone (they receive the text from the node that is set)."""
+    titles = api_titles(prompt)
+    targets = {"CLIPTextEncode": "text", "PrimitiveString": "value", "PrimitiveStringMultiline": "value"}
+    changed = []
+    for node_id, entry in prompt.items():
+        inputs = entry.setdefault("inputs", {})
+        name = targets.get(entry.get("class_type"))
+        names = [name] if name and word.casefold() in titles[node_id].casefold() else []
+        names.append(f"{word}_text")
+        for name in names:
+            if isinstance(inputs.get(name), str):
+                inputs[name] = text
+                changed.append(node_id)
+    return changed
+
+
 def build_prompt(
     workflow: Mapping[str, Any],
     object_info: Mapping[str, Any] | None,
@@ -96,9 +115,10 @@ def build_prompt(
     Convenience settings (each must match at least one node, else :class:`OverrideError`):
     ``checkpoint_name`` -> ``ckpt_name`` of every CheckpointLoaderSimple; ``image_name`` -> ``image`` of
     every LoadImage; ``clip_vision_name`` -> ``clip_name`` of every CLIPVisionLoader;
-    ``source_prompt`` / ``target_prompt`` -> ``text`` of the CLIPTextEncode nodes whose title contains
-    "source" / "target" (case-insensitive), and the ``source_text`` / ``target_text`` inputs of engine nodes
-    that encode both prompts (P2P). ``overrides`` (``{"NODE.INPUT": value}``) come last.
+    ``source_prompt`` / ``target_prompt`` -> ``text`` of the CLIPTextEncode nodes and ``value`` of the String
+    primitives whose title contains "source" / "target" (case-insensitive), and the ``source_text`` /
+    ``target_text`` inputs of engine nodes that encode both prompts (P2P); linked inputs are left to their
+    link. ``overrides`` (``{"NODE.INPUT": value}``) come last.
     """
     conv = to_api(workflow, object_info)
     prompt = conv.prompt
@@ -115,12 +135,9 @@ def build_prompt(
         ("--target-prompt", "target", target_prompt),
     ):
         if text is not None:
-            changed = set_input_where(prompt, "text", text, class_type="CLIPTextEncode", title_contains=word)
-            for node_id, entry in prompt.items():
-                if isinstance(entry.get("inputs", {}).get(f"{word}_text"), str):
-                    entry["inputs"][f"{word}_text"] = text
-                    changed.append(node_id)
-            _require(changed, f"{flag} (title containing {word!r}, or a {word}_text input)", prompt, "CLIPTextEncode")
+            changed = _set_prompt_text(prompt, word, text)
+            _require(changed, f"{flag} (a CLIPTextEncode or String primitive titled with {word!r}, or a {word}_text "
+                     "input)", prompt, "CLIPTextEncode")
     if overrides:
         apply_overrides(prompt, overrides, object_info)
     conv.titles = api_titles(prompt)

@@ -115,3 +115,21 @@ def test_headless_runner_runs_a_shipped_workflow_from_the_command_line(comfyui_p
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     for prefix in expected:
         assert any(n.startswith(prefix) for n in names), names
+
+
+def test_changing_only_the_target_prompt_reuses_the_cached_inversion(server, photo_file, sd15_checkpoint_path):
+    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_p2p_edit.json").read_text())
+    image = server.upload_image(photo_file)
+    invert_id = next(i for i, n in twin.items() if n["class_type"] == "SPDInvInvert")
+
+    def run(target: str) -> set[str]:
+        prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name,
+                              image_name=image, target_prompt=target, overrides=small_overrides(twin)).prompt
+        history = server.run(prompt, timeout=1800)
+        messages = history.get("status", {}).get("messages", [])
+        return {node for kind, data in messages if kind == "execution_cached" for node in data.get("nodes", [])}
+
+    run("a photo of a tiger sitting next to a mirror")
+    cached = run("a photo of a tiger standing next to a mirror")
+    assert invert_id in cached, cached
+    assert next(i for i, n in twin.items() if n["class_type"] == "P2PAttentionControl") not in cached
