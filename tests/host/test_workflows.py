@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spdinv_pack.tools.comfy_server import ComfyServer
+from spdinv_pack.tools.comfy_server import ComfyServer, ExecutionError
 from spdinv_pack.tools.run_workflow import build_prompt
 from spdinv_pack.tools.workflow_api import to_api
 
@@ -133,3 +133,40 @@ def test_changing_only_the_target_prompt_reuses_the_cached_inversion(server, pho
     cached = run("a photo of a tiger standing next to a mirror")
     assert invert_id in cached, cached
     assert next(i for i, n in twin.items() if n["class_type"] == "P2PAttentionControl") not in cached
+
+
+@pytest.mark.parametrize("settings", [
+    {"Prompt-to-Prompt.mode": "word swap", "Prompt-to-Prompt.reweight": ""},
+    {"Prompt-to-Prompt.mode": "refine", "Prompt-to-Prompt.reweight": ""},
+    {"Prompt-to-Prompt.mode": "refine", "Prompt-to-Prompt.reweight": "tiger:2.0, mirror:0.5"},
+], ids=["word-swap", "refine", "reweight"])
+def test_p2p_workflow_runs_in_each_mode_with_local_blend(server, photo_file, sd15_checkpoint_path, settings):
+    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_p2p_edit.json").read_text())
+    image = server.upload_image(photo_file)
+    prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
+                          overrides={**small_overrides(twin), **settings}).prompt
+    p2p = next(n for n in prompt.values() if n["class_type"] == "P2PAttentionControl")
+    assert p2p["inputs"]["blend_source_words"] == "cat" and p2p["inputs"]["blend_target_words"] == "tiger"
+    images = server.output_images(server.run(prompt, timeout=1800))
+    assert len(images) == 3
+    assert server.running
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"Prompt-to-Prompt.blend_target_words": "horse"}, "blend_target_words: .*horse"),
+    ({"Prompt-to-Prompt.mode": "word swap", "Prompt-to-Prompt.target_text": "a photo of a big tiger"},
+     "target_text: .*refine"),
+    ({"Prompt-to-Prompt.reweight": "tiger=2"}, "reweight: .*word:factor"),
+], ids=["blend-word", "swap-count", "reweight-format"])
+def test_bad_p2p_input_fails_the_prompt_and_the_server_keeps_serving(server, photo_file, sd15_checkpoint_path,
+                                                                     settings, match):
+    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_p2p_edit.json").read_text())
+    image = server.upload_image(photo_file)
+    prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
+                          overrides={**small_overrides(twin), **settings}).prompt
+    with pytest.raises(ExecutionError, match=match):
+        server.run(prompt, timeout=1800)
+    assert server.running
+    good = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
+                        overrides=small_overrides(twin)).prompt
+    assert len(server.output_images(server.run(good, timeout=1800))) == 3
