@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..spdinv.guidance import EditRecipe
+from .unet_layers import TransformerLayer
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 """``attend(q, k, v, heads) -> out`` on ``[B, N, heads·d]`` tensors: the host's optimised attention."""
@@ -144,7 +145,19 @@ class PromptToPrompt:
         self.preview_count = 0
         self.blend_mask: torch.Tensor | None = None
 
-    def begin_run(self, steps: int) -> None:
+    def controls(self, layer: TransformerLayer) -> tuple[str, ...]:
+        """Every cross-attention, and the self-attention at ``self_min_level`` and below."""
+        kinds = ("attn2",) if layer.cross_attention else ()
+        if layer.self_attention and layer.level >= self.self_min_level:
+            kinds += ("attn1",)
+        return kinds
+
+    def check_layers(self, layers: Sequence[TransformerLayer]) -> None:
+        if not any(layer.cross_attention for layer in layers):
+            raise ValueError("model: no cross-attention layers found; Prompt-to-Prompt needs a text-conditioned "
+                             "UNet (SD1.x, SD2.x, SDXL)")
+
+    def begin_run(self, steps: int, latent_shape: Sequence[int] = ()) -> None:
         """Start a sampling run of ``steps`` steps: clears the maps of any earlier run."""
         self.steps = steps
         self.active = True
@@ -168,10 +181,11 @@ class PromptToPrompt:
 
     def cross_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
-        cond_or_uncond: Sequence[int], level: int, spatial: tuple[int, int], attend: Attend = plain_attention,
+        cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
+        attend: Attend = plain_attention,
     ) -> torch.Tensor:
         """One cross-attention layer; ``spatial`` is the layer's ``(h, w)``, ``attend`` the host's attention."""
-        record = level == self.map_level
+        record = layer.level == self.map_level
         edit = step is not None and step < self.cross_steps()
         if not self.active or step is None or not (record or edit):
             return attend(q, k, v, heads)
@@ -203,10 +217,11 @@ class PromptToPrompt:
 
     def self_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
-        cond_or_uncond: Sequence[int], level: int, attend: Attend = plain_attention,
+        cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
+        attend: Attend = plain_attention,
     ) -> torch.Tensor:
         """One self-attention layer: inside the window the target attends with the source's probabilities."""
-        if (not self.active or step is None or step >= self.self_steps() or level < self.self_min_level):
+        if not self.active or step is None or step >= self.self_steps() or layer.level < self.self_min_level:
             return attend(q, k, v, heads)
         chunk, conds = self._cond_chunks(q.shape[0], cond_or_uncond)
         half = chunk // 2

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from .prompt_to_prompt import Attend, PromptToPrompt
+import torch
+
+from ..spdinv.guidance import EditRecipe
+from .prompt_to_prompt import Attend
 from .unet_layers import TransformerLayer, transformer_layers
 
 log = logging.getLogger(__name__)
@@ -33,31 +37,32 @@ def _host_attention(attend: Attend, extra_options: dict) -> Attend:
     return functools.partial(attend, attn_precision=precision) if precision is not None else attend
 
 
-class CrossAttentionPatch:
-    """``attn2`` replace patch of one layer, forwarding to the engine with the layer's level and size."""
+class AttentionEngine(Protocol):
+    """What an editing engine gives the patches and the edit sampler."""
 
-    def __init__(self, engine: PromptToPrompt, layer: TransformerLayer, attend: Attend):
-        self.engine, self.level, self.attend = engine, layer.level, attend
+    recipe: EditRecipe
+
+    def controls(self, layer: TransformerLayer) -> tuple[str, ...]: ...
+    def check_layers(self, layers: Sequence[TransformerLayer]) -> None: ...
+    def begin_run(self, steps: int, latent_shape: Sequence[int]) -> None: ...
+    def end_run(self) -> None: ...
+    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor: ...
+    def self_attention(self, q, k, v, heads, step, cond_or_uncond, layer, spatial, attend) -> torch.Tensor: ...
+    def cross_attention(self, q, k, v, heads, step, cond_or_uncond, layer, spatial, attend) -> torch.Tensor: ...
+
+
+class AttentionPatch:
+    """``attn1``/``attn2`` replace patch of one layer: hands projected q/k/v to the engine with the layer,
+    its spatial size, the step the edit sampler set and the host's attention function."""
+
+    def __init__(self, engine: AttentionEngine, layer: TransformerLayer, kind: str, attend: Attend):
+        self.engine, self.layer, self.kind, self.attend = engine, layer, kind, attend
 
     def __call__(self, q, k, v, extra_options: dict):
         shape = extra_options["activations_shape"]
-        return self.engine.cross_attention(
-            q, k, v, extra_options["n_heads"], extra_options.get(STEP_KEY), extra_options["cond_or_uncond"],
-            self.level, (shape[-2], shape[-1]), _host_attention(self.attend, extra_options),
-        )
-
-
-class SelfAttentionPatch:
-    """``attn1`` replace patch of one layer."""
-
-    def __init__(self, engine: PromptToPrompt, layer: TransformerLayer, attend: Attend):
-        self.engine, self.level, self.attend = engine, layer.level, attend
-
-    def __call__(self, q, k, v, extra_options: dict):
-        return self.engine.self_attention(
-            q, k, v, extra_options["n_heads"], extra_options.get(STEP_KEY), extra_options["cond_or_uncond"],
-            self.level, _host_attention(self.attend, extra_options),
-        )
+        method = self.engine.self_attention if self.kind == "attn1" else self.engine.cross_attention
+        return method(q, k, v, extra_options["n_heads"], extra_options.get(STEP_KEY), extra_options["cond_or_uncond"],
+                      self.layer, (shape[-2], shape[-1]), _host_attention(self.attend, extra_options))
 
 
 def _replaced(model_patcher: Any, kind: str, layer: TransformerLayer) -> bool:
@@ -65,10 +70,10 @@ def _replaced(model_patcher: Any, kind: str, layer: TransformerLayer) -> bool:
     return layer.key in replace or layer.key[:2] in replace
 
 
-def attach_prompt_to_prompt(model_patcher: Any, engine: PromptToPrompt, attend: Attend) -> Any:
-    """A clone of ``model_patcher`` with P2P on every cross-attention layer and on the self-attention
-    layers at ``engine.self_min_level`` and below. Other patches on the model are kept; a layer whose
-    attention another node already replaced is left to that node, with a warning."""
+def attach_engine(model_patcher: Any, engine: AttentionEngine, attend: Attend, name: str) -> Any:
+    """A clone of ``model_patcher`` with ``engine`` on the attention layers it ``controls``. Other patches
+    on the model are kept; a layer whose attention another node already replaced is left to that node, with
+    a warning. ``name`` (e.g. "P2P") is for messages."""
     if engine_of(model_patcher) is not None:
         raise ValueError("model: this MODEL already carries an SPDInv editing engine; connect the model from "
                          "before that engine node (engines do not stack)")
@@ -76,22 +81,18 @@ def attach_prompt_to_prompt(model_patcher: Any, engine: PromptToPrompt, attend: 
         layers = transformer_layers(model_patcher.get_model_object("diffusion_model"))
     except ValueError as e:
         raise ValueError(f"model: {e}") from None
-    if not any(layer.cross_attention for layer in layers):
-        raise ValueError("model: no cross-attention layers found; Prompt-to-Prompt needs a text-conditioned UNet "
-                         "(SD1.x, SD2.x, SDXL)")
+    engine.check_layers(layers)
     patched = model_patcher.clone()
+    register = {"attn1": patched.set_model_attn1_replace, "attn2": patched.set_model_attn2_replace}
     skipped = []
     for layer in layers:
-        wanted = [("attn2", CrossAttentionPatch, patched.set_model_attn2_replace)] if layer.cross_attention else []
-        if layer.self_attention and layer.level >= engine.self_min_level:
-            wanted.append(("attn1", SelfAttentionPatch, patched.set_model_attn1_replace))
-        for kind, patch_type, register in wanted:
+        for kind in engine.controls(layer):
             if _replaced(patched, kind, layer):
                 skipped.append(f"{kind} {layer.key}")
                 continue
-            register(patch_type(engine, layer, attend), *layer.key)
+            register[kind](AttentionPatch(engine, layer, kind, attend), *layer.key)
     if skipped:
-        log.warning("P2P: attention already replaced by another node at %s; those layers are left uncontrolled",
-                    ", ".join(skipped))
+        log.warning("%s: attention already replaced by another node at %s; those layers are left uncontrolled",
+                    name, ", ".join(skipped))
     patched.model_options.setdefault("transformer_options", {})[ENGINE_KEY] = engine
     return patched

@@ -8,11 +8,12 @@ from typing_extensions import override
 from .attention_preview import SPDInvAttentionPreview
 from .edit_sampler import SPDInvEditSampler
 from .invert import SPDInvInvert
+from .masactrl import MasaCtrlMutualAttention
 from .p2p_control import P2PAttentionControl
 from .residual_plot import SPDInvResidualPlot
 
-NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, P2PAttentionControl, SPDInvAttentionPreview,
-                                   SPDInvResidualPlot]
+NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, P2PAttentionControl, MasaCtrlMutualAttention,
+                                   SPDInvAttentionPreview, SPDInvResidualPlot]
 
 
 class SPDInvExtension(ComfyExtension):

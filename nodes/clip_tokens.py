@@ -6,9 +6,27 @@ the CLIP BPE tokenizer behind it for start/end ids and token text.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from ..attention_patches.token_alignment import TokenizeFn
+from ..attention_patches.token_alignment import PromptTokens, TokenizeFn, find_phrase
+
+T = TypeVar("T")
+
+
+def named(input_name: str, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, with a ``ValueError`` message prefixed by the input it is about."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise ValueError(f"{input_name}: {e}") from None
+
+
+def phrase_positions(prompt: PromptTokens, spec: str, tokenize: TokenizeFn, input_name: str) -> tuple[int, ...]:
+    """Token positions of every comma-separated word or phrase of ``spec`` in ``prompt`` (errors name
+    ``input_name``, the word and the prompt)."""
+    phrases = [w.strip() for w in spec.replace("\n", ",").split(",") if w.strip()]
+    return tuple(p for phrase in phrases for p in named(input_name, find_phrase, prompt, phrase, tokenize))
 
 
 def _bpe_tokenizer(clip: Any, key: str) -> Any:

@@ -75,11 +75,15 @@ class SPDInvEditSampler(io.ComfyNode):
                 x = torch.where(guider.edit_mask, x, torch.cat([stored, stored]))
             return x if engine is None else engine.after_step(step, x)
 
+        def before_step(step: int, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([result.latents[step].to(x), x[rows:]])
+
         def routine(denoise, model_wrap, x_start, _latent, grid, progress):
-            return ddim_sample(denoise, x_start, grid.float(), after_step=after_step, callback=progress)
+            return ddim_sample(denoise, x_start, grid.float(), after_step=after_step, callback=progress,
+                               before_step=before_step if recipe.source_from_inversion else None)
 
         if engine is not None:
-            engine.begin_run(result.steps)
+            engine.begin_run(result.steps, tuple(result.noise.shape))
         try:
             out = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
         finally:

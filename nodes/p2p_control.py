@@ -6,17 +6,16 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
 
 from ..attention_patches.prompt_to_prompt import LocalBlend, PromptToPrompt, RefineMapping, ReplaceMapping
-from ..attention_patches.registration import attach_prompt_to_prompt
+from ..attention_patches.registration import attach_engine
 from ..attention_patches.token_alignment import (
     equalizer,
-    find_phrase,
     parse_word_factors,
     refinement_mapper,
     replacement_mapper,
     tokenize_prompt,
 )
 from ..spdinv.guidance import EditRecipe
-from .clip_tokens import token_ids, token_text
+from .clip_tokens import named, phrase_positions, token_ids, token_text
 
 MODES = ("refine", "word swap")
 PIN_BELOW = 0.4
@@ -25,17 +24,6 @@ SELF_MIN_LEVEL = 1
 """Self-attention replacement on layers at half the latent's resolution and below (32×32 at 512²)."""
 MAP_LEVEL = 2
 """Cross-attention maps for local blend and the preview at a quarter of the latent (16×16 at 512²)."""
-
-
-def _named(input_name: str, fn, *args):
-    try:
-        return fn(*args)
-    except ValueError as e:
-        raise ValueError(f"{input_name}: {e}") from None
-
-
-def _words(spec: str) -> list[str]:
-    return [w.strip() for w in spec.replace("\n", ",").split(",") if w.strip()]
 
 
 class P2PAttentionControl(io.ComfyNode):
@@ -108,27 +96,25 @@ class P2PAttentionControl(io.ComfyNode):
                 blend_source_words, blend_target_words, blend_threshold, blend_start, reweight, proximal_guidance,
                 proximal_quantile, inversion_guidance) -> io.NodeOutput:
         tokenize = token_ids(clip)
-        source = _named("source_text", tokenize_prompt, source_text, tokenize)
-        target = _named("target_text", tokenize_prompt, target_text, tokenize)
+        source = named("source_text", tokenize_prompt, source_text, tokenize)
+        target = named("target_text", tokenize_prompt, target_text, tokenize)
         if mode == "word swap":
-            mapping = ReplaceMapping(_named("target_text", replacement_mapper, source, target))
+            mapping = ReplaceMapping(named("target_text", replacement_mapper, source, target))
         else:
             mapping = RefineMapping(*refinement_mapper(source, target))
-        factors = _named("reweight", parse_word_factors, reweight)
-        eq = _named("reweight", equalizer, target, factors, tokenize) if factors else None
+        factors = named("reweight", parse_word_factors, reweight)
+        eq = named("reweight", equalizer, target, factors, tokenize) if factors else None
         blend = None
-        if _words(blend_source_words) or _words(blend_target_words):
-            src = [p for w in _words(blend_source_words)
-                   for p in _named("blend_source_words", find_phrase, source, w, tokenize)]
-            tgt = [p for w in _words(blend_target_words)
-                   for p in _named("blend_target_words", find_phrase, target, w, tokenize)]
-            blend = LocalBlend(tuple(src), tuple(tgt), blend_threshold, blend_start)
+        if blend_source_words.strip() or blend_target_words.strip():
+            src = phrase_positions(source, blend_source_words, tokenize, "blend_source_words")
+            tgt = phrase_positions(target, blend_target_words, tokenize, "blend_target_words")
+            blend = LocalBlend(src, tgt, blend_threshold, blend_start)
         guided = proximal_guidance or inversion_guidance
         recipe = EditRecipe(source_cfg=1.0, proximal_quantile=proximal_quantile if guided else None,
                             shrink=proximal_guidance, pin_below=PIN_BELOW if inversion_guidance else None)
         labels = (token_text(clip, list(source.ids)), token_text(clip, list(target.ids)))
         engine = PromptToPrompt(mapping, eq, cross_replace, self_replace, blend, SELF_MIN_LEVEL, MAP_LEVEL, recipe,
                                 labels)
-        patched = attach_prompt_to_prompt(model, engine, optimized_attention)
+        patched = attach_engine(model, engine, optimized_attention, "P2P")
         encode = [clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in (source_text, target_text)]
         return io.NodeOutput(patched, *encode)

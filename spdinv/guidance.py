@@ -56,10 +56,13 @@ class ProximalCFG(BranchCFG):
     ``d ← d − clamp(d, −thr, thr)``. Here ``d`` is taken on denoised predictions, which differ from the
     ε-space ones by the common factor ``−σ``, so the threshold, the shrinkage and the masks are the same.
     ``shrink=False`` keeps plain CFG but still yields the edit mask (for inversion guidance alone).
+    ``target_only``: the threshold is the quantile over the target rows and only they are shrunk (ProxEdit's
+    MasaCtrl recipe, whose source branch runs at CFG 1).
     """
 
     quantile: float = 0.7
     shrink: bool = True
+    target_only: bool = False
 
     def guide(
         self, step: int, x: torch.Tensor, sigma: float, cond: torch.Tensor, uncond: torch.Tensor | None
@@ -67,8 +70,11 @@ class ProximalCFG(BranchCFG):
         if uncond is None:
             return cond, None
         delta = cond - uncond
-        threshold = torch.quantile(delta.abs().flatten().float(), self.quantile).to(delta.dtype)
+        first = x.shape[0] - x.shape[0] // len(self.scales) if self.target_only else 0
+        threshold = torch.quantile(delta[first:].abs().flatten().float(), self.quantile).to(delta.dtype)
         shrunk = delta - delta.clamp(-threshold, threshold)
+        if first:
+            shrunk = torch.cat([delta[:first], shrunk[first:]])
         mask = edit_mask(shrunk, threshold)
         scale = self.per_row(x.shape[0], x.device).view(-1, *([1] * (x.dim() - 1)))
         return uncond + scale * (shrunk if self.shrink else delta), mask
@@ -89,15 +95,24 @@ class EditRecipe:
     ``pin_below``: inversion guidance. While the model timestep is below ``pin_below`` of the training
     range (reference: t < 400 of 1000), elements outside the step's edit mask are set to the stored
     inversion latent after the step; the source branch has no edit, so it is pinned whole.
+    ``source_from_inversion``: before each step the source branch is set to the stored inversion latent of
+    that step, so engines that read the source's features get those of the inverted trajectory.
     """
 
     source_cfg: float = 1.0
     proximal_quantile: float | None = None
     shrink: bool = True
+    proximal_target_only: bool = False
     pin_below: float | None = None
+    source_from_inversion: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pin_below is not None and self.proximal_quantile is None:
+            raise ValueError("inversion guidance needs the proximal quantile that makes its edit mask")
 
     def guidance(self, target_cfg: float) -> BranchCFG:
         scales = (self.source_cfg, target_cfg)
         if self.proximal_quantile is None:
             return BranchCFG(scales)
-        return ProximalCFG(scales, quantile=self.proximal_quantile, shrink=self.shrink)
+        return ProximalCFG(scales, quantile=self.proximal_quantile, shrink=self.shrink,
+                           target_only=self.proximal_target_only)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from spdinv_pack.attention_patches.prompt_to_prompt import PromptToPrompt, ReplaceMapping
-from spdinv_pack.attention_patches.registration import ENGINE_KEY, attach_prompt_to_prompt, engine_of
+from spdinv_pack.attention_patches.registration import ENGINE_KEY, attach_engine, engine_of
 from spdinv_pack.attention_patches.unet_layers import transformer_layers
 
 
@@ -103,9 +103,13 @@ def engine() -> PromptToPrompt:
     return PromptToPrompt(ReplaceMapping(torch.eye(77)), self_min_level=1)
 
 
+def attach_p2p(model, p2p, attend):
+    return attach_engine(model, p2p, attend, "P2P")
+
+
 def test_p2p_patches_every_cross_attention_and_self_attention_at_level_one_and_below_on_a_clone():
     base = FakePatcher(SD15LikeUNet())
-    patched = attach_prompt_to_prompt(base, engine(), attend=lambda q, k, v, heads: q)
+    patched = attach_p2p(base, engine(), attend=lambda q, k, v, heads: q)
     assert base.model_options == {"transformer_options": {}}
     replace = patched.model_options["transformer_options"]["patches_replace"]
     assert len(replace["attn2"]) == 16
@@ -115,7 +119,7 @@ def test_p2p_patches_every_cross_attention_and_self_attention_at_level_one_and_b
 
 
 def test_a_clone_of_the_patched_model_keeps_one_consistent_engine_of_its_own():
-    patched = attach_prompt_to_prompt(FakePatcher(SD15LikeUNet()), engine(), attend=lambda q, k, v, heads: q)
+    patched = attach_p2p(FakePatcher(SD15LikeUNet()), engine(), attend=lambda q, k, v, heads: q)
     again = patched.clone()
     mine = engine_of(again)
     assert mine is not engine_of(patched)
@@ -130,12 +134,12 @@ def test_attention_replaced_by_another_node_is_kept_and_engines_do_not_stack():
         return q
 
     base.set_model_attn2_replace(theirs, "output", 3, 0)
-    patched = attach_prompt_to_prompt(base, engine(), attend=lambda q, k, v, heads: q)
+    patched = attach_p2p(base, engine(), attend=lambda q, k, v, heads: q)
     assert patched.model_options["transformer_options"]["patches_replace"]["attn2"][("output", 3, 0)] is theirs
     with pytest.raises(ValueError, match="already carries"):
-        attach_prompt_to_prompt(patched, engine(), attend=lambda q, k, v, heads: q)
+        attach_p2p(patched, engine(), attend=lambda q, k, v, heads: q)
 
 
 def test_p2p_on_a_model_without_unet_attention_names_the_model_input():
     with pytest.raises(ValueError, match="^model: .*SD1.x"):
-        attach_prompt_to_prompt(FakePatcher(nn.Linear(2, 2)), engine(), attend=lambda q, k, v, heads: q)
+        attach_p2p(FakePatcher(nn.Linear(2, 2)), engine(), attend=lambda q, k, v, heads: q)

@@ -82,3 +82,13 @@ def test_edit_recipe_builds_the_guidance_it_names():
     recipe = EditRecipe(proximal_quantile=0.7, shrink=False, pin_below=0.4)
     guidance = recipe.guidance(7.5)
     assert isinstance(guidance, ProximalCFG) and guidance.scales == (1.0, 7.5) and not guidance.shrink
+
+
+def test_proximal_guidance_on_the_target_only_leaves_the_source_rows_plain():
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 2, 4, 4, generator=g), torch.randn(2, 2, 4, 4, generator=g)
+    out, _ = ProximalCFG((1.0, 7.5), quantile=0.6, target_only=True).guide(0, cond, 1.0, cond, uncond)
+    torch.testing.assert_close(out[0], cond[0])
+    d = cond[1] - uncond[1]
+    threshold = torch.quantile(d.abs().flatten(), 0.6)
+    torch.testing.assert_close(out[1], uncond[1] + 7.5 * (d - d.clamp(-threshold, threshold)))

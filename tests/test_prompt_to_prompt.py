@@ -14,6 +14,7 @@ from spdinv_pack.attention_patches.prompt_to_prompt import (
     attention_probs,
     plain_attention,
 )
+from spdinv_pack.attention_patches.unet_layers import TransformerLayer
 
 HEADS, DIM, TOKENS = 2, 8, 6
 STEPS = 10
@@ -33,6 +34,10 @@ def swap_matrix() -> torch.Tensor:
     return m
 
 
+def layer(level: int) -> TransformerLayer:
+    return TransformerLayer("output", 3, 0, 7, level, self_attention=True, cross_attention=True)
+
+
 def controller(mapping=None, **kw) -> PromptToPrompt:
     p2p = PromptToPrompt(mapping if mapping is not None else ReplaceMapping(swap_matrix()), **kw)
     p2p.begin_run(STEPS)
@@ -40,7 +45,7 @@ def controller(mapping=None, **kw) -> PromptToPrompt:
 
 
 def cross(p2p: PromptToPrompt, q, k, v, step, cond_or_uncond=(1, 0), level=0, spatial=(2, 2)):
-    return p2p.cross_attention(q, k, v, HEADS, step, list(cond_or_uncond), level, spatial)
+    return p2p.cross_attention(q, k, v, HEADS, step, list(cond_or_uncond), layer(level), spatial)
 
 
 @pytest.mark.parametrize("images", [1, 2])
@@ -102,7 +107,7 @@ def test_self_attention_replacement_only_on_the_chosen_layers_and_steps():
     plain = plain_attention(q, k, v, HEADS)
 
     def run(step, level):
-        return p2p.self_attention(q, k, v, HEADS, step, [1, 0], level)
+        return p2p.self_attention(q, k, v, HEADS, step, [1, 0], layer(level), (3, 3))
 
     torch.testing.assert_close(run(step=0, level=0), plain)
     torch.testing.assert_close(run(step=6, level=1), plain)
