@@ -51,7 +51,7 @@ def photo_file(tmp_path_factory) -> Path:
 def server(comfyui_path, sd15_checkpoint_path):
     with ComfyServer(comfyui_path, python=sys.executable, checkpoints=[sd15_checkpoint_path.parent],
                      require_nodes=["SPDInvInvert", "SPDInvEditSampler", "SPDInvResidualPlot", "P2PAttentionControl",
-                                    "SPDInvAttentionPreview"]) as srv:
+                                    "SPDInvAttentionPreview", "MasaCtrlMutualAttention"]) as srv:
         yield srv
     assert not srv.running
 
@@ -170,3 +170,34 @@ def test_bad_p2p_input_fails_the_prompt_and_the_server_keeps_serving(server, pho
     good = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
                         overrides=small_overrides(twin)).prompt
     assert len(server.output_images(server.run(good, timeout=1800))) == 3
+
+
+def masactrl_prompt(server, photo_file, sd15_checkpoint_path, settings: dict) -> dict:
+    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_masactrl_edit.json").read_text())
+    image = server.upload_image(photo_file)
+    return build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
+                        overrides={**small_overrides(twin), **settings}).prompt
+
+
+@pytest.mark.parametrize("mode", ["none", "mask", "auto"])
+def test_masactrl_workflow_runs_in_each_mask_mode(server, photo_file, sd15_checkpoint_path, mode):
+    prompt = masactrl_prompt(server, photo_file, sd15_checkpoint_path, {"MasaCtrl.mask_mode": mode})
+    if mode == "mask":
+        resize = next(i for i, n in prompt.items() if n["_meta"]["title"] == "Resize")
+        prompt["900"] = {"class_type": "ImageToMask", "inputs": {"image": [resize, 0], "channel": "red"},
+                         "_meta": {"title": "Object mask"}}
+        next(n for n in prompt.values() if n["class_type"] == "MasaCtrlMutualAttention")["inputs"]["mask"] = ["900", 0]
+    assert len(server.output_images(server.run(prompt, timeout=1800))) == 2
+    assert server.running
+
+
+def test_bad_masactrl_input_fails_the_prompt_and_the_server_keeps_serving(server, photo_file, sd15_checkpoint_path):
+    bad = masactrl_prompt(server, photo_file, sd15_checkpoint_path, {"MasaCtrl.start_layer": 16})
+    with pytest.raises(ExecutionError, match="start_layer: the model has 16 transformer layers"):
+        server.run(bad, timeout=1800)
+    bad = masactrl_prompt(server, photo_file, sd15_checkpoint_path,
+                          {"MasaCtrl.mask_mode": "auto", "MasaCtrl.target_words": "dog"})
+    with pytest.raises(ExecutionError, match="target_words: .*dog"):
+        server.run(bad, timeout=1800)
+    good = masactrl_prompt(server, photo_file, sd15_checkpoint_path, {})
+    assert len(server.output_images(server.run(good, timeout=1800))) == 2
