@@ -65,15 +65,43 @@ class AttentionPatch:
                       self.layer, (shape[-2], shape[-1]), _host_attention(self.attend, extra_options))
 
 
+class FeatureTapWrapper:
+    """``DIFFUSION_MODEL`` wrapper: while the UNet runs, forward hooks let the engine rewrite the outputs of
+    the modules it taps (``engine.feature_taps()``: module path → ``fn(output, step, cond_or_uncond)``).
+
+    The engine is looked up in the call's ``transformer_options`` (ComfyUI shares wrapper objects between
+    clones but deep-copies ``model_options``), and the hooks are removed when the call ends, even on error
+    or Cancel, so nothing stays on the shared UNet.
+    """
+
+    def __call__(self, executor, *args, **kwargs):
+        options = kwargs.get("transformer_options", args[5] if len(args) > 5 else {})
+        engine = options.get(ENGINE_KEY)
+        taps = engine.feature_taps() if hasattr(engine, "feature_taps") else {}
+        step, chunks = options.get(STEP_KEY), options.get("cond_or_uncond", [0])
+        handles = []
+        try:
+            for path, rewrite in taps.items():
+                module = executor.class_obj.get_submodule(path)
+                handles.append(module.register_forward_hook(
+                    lambda _m, _i, out, rewrite=rewrite: rewrite(out, step, chunks), prepend=True))
+            return executor(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 def _replaced(model_patcher: Any, kind: str, layer: TransformerLayer) -> bool:
     replace = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
     return layer.key in replace or layer.key[:2] in replace
 
 
-def attach_engine(model_patcher: Any, engine: AttentionEngine, attend: Attend, name: str) -> Any:
+def attach_engine(model_patcher: Any, engine: AttentionEngine, attend: Attend, name: str,
+                  feature_wrapper_type: str | None = None) -> Any:
     """A clone of ``model_patcher`` with ``engine`` on the attention layers it ``controls``. Other patches
     on the model are kept; a layer whose attention another node already replaced is left to that node, with
-    a warning. ``name`` (e.g. "P2P") is for messages."""
+    a warning. ``name`` (e.g. "P2P") is for messages. An engine with ``feature_taps`` also gets a
+    :class:`FeatureTapWrapper` of ``feature_wrapper_type`` (ComfyUI's ``WrappersMP.DIFFUSION_MODEL``)."""
     if engine_of(model_patcher) is not None:
         raise ValueError("model: this MODEL already carries an SPDInv editing engine; connect the model from "
                          "before that engine node (engines do not stack)")
@@ -94,5 +122,9 @@ def attach_engine(model_patcher: Any, engine: AttentionEngine, attend: Attend, n
     if skipped:
         log.warning("%s: attention already replaced by another node at %s; those layers are left uncontrolled",
                     name, ", ".join(skipped))
+    if hasattr(engine, "feature_taps"):
+        if feature_wrapper_type is None:
+            raise ValueError(f"{name} taps module outputs and needs the host's diffusion-model wrapper type")
+        patched.add_wrapper_with_key(feature_wrapper_type, ENGINE_KEY, FeatureTapWrapper())
     patched.model_options.setdefault("transformer_options", {})[ENGINE_KEY] = engine
     return patched

@@ -80,3 +80,30 @@ def transformer_layers(unet: torch.nn.Module) -> list[TransformerLayer]:
         if _contains(module, "Upsample"):
             level -= 1
     return found
+
+
+def decoder_stages(unet: torch.nn.Module) -> list[list[int]]:
+    """Output block ids grouped by resolution stage (a stage ends with the block that upsamples)."""
+    stages: list[list[int]] = [[]]
+    for block_id, module in enumerate(unet.output_blocks):
+        stages[-1].append(block_id)
+        if _contains(module, "Upsample"):
+            stages.append([])
+    return [s for s in stages if s]
+
+
+def resblock_output_path(unet: torch.nn.Module, stage: int, index: int) -> str:
+    """Module path (inside the UNet) of the last layer of the residual branch of decoder stage ``stage``'s
+    ``index``-th block's ResBlock: its output is the ResBlock's features before the skip connection is added.
+    SD1.x, stage 1, index 1: ``output_blocks.4.0.out_layers.3`` (diffusers ``up_blocks[1].resnets[1]``)."""
+    stages = decoder_stages(unet) if hasattr(unet, "output_blocks") else []
+    if stage >= len(stages) or index >= len(stages[stage]):
+        raise ValueError(f"{type(unet).__name__} has no decoder stage {stage} with a block {index}; Plug-and-Play "
+                         "needs an SD1.x, SD2.x or SDXL-style UNet")
+    block_id = stages[stage][index]
+    resblock = unet.output_blocks[block_id][0]
+    out_layers = getattr(resblock, "out_layers", None)
+    if not isinstance(out_layers, torch.nn.Sequential):
+        raise ValueError(f"output block {block_id} does not start with a ResBlock; Plug-and-Play needs an SD1.x, "
+                         "SD2.x or SDXL-style UNet")
+    return f"output_blocks.{block_id}.0.out_layers.{len(out_layers) - 1}"

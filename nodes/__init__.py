@@ -6,14 +6,16 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .attention_preview import SPDInvAttentionPreview
+from .color_fix import SPDInvWaveletColorFix
 from .edit_sampler import SPDInvEditSampler
 from .invert import SPDInvInvert
 from .masactrl import MasaCtrlMutualAttention
 from .p2p_control import P2PAttentionControl
+from .pnp_injection import PNPInjection
 from .residual_plot import SPDInvResidualPlot
 
 NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, P2PAttentionControl, MasaCtrlMutualAttention,
-                                   SPDInvAttentionPreview, SPDInvResidualPlot]
+                                   PNPInjection, SPDInvAttentionPreview, SPDInvWaveletColorFix, SPDInvResidualPlot]
 
 
 class SPDInvExtension(ComfyExtension):

@@ -51,7 +51,8 @@ def photo_file(tmp_path_factory) -> Path:
 def server(comfyui_path, sd15_checkpoint_path):
     with ComfyServer(comfyui_path, python=sys.executable, checkpoints=[sd15_checkpoint_path.parent],
                      require_nodes=["SPDInvInvert", "SPDInvEditSampler", "SPDInvResidualPlot", "P2PAttentionControl",
-                                    "SPDInvAttentionPreview", "MasaCtrlMutualAttention"]) as srv:
+                                    "SPDInvAttentionPreview", "MasaCtrlMutualAttention", "PNPInjection",
+                                    "SPDInvWaveletColorFix"]) as srv:
         yield srv
     assert not srv.running
 
@@ -201,3 +202,15 @@ def test_bad_masactrl_input_fails_the_prompt_and_the_server_keeps_serving(server
         server.run(bad, timeout=1800)
     good = masactrl_prompt(server, photo_file, sd15_checkpoint_path, {})
     assert len(server.output_images(server.run(good, timeout=1800))) == 2
+
+
+def test_pnp_workflow_runs_with_the_color_fix_enabled(server, photo_file, sd15_checkpoint_path):
+    ui = json.loads((ROOT / "workflows" / "spdinv_pnp_edit.json").read_text())
+    fix = next(n for n in ui["nodes"] if n["type"] == "SPDInvWaveletColorFix")
+    assert fix["mode"] == 4, "the colour fix ships bypassed"
+    fix["mode"] = 0
+    image = server.upload_image(photo_file)
+    prompt = build_prompt(ui, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
+                          overrides=SMALL | {"SPDInv inversion.steps": 4}).prompt
+    assert any(n["class_type"] == "SPDInvWaveletColorFix" for n in prompt.values())
+    assert len(server.output_images(server.run(prompt, timeout=1800))) == 2

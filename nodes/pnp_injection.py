@@ -1,0 +1,51 @@
+"""PNPInjection: Plug-and-Play feature and self-attention injection on a MODEL clone."""
+
+from __future__ import annotations
+
+from comfy.ldm.modules.attention import optimized_attention
+from comfy.patcher_extension import WrappersMP
+from comfy_api.latest import io
+
+from ..attention_patches.plug_and_play import PlugAndPlay
+from ..attention_patches.registration import attach_engine
+from ..attention_patches.unet_layers import resblock_output_path
+from ..spdinv.guidance import EditRecipe
+from .clip_tokens import named
+
+FEATURE_STAGE, FEATURE_INDEX = 1, 1
+"""The reference's feature block: diffusers ``up_blocks[1].resnets[1]``, the second decoder stage's second block."""
+
+
+class PNPInjection(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="PNPInjection",
+            display_name="SPDInv Plug-and-Play",
+            category="SPDInv/engines",
+            description="Plug-and-Play for the SPDInv Edit Sampler: the source branch replays the stored "
+                        "inversion (give the sampler the EMPTY prompt as source) and the target takes its "
+                        "decoder residual features and self-attention queries/keys, keeping the photo's "
+                        "structure under a new prompt. Negative for the target as the reference: 'ugly, blurry, "
+                        "black, low res, unrealistic'.",
+            inputs=[
+                io.Model.Input("model", tooltip="The model the photo was inverted with."),
+                io.Float.Input("feature_fraction", default=0.8, min=0.0, max=1.0, step=0.05,
+                               tooltip="Fraction of the steps (from the start) in which the target takes the "
+                                       "source's residual features at the reference's decoder block (0.8). "
+                                       "Lower it if the edit is too weak."),
+                io.Float.Input("attention_fraction", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="Fraction of the steps in which the target takes the source's self-attention "
+                                       "queries and keys in the decoder (0.5). Raise it to keep more structure."),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The model with PnP injection (use it with the "
+                                     "SPDInv Edit Sampler; other samplers see the plain model).")],
+        )
+
+    @classmethod
+    def execute(cls, model, feature_fraction, attention_fraction) -> io.NodeOutput:
+        unet = model.get_model_object("diffusion_model")
+        path = named("model", resblock_output_path, unet, FEATURE_STAGE, FEATURE_INDEX)
+        recipe = EditRecipe(source_cfg=1.0, source_from_inversion=True)
+        engine = PlugAndPlay(path, feature_fraction, attention_fraction, recipe)
+        return io.NodeOutput(attach_engine(model, engine, optimized_attention, "PnP", WrappersMP.DIFFUSION_MODEL))
