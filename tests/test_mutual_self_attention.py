@@ -118,3 +118,10 @@ def test_bad_settings_name_the_input():
         MutualSelfAttention(mask=torch.ones(32, 32)).begin_run(50, (1, 4, 8, 8))
     with pytest.raises(ValueError, match="start_step"):
         MutualSelfAttention(start_step=2.0)
+
+
+def test_a_model_without_self_attention_from_the_start_layer_is_refused():
+    cross_only = [TransformerLayer("output", i, 0, i, 0, self_attention=False, cross_attention=True)
+                  for i in range(16)]
+    with pytest.raises(ValueError, match="^model: no self-attention layers"):
+        MutualSelfAttention().check_layers(cross_only)

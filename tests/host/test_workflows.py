@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spdinv_pack.tools.comfy_server import ComfyServer, ExecutionError
+from spdinv_pack.tools.comfy_server import ComfyServer, ExecutionError, PromptValidationError
 from spdinv_pack.tools.run_workflow import build_prompt
 from spdinv_pack.tools.workflow_api import to_api
 
@@ -214,3 +214,15 @@ def test_pnp_workflow_runs_with_the_color_fix_enabled(server, photo_file, sd15_c
                           overrides=SMALL | {"SPDInv inversion.steps": 4}).prompt
     assert any(n["class_type"] == "SPDInvWaveletColorFix" for n in prompt.values())
     assert len(server.output_images(server.run(prompt, timeout=1800))) == 2
+
+
+def test_pnp_fraction_out_of_range_is_refused_by_validation_and_the_server_keeps_serving(
+        server, photo_file, sd15_checkpoint_path):
+    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_pnp_edit.json").read_text())
+    image = server.upload_image(photo_file)
+    prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
+                          overrides={**small_overrides(twin), "Plug-and-Play.feature_fraction": 1.5}).prompt
+    with pytest.raises(PromptValidationError) as err:
+        server.run(prompt, timeout=600)
+    assert "feature_fraction" in str(err.value.node_errors)
+    assert server.running
