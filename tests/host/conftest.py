@@ -13,6 +13,9 @@ Fixtures (all session-scoped):
 * ``comfy_extra_nodes -> dict[str, type]`` -- ``NODE_CLASS_MAPPINGS`` after also registering the
   built-in ``comfy_extras`` nodes (SamplerCustom, FlipSigmas, ...); slower, so opt-in.
 * ``sd15_checkpoint_path -> Path``, ``lora_path -> Path`` -- the random files from ``factory``.
+* ``clip_vision_path -> Path`` -- the random CLIP ViT-L/14 vision file (``CLIPVisionLoader`` lists it).
+* ``elite_mapper_path_global -> Path``, ``elite_mapper_path_safetensors -> Path`` -- random ELITE
+  global mappers (``torch.save`` .pt, and the same layout as safetensors).
 * ``sd15 -> (ModelPatcher, CLIP, VAE)`` -- loaded by ``CheckpointLoaderSimple`` in inference mode.
 * ``sd15_lora -> (ModelPatcher, CLIP)`` -- ``sd15`` patched by ``LoraLoader`` (strength 1, 1).
 * ``run_node -> RunNode`` -- ``run_node(node_cls, **inputs)`` runs a V3 or V1 node like the
@@ -110,7 +113,7 @@ def comfyui_path() -> Path:
 @pytest.fixture(scope="session")
 def comfy_env(comfyui_path: Path) -> ComfyEnv:
     """Import ComfyUI as a library: CPU mode, its own ``nodes``, test cache as model folder."""
-    return import_comfy(comfyui_path, factory.cache_dir(), kinds=("checkpoints", "loras"))
+    return import_comfy(comfyui_path, factory.cache_dir(), kinds=("checkpoints", "loras", "clip_vision"))
 
 
 @pytest.fixture(scope="session")
@@ -151,6 +154,24 @@ def sd15_checkpoint_path() -> Path:
 def lora_path() -> Path:
     """The random kohya-format LoRA matching ``sd15_checkpoint_path``."""
     return factory.lora_path()
+
+
+@pytest.fixture(scope="session")
+def clip_vision_path() -> Path:
+    """The random CLIP ViT-L/14 vision tower, 224 px, HF layout (built into the cache on first use)."""
+    return factory.clip_vision_vitl_path()
+
+
+@pytest.fixture(scope="session")
+def elite_mapper_path_global() -> Path:
+    """The random ELITE global mapper as the published ``torch.save`` state dict (.pt)."""
+    return factory.elite_mapper_path("global", "pt")
+
+
+@pytest.fixture(scope="session")
+def elite_mapper_path_safetensors() -> Path:
+    """The random ELITE global mapper, same tensors as ``elite_mapper_path_global``, as safetensors."""
+    return factory.elite_mapper_path("global", "safetensors")
 
 
 class _KeyWarnings(logging.Handler):
