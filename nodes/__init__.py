@@ -8,6 +8,7 @@ from typing_extensions import override
 from .attention_preview import SPDInvAttentionPreview
 from .color_fix import SPDInvWaveletColorFix
 from .edit_sampler import SPDInvEditSampler
+from .elite import ELITEMapper, ELITEMapperLoader
 from .invert import SPDInvInvert
 from .masactrl import MasaCtrlMutualAttention
 from .p2p_control import P2PAttentionControl
@@ -15,7 +16,8 @@ from .pnp_injection import PNPInjection
 from .residual_plot import SPDInvResidualPlot
 
 NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, P2PAttentionControl, MasaCtrlMutualAttention,
-                                   PNPInjection, SPDInvAttentionPreview, SPDInvWaveletColorFix, SPDInvResidualPlot]
+                                   PNPInjection, ELITEMapperLoader, ELITEMapper, SPDInvAttentionPreview,
+                                   SPDInvWaveletColorFix, SPDInvResidualPlot]
 
 
 class SPDInvExtension(ComfyExtension):

@@ -82,6 +82,10 @@ class P2PAttentionControl(io.ComfyNode):
                                  tooltip="For the last steps (timestep < 400 of 1000), pin everything outside the "
                                          "guidance's edit mask to the inversion trajectory: the background matches "
                                          "the photo. The reconstruction output is then the photo itself."),
+                io.Conditioning.Input("target_conditioning", optional=True,
+                                      tooltip="Use this encoding of the target instead of encoding target_text (e.g. "
+                                              "from SPDInv ELITE Mapper, whose placeholder word comes from an "
+                                              "image). target_text must be the same text: it aligns the tokens."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with P2P attention control (use it "
@@ -94,7 +98,7 @@ class P2PAttentionControl(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, source_text, target_text, mode, cross_replace, self_replace,
                 blend_source_words, blend_target_words, blend_threshold, blend_start, reweight, proximal_guidance,
-                proximal_quantile, inversion_guidance) -> io.NodeOutput:
+                proximal_quantile, inversion_guidance, target_conditioning=None) -> io.NodeOutput:
         tokenize = token_ids(clip)
         source = named("source_text", tokenize_prompt, source_text, tokenize)
         target = named("target_text", tokenize_prompt, target_text, tokenize)
@@ -116,5 +120,7 @@ class P2PAttentionControl(io.ComfyNode):
         engine = PromptToPrompt(mapping, eq, cross_replace, self_replace, blend, SELF_MIN_LEVEL, MAP_LEVEL, recipe,
                                 labels)
         patched = attach_engine(model, engine, optimized_attention, "P2P")
-        encode = [clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in (source_text, target_text)]
-        return io.NodeOutput(patched, *encode)
+        source_cond = clip.encode_from_tokens_scheduled(clip.tokenize(source_text))
+        if target_conditioning is None:
+            target_conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(target_text))
+        return io.NodeOutput(patched, source_cond, target_conditioning)

@@ -29,12 +29,15 @@ def twin_of(ui_path: Path) -> Path:
     return ROOT / "tests" / "workflows" / f"{ui_path.stem}_api.json"
 
 
-def small_overrides(prompt: dict) -> dict:
-    """Shrink a workflow for CPU: 64x64 image and 4 steps on every SPDInv inversion."""
+def small_overrides(prompt: dict, mapper_name: str | None = None) -> dict:
+    """Shrink a workflow for CPU: 64x64 image and 4 steps on every SPDInv inversion; point ELITE mapper
+    loaders at the test's random mapper file."""
     out = dict(SMALL)
     for node in prompt.values():
         if node["class_type"] == "SPDInvInvert":
             out[f"{node['_meta']['title']}.steps"] = 4
+        if node["class_type"] == "ELITEMapperLoader" and mapper_name is not None:
+            out[f"{node['_meta']['title']}.mapper_name"] = mapper_name
     return out
 
 
@@ -48,11 +51,12 @@ def photo_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(comfyui_path, sd15_checkpoint_path):
+def server(comfyui_path, sd15_checkpoint_path, clip_vision_path, elite_mapper_path_global):
     with ComfyServer(comfyui_path, python=sys.executable, checkpoints=[sd15_checkpoint_path.parent],
+                     clip_vision=[clip_vision_path.parent], extra_folders={"elite": [elite_mapper_path_global.parent]},
                      require_nodes=["SPDInvInvert", "SPDInvEditSampler", "SPDInvResidualPlot", "P2PAttentionControl",
                                     "SPDInvAttentionPreview", "MasaCtrlMutualAttention", "PNPInjection",
-                                    "SPDInvWaveletColorFix"]) as srv:
+                                    "SPDInvWaveletColorFix", "ELITEMapperLoader", "ELITEMapper"]) as srv:
         yield srv
     assert not srv.running
 
@@ -78,11 +82,14 @@ def test_ui_workflow_equals_its_api_twin(server, ui_path):
 
 
 @pytest.mark.parametrize("ui_path", WORKFLOWS, ids=lambda p: p.stem)
-def test_api_twin_executes(server, ui_path, photo_file, sd15_checkpoint_path):
+def test_api_twin_executes(server, ui_path, photo_file, sd15_checkpoint_path, clip_vision_path,
+                           elite_mapper_path_global):
     twin = json.loads(twin_of(ui_path).read_text())
     image = server.upload_image(photo_file)
+    uses_clip_vision = any(n["class_type"] == "CLIPVisionLoader" for n in twin.values())
     prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name,
-                          image_name=image, overrides=small_overrides(twin)).prompt
+                          image_name=image, clip_vision_name=clip_vision_path.name if uses_clip_vision else None,
+                          overrides=small_overrides(twin, elite_mapper_path_global.name)).prompt
     history = server.run(prompt, timeout=1800)
     images = server.output_images(history)
     saves = [n for n in twin.values() if n["class_type"] == "SaveImage"]
@@ -226,3 +233,19 @@ def test_pnp_fraction_out_of_range_is_refused_by_validation_and_the_server_keeps
         server.run(prompt, timeout=600)
     assert "feature_fraction" in str(err.value.node_errors)
     assert server.running
+
+
+def test_bad_elite_text_fails_the_prompt_and_the_server_keeps_serving(server, photo_file, sd15_checkpoint_path,
+                                                                      clip_vision_path, elite_mapper_path_global):
+    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_elite_edit.json").read_text())
+    image = server.upload_image(photo_file)
+
+    def prompt(target: str) -> dict:
+        return build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
+                            clip_vision_name=clip_vision_path.name, target_prompt=target,
+                            overrides=small_overrides(twin, elite_mapper_path_global.name)).prompt
+
+    with pytest.raises(ExecutionError, match="text: the placeholder '\\*' must appear exactly once, found 0"):
+        server.run(prompt("a photo of a white cat"), timeout=1800)
+    assert server.running
+    assert len(server.output_images(server.run(prompt("a photo of a white *"), timeout=1800))) == 3
