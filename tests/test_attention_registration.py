@@ -11,51 +11,11 @@ import copy
 import pytest
 import torch
 from torch import nn
+from unet_standins import sd15_like
 
 from spdinv_pack.attention_patches.prompt_to_prompt import PromptToPrompt, ReplaceMapping
 from spdinv_pack.attention_patches.registration import ENGINE_KEY, attach_engine, engine_of
 from spdinv_pack.attention_patches.unet_layers import transformer_layers
-
-
-class Downsample(nn.Module):
-    pass
-
-
-class Upsample(nn.Module):
-    pass
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.attn1, self.attn2 = nn.Identity(), nn.Identity()
-
-
-class SpatialTransformer(nn.Module):
-    def __init__(self, depth: int = 1):
-        super().__init__()
-        self.transformer_blocks = nn.ModuleList(Block() for _ in range(depth))
-
-
-def seq(*mods: nn.Module) -> nn.Sequential:
-    return nn.Sequential(nn.Identity(), *mods)
-
-
-class SD15LikeUNet(nn.Module):
-    """SD1.5's block layout: transformers at input 1,2,4,5,7,8, middle, output 3..11."""
-
-    def __init__(self):
-        super().__init__()
-        t = SpatialTransformer
-        self.input_blocks = nn.ModuleList([
-            seq(), seq(t()), seq(t()), seq(Downsample()), seq(t()), seq(t()), seq(Downsample()), seq(t()), seq(t()),
-            seq(Downsample()), seq(), seq(),
-        ])
-        self.middle_block = seq(t())
-        self.output_blocks = nn.ModuleList([
-            seq(), seq(), seq(Upsample()), seq(t()), seq(t()), seq(t(), Upsample()), seq(t()), seq(t()),
-            seq(t(), Upsample()), seq(t()), seq(t()), seq(t()),
-        ])
 
 
 class FakePatcher:
@@ -86,7 +46,7 @@ class FakePatcher:
 
 
 def test_layers_come_in_forward_order_with_their_resolution_level():
-    layers = transformer_layers(SD15LikeUNet())
+    layers = transformer_layers(sd15_like())
     assert len(layers) == 16
     assert [layer.order for layer in layers] == list(range(16))
     assert [(layer.block, layer.block_id) for layer in layers[:7]] == [
@@ -108,7 +68,7 @@ def attach_p2p(model, p2p, attend):
 
 
 def test_p2p_patches_every_cross_attention_and_self_attention_at_level_one_and_below_on_a_clone():
-    base = FakePatcher(SD15LikeUNet())
+    base = FakePatcher(sd15_like())
     patched = attach_p2p(base, engine(), attend=lambda q, k, v, heads: q)
     assert base.model_options == {"transformer_options": {}}
     replace = patched.model_options["transformer_options"]["patches_replace"]
@@ -119,7 +79,7 @@ def test_p2p_patches_every_cross_attention_and_self_attention_at_level_one_and_b
 
 
 def test_a_clone_of_the_patched_model_keeps_one_consistent_engine_of_its_own():
-    patched = attach_p2p(FakePatcher(SD15LikeUNet()), engine(), attend=lambda q, k, v, heads: q)
+    patched = attach_p2p(FakePatcher(sd15_like()), engine(), attend=lambda q, k, v, heads: q)
     again = patched.clone()
     mine = engine_of(again)
     assert mine is not engine_of(patched)
@@ -128,7 +88,7 @@ def test_a_clone_of_the_patched_model_keeps_one_consistent_engine_of_its_own():
 
 
 def test_attention_replaced_by_another_node_is_kept_and_engines_do_not_stack():
-    base = FakePatcher(SD15LikeUNet())
+    base = FakePatcher(sd15_like())
 
     def theirs(q, k, v, extra_options):
         return q

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from unet_standins import ResBlockLike, Upsample
 
 from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay, source_to_target
 from spdinv_pack.attention_patches.prompt_to_prompt import plain_attention
@@ -12,22 +13,6 @@ from spdinv_pack.attention_patches.registration import ENGINE_KEY, STEP_KEY, Fea
 from spdinv_pack.attention_patches.unet_layers import TransformerLayer, resblock_output_path
 
 HEADS, DIM, STEPS = 2, 4, 10
-
-
-class Upsample(nn.Module):
-    def forward(self, x):
-        return x
-
-
-class ResBlockLike(nn.Module):
-    """The part of ComfyUI's ResBlock that PnP reads: ``out_layers`` (norm, SiLU, dropout, conv)."""
-
-    def __init__(self, c: int = 4):
-        super().__init__()
-        self.out_layers = nn.Sequential(nn.GroupNorm(1, c), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(c, c, 3, padding=1))
-
-    def forward(self, x):
-        return x + self.out_layers(x)
 
 
 class DecoderLike(nn.Module):

@@ -1,0 +1,49 @@
+"""Each engine chooses its layers from the UNet's structure: SD1.5's reference choice, and the same rules
+on an SDXL-style layout (SPEC §4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from unet_standins import sd15_like, sdxl_like
+
+from spdinv_pack.attention_patches.mutual_self_attention import MutualSelfAttention
+from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay
+from spdinv_pack.attention_patches.prompt_to_prompt import PromptToPrompt, ReplaceMapping
+from spdinv_pack.attention_patches.unet_layers import resblock_output_path, transformer_layers
+
+
+def controlled(engine, layers, kind):
+    return [layer for layer in layers if kind in engine.controls(layer)]
+
+
+def test_sd15_gets_the_reference_layers():
+    layers = transformer_layers(sd15_like())
+    p2p = PromptToPrompt(ReplaceMapping(torch.eye(77)))
+    assert len(controlled(p2p, layers, "attn2")) == 16 and len(controlled(p2p, layers, "attn1")) == 11
+    assert [(la.block, la.block_id) for la in layers if la.level == 2] == [
+        ("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5)]
+    masa = MutualSelfAttention(start_layer=10)
+    masa.check_layers(layers)
+    assert [la.block_id for la in controlled(masa, layers, "attn1")] == list(range(6, 12))
+    pnp = PlugAndPlay(resblock_output_path(sd15_like(), 1, 1))
+    pnp.check_layers(layers)
+    assert pnp.feature_path == "output_blocks.4.0.out_layers.3"
+    assert sorted(key[1] for key in pnp.qk_layers) == list(range(4, 12))
+
+
+def test_sdxl_layout_gets_the_same_rules():
+    unet = sdxl_like()
+    layers = transformer_layers(unet)
+    assert len(layers) == 70
+    assert {(la.block, la.block_id): la.level for la in layers if la.index == 0} == {
+        ("input", 4): 1, ("input", 5): 1, ("input", 7): 2, ("input", 8): 2, ("middle", 0): 2,
+        ("output", 0): 2, ("output", 1): 2, ("output", 2): 2, ("output", 3): 1, ("output", 4): 1, ("output", 5): 1}
+    p2p = PromptToPrompt(ReplaceMapping(torch.eye(77)))
+    assert len(controlled(p2p, layers, "attn1")) == 70
+    pnp = PlugAndPlay(resblock_output_path(unet, 1, 1))
+    pnp.check_layers(layers)
+    assert pnp.feature_path == "output_blocks.4.0.out_layers.3"
+    assert len(pnp.qk_layers) == 26 and not any(key[1] == 0 for key in pnp.qk_layers)
+    with pytest.raises(ValueError, match="the model has 70 transformer layers"):
+        MutualSelfAttention(start_layer=70).check_layers(layers)
