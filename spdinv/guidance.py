@@ -56,8 +56,8 @@ class ProximalCFG(BranchCFG):
     ``d ← d − clamp(d, −thr, thr)``. Here ``d`` is taken on denoised predictions, which differ from the
     ε-space ones by the common factor ``−σ``, so the threshold, the shrinkage and the masks are the same.
     ``shrink=False`` keeps plain CFG but still yields the edit mask (for inversion guidance alone).
-    ``target_only``: the threshold is the quantile over the target rows and only they are shrunk (ProxEdit's
-    MasaCtrl recipe, whose source branch runs at CFG 1).
+    ``target_only``: the threshold is the quantile over the image's target rows and only they are shrunk
+    (ProxEdit's MasaCtrl recipe, whose source branch runs at CFG 1).
     """
 
     quantile: float = 0.7
@@ -70,11 +70,16 @@ class ProximalCFG(BranchCFG):
         if uncond is None:
             return cond, None
         delta = cond - uncond
-        first = x.shape[0] - x.shape[0] // len(self.scales) if self.target_only else 0
-        threshold = torch.quantile(delta[first:].abs().flatten().float(), self.quantile).to(delta.dtype)
-        shrunk = delta - delta.clamp(-threshold, threshold)
-        if first:
-            shrunk = torch.cat([delta[:first], shrunk[first:]])
+        branches = len(self.scales)
+        images = x.shape[0] // branches
+        per_image = delta.reshape(branches, images, -1)[-1:] if self.target_only else delta.reshape(
+            branches, images, -1)
+        magnitude = per_image.abs().transpose(0, 1).reshape(images, -1).float()
+        threshold = torch.quantile(magnitude, self.quantile, dim=1).to(delta.dtype)
+        threshold = threshold.repeat(branches).view(-1, *([1] * (delta.dim() - 1)))
+        shrunk = delta - torch.maximum(torch.minimum(delta, threshold), -threshold)
+        if self.target_only:
+            shrunk = torch.cat([delta[:-images], shrunk[-images:]])
         mask = edit_mask(shrunk, threshold)
         scale = self.per_row(x.shape[0], x.device).view(-1, *([1] * (x.dim() - 1)))
         return uncond + scale * (shrunk if self.shrink else delta), mask

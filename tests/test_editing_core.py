@@ -92,3 +92,17 @@ def test_proximal_guidance_on_the_target_only_leaves_the_source_rows_plain():
     d = cond[1] - uncond[1]
     threshold = torch.quantile(d.abs().flatten(), 0.6)
     torch.testing.assert_close(out[1], uncond[1] + 7.5 * (d - d.clamp(-threshold, threshold)))
+
+
+def test_proximal_guidance_thresholds_each_image_of_a_batch_on_its_own():
+    g = torch.Generator().manual_seed(1)
+    cond, uncond = torch.randn(4, 2, 4, 4, generator=g), torch.randn(4, 2, 4, 4, generator=g)
+    cond[[1, 3]] *= 10.0
+    for target_only in (False, True):
+        rule = ProximalCFG((1.0, 7.5), quantile=0.7, target_only=target_only)
+        both, both_mask = rule.guide(0, cond, 1.0, cond, uncond)
+        for image in (0, 1):
+            rows = [image, 2 + image]
+            alone, alone_mask = rule.guide(0, cond[rows], 1.0, cond[rows], uncond[rows])
+            torch.testing.assert_close(both[rows], alone)
+            assert torch.equal(both_mask[rows], alone_mask)
