@@ -50,23 +50,23 @@ def engines(run_node, pack_nodes, model, clip):
     ]
 
 
-@pytest.mark.parametrize("height,width,batch", [(64, 64, 2), (96, 128, 1), (80, 112, 2)],
-                         ids=["batch-2", "non-square", "non-square-batch-2"])
+@pytest.mark.parametrize("height,width,batch", [(64, 64, 2), (80, 112, 1)], ids=["batch-2", "non-square"])
 def test_each_engine_edits_every_image_of_a_batch_and_non_square_images(run_node, pack_nodes, sd15, comfy_env,
                                                                        height, width, batch):
     model, clip, vae = sd15
     (latent,) = run_node(comfy_env.nodes.VAEEncode, pixels=pictures(height, width, batch), vae=vae)
     (source,) = run_node(comfy_env.nodes.CLIPTextEncode, text=SOURCE, clip=clip)
     inversion, _ = invert(run_node, pack_nodes, model, source, latent, steps=4)
+    alone = None
+    if batch == 2:
+        alone, _ = invert(run_node, pack_nodes, model, source, {"samples": latent["samples"][1:]}, steps=4)
     for name, patched, src, tgt, neg in engines(run_node, pack_nodes, model, clip):
-        edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, src, tgt,
-                                **({} if neg is None else {"negative": neg}))
+        extra = {} if neg is None else {"negative": neg}
+        edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, src, tgt, **extra)
         assert edited["samples"].shape == latent["samples"].shape, name
         assert torch.isfinite(edited["samples"]).all() and torch.isfinite(recon["samples"]).all(), name
-        if batch == 2:
-            one, _ = invert(run_node, pack_nodes, model, source, {"samples": latent["samples"][1:]}, steps=4)
-            single, _, _ = edit(run_node, pack_nodes, patched, one, src, tgt,
-                                **({} if neg is None else {"negative": neg}))
+        if alone is not None:
+            single, _, _ = edit(run_node, pack_nodes, patched, alone, src, tgt, **extra)
             psnr = latent_psnr(edited["samples"][1:], single["samples"])
-            print(f"\n[host] {name} {height}x{width}: image 2 of the batch vs edited alone {psnr:.1f} dB")
+            print(f"\n[host] {name}: image 2 of a batch vs edited alone {psnr:.1f} dB")
             assert psnr > 30, name
