@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..spdinv.guidance import EditRecipe
-from .prompt_to_prompt import Attend, attention_probs, plain_attention, steps_for
+from .prompt_to_prompt import Attend, attention_probs, chunk_rows, plain_attention, steps_for
 from .unet_layers import TransformerLayer
 
 
@@ -128,13 +128,6 @@ class MutualSelfAttention:
     def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def _chunk_rows(self, rows: int, chunks: int) -> int:
-        chunk = rows // chunks
-        if chunk % 2 or chunk * chunks != rows:
-            raise ValueError(f"MasaCtrl expects source and target rows stacked in each CFG chunk, got {rows} rows "
-                             f"in {chunks} chunk(s); run the patched model with the SPDInv Edit Sampler")
-        return chunk
-
     def cross_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
         cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
@@ -146,7 +139,7 @@ class MutualSelfAttention:
             return out
         if self._maps_step != step:
             self._step_maps, self._maps_step = [], step
-        chunk = self._chunk_rows(q.shape[0], len(cond_or_uncond))
+        chunk = chunk_rows(q.shape[0], len(cond_or_uncond), "MasaCtrl")
         rows = slice(cond_or_uncond.index(0) * chunk, (cond_or_uncond.index(0) + 1) * chunk)
         probs = attention_probs(q[rows], k[rows], heads).mean(1)
         self._step_maps.append(probs.reshape(chunk, *spatial, probs.shape[-1]))
@@ -176,7 +169,7 @@ class MutualSelfAttention:
         if (not self.active or step is None or step < steps_for(self.start_step, self.steps)
                 or layer.order < self.start_layer):
             return attend(q, k, v, heads)
-        chunk = self._chunk_rows(q.shape[0], len(cond_or_uncond))
+        chunk = chunk_rows(q.shape[0], len(cond_or_uncond), "MasaCtrl")
         half = chunk // 2
         source = torch.cat([torch.arange(c * chunk, c * chunk + half) for c in range(len(cond_or_uncond))])
         target = source + half

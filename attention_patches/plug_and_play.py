@@ -19,17 +19,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..spdinv.guidance import EditRecipe
-from .prompt_to_prompt import Attend, plain_attention, steps_for
+from .prompt_to_prompt import Attend, chunk_rows, plain_attention, steps_for
 from .unet_layers import TransformerLayer
 
 
 def source_to_target(t: torch.Tensor, chunks: int) -> torch.Tensor:
     """A copy of ``t`` whose target rows hold the source rows' values, chunk by chunk."""
-    rows = t.shape[0] // chunks
-    if rows % 2 or rows * chunks != t.shape[0]:
-        raise ValueError(f"Plug-and-Play expects source and target rows stacked in each CFG chunk, got "
-                         f"{t.shape[0]} rows in {chunks} chunk(s); run the patched model with the SPDInv Edit Sampler")
-    half = rows // 2
+    half = chunk_rows(t.shape[0], chunks, "Plug-and-Play") // 2
     view = t.reshape(chunks, 2, half, *t.shape[1:])
     return torch.stack([view[:, 0], view[:, 0]], dim=1).reshape(t.shape)
 

@@ -57,6 +57,15 @@ def apply_probs(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2).reshape(b, probs.shape[2], -1)
 
 
+def chunk_rows(rows: int, chunks: int, engine: str) -> int:
+    """Rows per CFG chunk, each holding ``[source rows, target rows]`` as the edit sampler stacks them."""
+    chunk = rows // chunks
+    if chunk % 2 or chunk * chunks != rows:
+        raise ValueError(f"{engine} expects source and target rows stacked in each CFG chunk, got {rows} rows in "
+                         f"{chunks} chunk(s); run the patched model with the SPDInv Edit Sampler")
+    return chunk
+
+
 def steps_for(fraction: float, steps: int) -> int:
     """How many of ``steps`` a fraction covers, rounded down as the reference does (0.8·50 → 40)."""
     return int(math.floor(fraction * steps + 1e-9))
@@ -173,10 +182,7 @@ class PromptToPrompt:
         return steps_for(self.self_fraction, self.steps)
 
     def _cond_chunks(self, rows: int, cond_or_uncond: Sequence[int]) -> tuple[int, list[slice]]:
-        chunk = rows // len(cond_or_uncond)
-        if chunk % 2 or chunk * len(cond_or_uncond) != rows:
-            raise ValueError(f"P2P expects source and target rows stacked in each CFG chunk, got {rows} rows for "
-                             f"chunks {list(cond_or_uncond)}; run the patched model with the SPDInv Edit Sampler")
+        chunk = chunk_rows(rows, len(cond_or_uncond), "P2P")
         return chunk, [slice(i * chunk, (i + 1) * chunk) for i, c in enumerate(cond_or_uncond) if c == 0]
 
     def cross_attention(
