@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from comfy_api.latest import io
 
@@ -13,8 +11,6 @@ from ..spdinv.sampling import ddim_sample
 from .attention_preview import AttentionMaps, AttentionRecord
 from .comfy_bridge import BranchGuider, run_in_guider, stack_branches
 from .inversion_type import Inversion
-
-log = logging.getLogger(__name__)
 
 
 class SPDInvEditSampler(io.ComfyNode):
@@ -53,9 +49,7 @@ class SPDInvEditSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, inversion, source, target, cfg, negative=None) -> io.NodeOutput:
-        if not inversion.check_model(model, "model"):
-            log.warning("SPDInvEditSampler: the model is not the one the inversion was made with; the "
-                        "reconstruction will not match the photo exactly")
+        inversion.check_model(model, "model")
         result = inversion.result
         rows = result.noise.shape[0]
         engine = engine_of(model)

@@ -14,6 +14,37 @@ from ..spdinv.inversion import InversionResult
 Inversion = io.Custom("SPDINV_INVERSION")
 
 
+def weights_fingerprint(model_patcher: Any) -> tuple[tuple[str, tuple[int, ...], float], ...]:
+    """Names, shapes and float64 sums of the diffusion model's first and last parameters, unpatched.
+
+    Tells checkpoints of one family apart without hashing gigabytes: two files with the same weights
+    (one checkpoint loaded twice) agree, a different checkpoint does not. A LoRA or merge applied by a
+    ``ModelPatcher`` clone does not change it: patched weights are read from the patcher's backup of
+    the originals (shared by all clones of one base model).
+    """
+    params = list(model_patcher.model.diffusion_model.named_parameters())
+    out = []
+    for name, param in (params[0], params[-1]):
+        saved = model_patcher.backup.get(f"diffusion_model.{name}")
+        weight = saved.weight if saved is not None else param
+        out.append((name, tuple(weight.shape), float(weight.detach().double().sum())))
+    return tuple(out)
+
+
+def check_latent_channels(model_patcher: Any, samples: torch.Tensor, input_name: str) -> None:
+    """Raise before any UNet call when ``samples`` has another channel count than the model's latents.
+
+    A latent from another family (SD3/Flux 16 channels, SD1.x/SDXL 4) would otherwise fail deep inside the
+    UNet's first convolution with a message that names neither the input nor the fix.
+    """
+    expected = model_patcher.get_model_object("latent_format").latent_channels
+    if samples.ndim >= 2 and samples.shape[1] != expected:
+        family = type(model_patcher.model).__name__
+        raise ValueError(f"{input_name}: the latent has {samples.shape[1]} channels but this {family} model's "
+                         f"latents have {expected}; encode the photo with this model's VAE (VAEEncode with the "
+                         f"VAE of the checkpoint you invert with)")
+
+
 @dataclass
 class InversionPayload:
     """An inversion plus what is needed to check it is used with a matching model and latent."""
@@ -24,17 +55,29 @@ class InversionPayload:
     """The LATENT samples that were inverted, as given (raw VAE scale)."""
     model_family: str
     model_ref: Any = field(repr=False, default=None)
+    fingerprint: tuple = field(repr=False, default=())
+    """:func:`weights_fingerprint` of the model inverted with."""
 
     @classmethod
     def create(cls, result: InversionResult, source_latent: torch.Tensor, model_patcher: Any) -> InversionPayload:
         base = model_patcher.model
-        return cls(result, source_latent, type(base).__name__, weakref.ref(base))
+        return cls(result, source_latent, type(base).__name__, weakref.ref(base), weights_fingerprint(model_patcher))
 
-    def check_model(self, model_patcher: Any, input_name: str) -> bool:
-        """Raise if ``model_patcher`` is of another family; return False when it is another model object
-        of the same family (a different checkpoint: allowed, but the reconstruction will not be exact)."""
+    def check_model(self, model_patcher: Any, input_name: str) -> None:
+        """Raise unless ``model_patcher`` is the model inverted with, patched or not.
+
+        Allowed: the same base model with any patches (LoRAs, engine nodes, merges: the patches change
+        the edit, which is what they are for), and the same checkpoint loaded again (same weights).
+        Refused: another model family, and another checkpoint of the same family (its reconstruction
+        would silently not be the photo).
+        """
         family = type(model_patcher.model).__name__
         if family != self.model_family:
             raise ValueError(f"{input_name}: the inversion was made with a {self.model_family} model but this "
                              f"model is {family}; invert again with the model you sample with")
-        return self.model_ref is not None and self.model_ref() is model_patcher.model
+        if self.model_ref is not None and self.model_ref() is model_patcher.model:
+            return
+        if weights_fingerprint(model_patcher) != self.fingerprint:
+            raise ValueError(f"{input_name}: the inversion was made with another checkpoint (its weights differ "
+                             f"from this model's); connect the MODEL you inverted with (LoRAs and other patches "
+                             f"on it are fine) or invert again with this model")
