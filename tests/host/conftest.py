@@ -20,6 +20,11 @@ Fixtures (all session-scoped):
 * ``sd15_lora -> (ModelPatcher, CLIP)`` -- ``sd15`` patched by ``LoraLoader`` (strength 1, 1).
 * ``run_node -> RunNode`` -- ``run_node(node_cls, **inputs)`` runs a V3 or V1 node like the
   executor does (see :class:`RunNode`).
+* ``server -> ComfyServer`` -- one real ``main.py --cpu`` server with the pack, the random models and
+  ``server_elite_folder`` registered, shared by every server test of the session.
+* ``server_elite_folder -> Path`` -- an extra ``models/elite`` folder of that server where tests may
+  write mapper files (ComfyUI lists new files in a registered folder on the next request).
+* ``photo_file -> Path`` -- a smooth 96x96 PNG photo to upload.
 
 ``sd15`` and ``sd15_lora`` share one ``nn.Module``; ComfyUI patches/unpatches LoRA weights when a
 clone is loaded (``comfy.model_management.load_models_gpu``), which every sampler does. Tests that
@@ -31,12 +36,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from spdinv_pack.tools.comfy_inprocess import (
     ComfyEnv,
@@ -46,6 +54,7 @@ from spdinv_pack.tools.comfy_inprocess import (
     import_comfy,
     load_extra_nodes,
 )
+from spdinv_pack.tools.comfy_server import ComfyServer
 
 import factory  # tests/host/factory.py; imported before ComfyUI goes first on sys.path
 
@@ -234,3 +243,38 @@ def sd15_lora(comfy_env: ComfyEnv, sd15: tuple[Any, Any, Any], lora_path: Path, 
             strength_model=1.0,
             strength_clip=1.0,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# A real server
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def photo_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smooth synthetic 96x96 RGB PNG."""
+    y, x = np.mgrid[0:96, 0:96] / 95.0
+    img = np.stack([x, y, 0.5 + 0.4 * np.sin(6 * x) * np.cos(4 * y)], -1)
+    path = tmp_path_factory.mktemp("input") / "photo.png"
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def server_elite_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty folder registered as a ``models/elite`` folder of ``server`` (tests add mapper files)."""
+    return tmp_path_factory.mktemp("server_elite")
+
+
+@pytest.fixture(scope="session")
+def server(comfyui_path: Path, sd15_checkpoint_path: Path, clip_vision_path: Path, elite_mapper_path_global: Path,
+           server_elite_folder: Path) -> Iterator[ComfyServer]:
+    """``main.py --cpu`` with the pack, the random SD1.5, CLIP vision and ELITE mapper; one per session."""
+    with ComfyServer(comfyui_path, python=sys.executable, checkpoints=[sd15_checkpoint_path.parent],
+                     clip_vision=[clip_vision_path.parent],
+                     extra_folders={"elite": [elite_mapper_path_global.parent, server_elite_folder]},
+                     require_nodes=["SPDInvInvert", "SPDInvEditSampler", "SPDInvResidualPlot", "P2PAttentionControl",
+                                    "SPDInvAttentionPreview", "MasaCtrlMutualAttention", "PNPInjection",
+                                    "SPDInvWaveletColorFix", "ELITEMapperLoader", "ELITEMapper"]) as srv:
+        yield srv
+    assert not srv.running

@@ -30,3 +30,28 @@ def edit(run_node, pack_nodes, model, inversion, source, target, cfg=7.5, **kw):
 def reconstruct(run_node, pack_nodes, model, inversion, source, target=None, cfg=1.0):
     """(edited, reconstruction) LATENTs; target defaults to the source prompt."""
     return edit(run_node, pack_nodes, model, inversion, source, target if target is not None else source, cfg)[:2]
+
+
+P2P_DEFAULTS = dict(mode="refine", cross_replace=0.8, self_replace=0.6, blend_source_words="",
+                    blend_target_words="", blend_threshold=0.3, blend_start=0.2, reweight="",
+                    proximal_guidance=True, proximal_quantile=0.7, inversion_guidance=True)
+MASA_DEFAULTS = dict(start_step=0.08, start_layer=10, mask_mode="none", proximal_guidance=True,
+                     proximal_quantile=0.6, source_from_inversion=False)
+PNP_DEFAULTS = dict(feature_fraction=0.8, attention_fraction=0.5)
+ENGINES = ("p2p", "masactrl", "pnp")
+
+
+def engine_model(run_node, pack_nodes, engine: str, model, clip, source_text: str, target_text: str,
+                 source, target):
+    """(patched MODEL, source, target CONDITIONING) for ``engine`` with its node's defaults.
+
+    P2P encodes the texts itself and returns its own conditionings; the others return ``source``/``target``.
+    """
+    if engine == "p2p":
+        return run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip, source_text=source_text,
+                        target_text=target_text, **P2P_DEFAULTS).result
+    if engine == "masactrl":
+        return run_node(pack_nodes.MasaCtrlMutualAttention, model=model, **MASA_DEFAULTS).result[0], source, target
+    if engine == "pnp":
+        return run_node(pack_nodes.PNPInjection, model=model, **PNP_DEFAULTS).result[0], source, target
+    raise ValueError(f"unknown engine {engine!r}")

@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.pack_calls import edit, invert, photo
+from spdinv_pack.tests.host.pack_calls import MASA_DEFAULTS, edit, invert, photo
 
 SOURCE, TARGET = "a photo of a cat sitting", "a photo of a cat standing"
-MASA_DEFAULTS = dict(start_step=0.08, start_layer=10, mask_mode="none", proximal_guidance=True,
-                     proximal_quantile=0.6, source_from_inversion=False)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,9 @@ import torch
 
 from spdinv_pack.spdinv.attention_grid import MapRow, grid_layout
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.pack_calls import edit, invert, photo
+from spdinv_pack.tests.host.pack_calls import P2P_DEFAULTS, edit, invert, photo
 
 SOURCE = "a photo of a cat"
-P2P_DEFAULTS = dict(mode="refine", cross_replace=0.8, self_replace=0.6, blend_source_words="",
-                    blend_target_words="", blend_threshold=0.3, blend_start=0.2, reweight="",
-                    proximal_guidance=True, proximal_quantile=0.7, inversion_guidance=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spdinv_pack.tools.comfy_server import ComfyServer, ExecutionError, PromptValidationError
+from spdinv_pack.tools.comfy_server import ExecutionError, PromptValidationError
 from spdinv_pack.tools.run_workflow import build_prompt
 from spdinv_pack.tools.workflow_api import to_api
 
@@ -39,26 +39,6 @@ def small_overrides(prompt: dict, mapper_name: str | None = None) -> dict:
         if node["class_type"] == "ELITEMapperLoader" and mapper_name is not None:
             out[f"{node['_meta']['title']}.mapper_name"] = mapper_name
     return out
-
-
-@pytest.fixture(scope="module")
-def photo_file(tmp_path_factory) -> Path:
-    y, x = np.mgrid[0:96, 0:96] / 95.0
-    img = np.stack([x, y, 0.5 + 0.4 * np.sin(6 * x) * np.cos(4 * y)], -1)
-    path = tmp_path_factory.mktemp("input") / "photo.png"
-    Image.fromarray((img * 255).astype(np.uint8)).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(comfyui_path, sd15_checkpoint_path, clip_vision_path, elite_mapper_path_global):
-    with ComfyServer(comfyui_path, python=sys.executable, checkpoints=[sd15_checkpoint_path.parent],
-                     clip_vision=[clip_vision_path.parent], extra_folders={"elite": [elite_mapper_path_global.parent]},
-                     require_nodes=["SPDInvInvert", "SPDInvEditSampler", "SPDInvResidualPlot", "P2PAttentionControl",
-                                    "SPDInvAttentionPreview", "MasaCtrlMutualAttention", "PNPInjection",
-                                    "SPDInvWaveletColorFix", "ELITEMapperLoader", "ELITEMapper"]) as srv:
-        yield srv
-    assert not srv.running
 
 
 def test_every_workflow_has_an_api_twin():
