@@ -70,10 +70,12 @@ class MethodSpec:
 
     label: str
     inputs: dict[str, Any]
+    repeats: int | None = None
+    """Timed runs of this row, where it should differ from ``--repeats`` (a slow row)."""
 
 
 def parse_method(text: str) -> MethodSpec:
-    """Parse ``ddim`` or ``spdinv[/solver] [key=value ...]`` (keys from ``TUNABLE``).
+    """Parse ``ddim`` or ``spdinv[/solver] [key=value ...]`` (keys from ``TUNABLE``, or ``repeats``).
 
     ``ddim`` runs with ``measure_residual=False`` unless told otherwise, so its time is plain DDIM inversion.
     """
@@ -95,15 +97,19 @@ def parse_method(text: str) -> MethodSpec:
         if solver not in SOLVERS:
             raise argparse.ArgumentTypeError(f"{text!r}: solver must be one of {SOLVERS}")
         inputs["solver"] = solver
+    repeats = None
     for tok in tokens[1:]:
         key, eq, value = tok.partition("=")
+        if key == "repeats" and eq and value.isdigit() and int(value) > 0:
+            repeats = int(value)
+            continue
         if not eq or key not in TUNABLE:
             raise argparse.ArgumentTypeError(f"{text!r}: expected key=value with key in {sorted(TUNABLE)}, got {tok!r}")
         try:
             inputs[key] = TUNABLE[key](value)
         except (ValueError, KeyError):
             raise argparse.ArgumentTypeError(f"{text!r}: bad value for {key}: {value!r}") from None
-    return MethodSpec(" ".join(tokens), inputs)
+    return MethodSpec(" ".join(tokens), inputs, repeats)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -343,16 +349,21 @@ class Bench:
         self.latent_source = args.latent
         if self.latent_source == "auto":
             self.latent_source = "vae" if args.image is not None or args.checkpoint is not None else "sd-like"
-        if self.latent_source == "sd-like":
-            from spdinv_pack.tests.host import factory
-
-            self.latent = {"samples": factory.sd_like_latent(args.resolution)}
-        else:
-            pixels = synthetic_image(args.resolution) if args.image is None else load_image(args.image, args.resolution)
-            (self.latent,) = self.run_node(n.VAEEncode, pixels=pixels, vae=self.vae)
+        self.latent = self.make_latent(args.resolution)
         (self.source,) = self.run_node(n.CLIPTextEncode, text=args.prompt, clip=self.clip)
         (self.target,) = self.run_node(n.CLIPTextEncode, text=args.target_prompt, clip=self.clip)
         self.memory_how = PeakMemory(cuda).how
+
+    def make_latent(self, resolution: int) -> dict[str, torch.Tensor]:
+        """The LATENT to invert at ``resolution`` pixels (see ``--latent``)."""
+        if self.latent_source == "sd-like":
+            from spdinv_pack.tests.host import factory
+
+            return {"samples": factory.sd_like_latent(resolution)}
+        args = self.args
+        pixels = synthetic_image(resolution) if args.image is None else load_image(args.image, resolution)
+        (latent,) = self.run_node(self.env.nodes.VAEEncode, pixels=pixels, vae=self.vae)
+        return latent
 
     def _sync(self) -> None:
         if self.cuda:
@@ -399,8 +410,8 @@ class Bench:
         """Latent PSNR of the edit sampler's source branch (target = source, CFG 1) against the VAE latent."""
         from spdinv_pack.spdinv.metrics import latent_psnr
 
-        _, recon = self.run_node(self.edit_node, model=self.model, inversion=inversion, source=self.source,
-                                 target=self.source, cfg=1.0).result
+        recon = self.run_node(self.edit_node, model=self.model, inversion=inversion, source=self.source,
+                              target=self.source, cfg=1.0).result[1]
         return latent_psnr(recon["samples"], self.latent["samples"])
 
     def method_row(self, spec: MethodSpec, steps: int) -> tuple[dict[str, Any], Any]:
@@ -410,10 +421,11 @@ class Bench:
         self.invert(spec, args.warmup_steps)
         times: list[float] = []
         with PeakMemory(self.cuda) as mem:
-            for r in range(args.repeats):
+            repeats = spec.repeats or args.repeats
+            for r in range(repeats):
                 seconds, (inversion, _noise) = self._timed(lambda: self.invert(spec, steps))
                 times.append(seconds)
-                log(f"steps={steps} {spec.label}: run {r + 1}/{args.repeats} {seconds:.2f} s")
+                log(f"steps={steps} {spec.label}: run {r + 1}/{repeats} {seconds:.2f} s")
         result = inversion.result
         residual = self.remeasure(inversion)
         psnr = self.reconstruction_psnr(inversion)

@@ -39,8 +39,9 @@ class SPDInvInvert(io.ComfyNode):
                                tooltip="spdinv: fixed-point inversion (faithful reconstructions). ddim: plain "
                                        "DDIM inversion (fast, drifts)."),
                 io.Combo.Input("solver", options=list(SOLVERS), default=DEFAULT_SOLVER,
-                               tooltip="anderson: forward-only Anderson-accelerated fixed-point iteration (about "
-                                       "2-4 UNet passes a step). adamw: the paper's gradient descent through the "
+                               tooltip="anderson: forward-only Anderson-accelerated fixed-point iteration, each "
+                                       "step warm-started from the previous one (about 2-3 UNet passes a step). "
+                                       "adamw: the paper's gradient descent through the "
                                        "UNet (lr, K, delta as published; much slower)."),
                 io.Int.Input("max_iters", default=25, min=1, max=500,
                              tooltip="K: most solver iterations per step (paper: 25)."),
@@ -50,10 +51,10 @@ class SPDInvInvert(io.ComfyNode):
                                tooltip="Stop a step once its mean squared fixed-point residual (VP latent scale, "
                                        "as in the paper's code) is below delta (paper: 5e-6)."),
                 io.Float.Input("rel_tol", default=DEFAULT_REL_TOL, min=0.0, max=0.99, step=0.001, round=False,
-                               tooltip="Also require the residual to fall to this fraction of the DDIM guess's "
-                                       "(0 = off: the paper's rule). The paper's delta is loose with many steps "
-                                       "(at 50 the DDIM guess mostly meets it already); 0.01 gave +24 dB "
-                                       "reconstruction there for 1.5x the UNet passes."),
+                               tooltip="Also require the residual to fall to this fraction of the step's "
+                                       "starting guess's (0 = off: the paper's rule). The paper's delta is loose "
+                                       "with many steps (at 50 the DDIM guess mostly meets it already); 0.01 "
+                                       "makes the reconstruction far better there (README, Performance)."),
                 io.Boolean.Input("measure_residual", default=True,
                                  tooltip="For method ddim: spend one extra UNet pass per step to record the "
                                          "fixed-point residual (for the residual plot)."),

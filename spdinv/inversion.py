@@ -27,6 +27,7 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 
 METHODS = ("spdinv", "ddim")
 SOLVERS = ("anderson", "adamw")
+WARM_STARTS = ("ddim", "reference")
 BLOWUP = 10.0
 """Anderson restarts an item whose residual exceeds this multiple of its best."""
 PATIENCE = 3
@@ -50,6 +51,15 @@ class InversionSettings:
     """Anderson history length."""
     damping: float = 1.0
     """Anderson mixing factor (1 = undamped)."""
+    accept_mapped: bool = False
+    """Anderson returns ``f(best)``, one map application past its best measured iterate (no UNet pass:
+    that value was computed when ``best`` was measured); on a contracting map it is closer to the fixed
+    point. The recorded residual stays the measured one of ``best``."""
+    warm_start: str = "ddim"
+    """Anderson's start after the first step: ``ddim``, a DDIM step with the eps measured at the previous
+    step's accepted latent (free: its last evaluation measured it), or ``reference``, the paper's guess (one
+    UNet pass). On random SD1.5 at 20 steps ``ddim`` saved 19 of 69 passes for 2 dB of a 45 dB
+    reconstruction; extrapolating eps linearly in sigma started farther and lost 7 dB."""
     measure_ddim_residual: bool = True
     """For ``method="ddim"``: spend one extra forward per step to record the residual."""
 
@@ -70,6 +80,8 @@ class InversionSettings:
             raise ValueError(f"memory must be >= 0, got {self.memory}")
         if not 0 < self.damping <= 1:
             raise ValueError(f"damping must be in (0, 1], got {self.damping}")
+        if self.warm_start not in WARM_STARTS:
+            raise ValueError(f"warm_start must be one of {WARM_STARTS}, got {self.warm_start!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +134,10 @@ class _StepOutcome:
     iterations: int
     forwards: int
     backwards: int
+    mapped: torch.Tensor | None = None
+    """``f(latent)`` when the solver evaluated it at the accepted latent (free eps for a warm start)."""
+    nonfinite: bool = False
+    """An evaluation gave NaN/Inf; the solver kept its last finite iterate."""
 
 
 class _FixedPointMap:
@@ -134,6 +150,10 @@ class _FixedPointMap:
         x = z / self.scale_b
         eps = eps_from_denoised(x, self.denoise(x, self.sigma_b).float(), self.sigma_b)
         return self.scale_b * (self.x_a + (self.sigma_b - self.sigma_a) * eps)
+
+    def eps_of(self, mapped: torch.Tensor) -> torch.Tensor:
+        """The eps that produced ``mapped = f(z)``, recovered without a UNet pass."""
+        return (mapped / self.scale_b - self.x_a) / (self.sigma_b - self.sigma_a)
 
 
 def mean_square(t: torch.Tensor) -> torch.Tensor:
@@ -164,17 +184,19 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
     z = z0
     r = f(z) - z
     res = mean_square(r)
+    nonfinite = not bool(torch.isfinite(res).all())
+    if nonfinite:
+        r = torch.where(torch.isfinite(res).view(view), r, torch.zeros_like(r))
     guess_res = res.clone()
     thr = _threshold(settings, guess_res)
     best_z, best_r, best_res = z.clone(), r.clone(), res.clone()
-    done = res < thr
+    done = (res < thr) | ~torch.isfinite(res)
     beta = torch.full((batch,), settings.damping, dtype=torch.float64, device=z.device)
     hist_dz: list[torch.Tensor] = []
     hist_dr: list[torch.Tensor] = []
     valid_from = torch.zeros(batch, dtype=torch.long, device=z.device)
     stale = torch.zeros(batch, dtype=torch.long, device=z.device)
     evals = 1
-    warned = False
     while not bool(done.all()) and evals < settings.max_iters:
         step = beta.view(view).to(z.dtype) * r
         if hist_dz and settings.memory > 0:
@@ -196,9 +218,7 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
         evals += 1
         res_new = mean_square(r_new)
         finite = torch.isfinite(res_new)
-        if not bool(finite.all()) and not warned:
-            warnings.warn("SPDInv: non-finite fixed-point residual; keeping the last finite iterate", stacklevel=3)
-            warned = True
+        nonfinite = nonfinite or not bool(finite.all())
         res_new = torch.where(finite, res_new, torch.full_like(res_new, math.inf))
         ok = finite.view(view) & active
         hist_dz.append(torch.where(ok, z_new - z, torch.zeros_like(z)))
@@ -222,7 +242,10 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
             valid_from = torch.where(restart, torch.full_like(valid_from, len(hist_dz)), valid_from)
         z, r, res = z_new, r_new, torch.where(done, res, res_new)
         done = done | (best_res < thr) | (beta < settings.damping * 0.5**MAX_RESTARTS)
-    return _StepOutcome(best_z, best_res, guess_res, evals, evals + 1, 0)
+    mapped = best_z + best_r
+    if settings.accept_mapped:
+        return _StepOutcome(mapped, best_res, guess_res, evals, evals, 0, mapped, nonfinite)
+    return _StepOutcome(best_z, best_res, guess_res, evals, evals, 0, mapped, nonfinite)
 
 
 def _adamw(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> _StepOutcome:
@@ -243,6 +266,7 @@ def _adamw(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> 
         guess_res = last_res.clone()
         thr = None
         iters = 0
+        nonfinite = False
         for k in range(settings.max_iters):
             with torch.enable_grad():
                 res_items = mean_square(z - f(z))
@@ -253,7 +277,7 @@ def _adamw(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> 
                 guess_res = res_items.clone()
                 thr = _threshold(settings, guess_res)
             if not bool(torch.isfinite(res_items).all()):
-                warnings.warn("SPDInv: non-finite fixed-point residual; keeping the last finite iterate", stacklevel=3)
+                nonfinite = True
                 break
             frozen = z.detach().clone()
             z.grad = grad
@@ -265,15 +289,15 @@ def _adamw(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> 
             if bool(done.all()):
                 break
         latent = z.detach().clone()
-    return _StepOutcome(latent, last_res, guess_res, iters, iters + 1, iters)
+    return _StepOutcome(latent, last_res, guess_res, iters, iters, iters, nonfinite=nonfinite)
 
 
 def _ddim(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> _StepOutcome:
     if not settings.measure_ddim_residual:
         nan = torch.full((z0.shape[0],), math.nan, device=z0.device)
-        return _StepOutcome(z0, nan, nan.clone(), 0, 1, 0)
+        return _StepOutcome(z0, nan, nan.clone(), 0, 0, 0)
     res = mean_square(f(z0) - z0)
-    return _StepOutcome(z0, res, res.clone(), 0, 2, 0)
+    return _StepOutcome(z0, res, res.clone(), 0, 1, 0)
 
 
 _SOLVERS = {"anderson": _anderson, "adamw": _adamw}
@@ -290,8 +314,11 @@ def invert(
     """Invert the clean latent ``x0`` up the descending sampling grid ``sigmas`` (which ends at 0).
 
     ``input_scale(sigma)`` maps ComfyUI's latent to the model's input scale (``1/sqrt(1+sigma^2)`` for EPS
-    models, 1 for flow models). The DDIM guess follows the reference convention: the previous latent, as the
-    model saw it, evaluated at the new sigma.
+    models, 1 for flow models). The first step, every ``adamw`` step and ``warm_start="reference"`` start
+    from the reference's guess: the previous latent, as the model saw it, evaluated at the new sigma (one
+    UNet pass). Anderson's warm start instead takes a DDIM step with the eps already measured at the previous
+    step's accepted latent (no pass). NaN/Inf from the model never reaches the trajectory: a step keeps its
+    last finite iterate (a non-finite guess falls back to the previous latent) and one warning is issued.
     """
     settings = settings or InversionSettings()
     validate_sampling_grid(sigmas)
@@ -307,22 +334,42 @@ def invert(
     forwards = torch.zeros(n, dtype=torch.long)
     backwards = torch.zeros(n, dtype=torch.long)
     solve = _ddim if settings.method == "ddim" else _SOLVERS[settings.solver]
+    warm = settings.method == "spdinv" and settings.solver == "anderson" and settings.warm_start != "reference"
     x = x0
+    eps_accepted: torch.Tensor | None = None
+    """The eps measured at the previous step's accepted latent (for the warm start)."""
+    nonfinite_steps = 0
     for j in range(n):
         i = n - 1 - j
         sigma_a, sigma_b = grid[i + 1], grid[i]
         scale_b = input_scale(sigma_b)
         f = _FixedPointMap(denoise, x, sigma_a, sigma_b, scale_b)
-        # The DDIM guess is one application of the map to the previous VP latent: the model sees the old
-        # latent at the new sigma, the reference's (and null-text inversion's) convention.
-        outcome = solve(f, f(x * input_scale(sigma_a)), settings)
+        if warm and eps_accepted is not None:
+            z0 = scale_b * (x + (sigma_b - sigma_a) * eps_accepted)
+            guess_forwards = 0
+        else:
+            # The reference's guess is one application of the map to the previous VP latent: the model sees
+            # the old latent at the new sigma (the paper's and null-text inversion's convention).
+            z0 = f(x * input_scale(sigma_a))
+            guess_forwards = 1
+        finite_guess = torch.isfinite(z0.flatten(1)).all(dim=1).view(-1, *([1] * (z0.dim() - 1)))
+        if not bool(finite_guess.all()):
+            nonfinite_steps += 1
+            z0 = torch.where(finite_guess, z0, x * scale_b)
+        outcome = solve(f, z0, settings)
+        nonfinite_steps += int(outcome.nonfinite and bool(finite_guess.all()))
         x = outcome.latent / scale_b
         latents[i] = x
+        eps_accepted = None if outcome.mapped is None else f.eps_of(outcome.mapped)
         residual[i] = outcome.residual.float().cpu()
         guess_residual[i] = outcome.guess_residual.float().cpu()
-        iterations[i], forwards[i], backwards[i] = outcome.iterations, outcome.forwards, outcome.backwards
+        iterations[i], backwards[i] = outcome.iterations, outcome.backwards
+        forwards[i] = outcome.forwards + guess_forwards
         if callback is not None:
             callback(j, n, x)
+    if nonfinite_steps:
+        warnings.warn(f"SPDInv: the UNet gave NaN/Inf at {nonfinite_steps} of {n} inversion steps; each kept its "
+                      "last finite iterate. Check the model (fp16 overflow?) and the input latent.", stacklevel=2)
     return InversionResult(sigmas.detach().float().cpu(), latents, residual, guess_residual, iterations,
                            forwards, backwards, settings)
 
