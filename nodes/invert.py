@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..spdinv.inversion import METHODS, SOLVERS, InversionSettings, invert
 from ..spdinv.schedules import validate_sampling_grid
 from .comfy_bridge import input_scale_of, make_weights_autograd_safe, run_in_guider
-from .inversion_type import Inversion, InversionPayload
+from .inversion_type import Inversion, InversionPayload, check_latent_channels
 
 DEFAULT_SOLVER = "anderson"
 DEFAULT_REL_TOL = 0.01
@@ -78,6 +78,7 @@ class SPDInvInvert(io.ComfyNode):
         samples = latent["samples"]
         if samples.ndim != 4:
             raise ValueError(f"latent: expected an image latent [B, C, H, W], got shape {tuple(samples.shape)}")
+        check_latent_channels(model, samples, "latent")
         if sigmas is None:
             sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform",
                                                      steps).cpu()
