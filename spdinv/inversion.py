@@ -51,10 +51,6 @@ class InversionSettings:
     """Anderson history length."""
     damping: float = 1.0
     """Anderson mixing factor (1 = undamped)."""
-    accept_mapped: bool = False
-    """Anderson returns ``f(best)``, one map application past its best measured iterate (no UNet pass:
-    that value was computed when ``best`` was measured); on a contracting map it is closer to the fixed
-    point. The recorded residual stays the measured one of ``best``."""
     warm_start: str = "ddim"
     """Anderson's start after the first step: ``ddim``, a DDIM step with the eps measured at the previous
     step's accepted latent (free: its last evaluation measured it), or ``reference``, the paper's guess (one
@@ -242,10 +238,7 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
             valid_from = torch.where(restart, torch.full_like(valid_from, len(hist_dz)), valid_from)
         z, r, res = z_new, r_new, torch.where(done, res, res_new)
         done = done | (best_res < thr) | (beta < settings.damping * 0.5**MAX_RESTARTS)
-    mapped = best_z + best_r
-    if settings.accept_mapped:
-        return _StepOutcome(mapped, best_res, guess_res, evals, evals, 0, mapped, nonfinite)
-    return _StepOutcome(best_z, best_res, guess_res, evals, evals, 0, mapped, nonfinite)
+    return _StepOutcome(best_z, best_res, guess_res, evals, evals, 0, best_z + best_r, nonfinite)
 
 
 def _adamw(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> _StepOutcome:
