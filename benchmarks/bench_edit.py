@@ -1,0 +1,265 @@
+"""Benchmark v2 (SPEC §8): the whole edit, inversion plus Prompt-to-Prompt edit, per inversion method.
+
+    COMFYUI_PATH=~/ComfyUI python benchmarks/bench_edit.py [--resolutions 128 256] [--steps 10 20 50]
+
+For every resolution, steps value and method it runs what a user's workflow runs: ``SPDInvInvert`` with
+the method, then ``SPDInvEditSampler`` on a ``P2PAttentionControl`` model (the same engine, prompts and
+CFG for every method), as ComfyUI's executor calls nodes (in-process, under ``torch.inference_mode()``).
+It reports the median wall time of invert + edit over ``--repeats`` runs, its ratio to ``ddim`` + P2P,
+UNet passes, steps under δ (residual re-measured afterwards), the edit's source reconstruction PSNR and
+peak memory. The model is loaded once. See ``benchmarks/README.md`` for the columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_inversion as inv  # noqa: E402 - the sibling script, imported as a module
+
+DEFAULT_METHODS = ("ddim", "spdinv", "spdinv/adamw rel_tol=0")
+"""``spdinv`` alone is SPDInvInvert's default solver and tolerance; ``adamw rel_tol=0`` is the paper's."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--comfyui", default=inv.os.environ.get("COMFYUI_PATH"),
+                   help="ComfyUI checkout (default: $COMFYUI_PATH)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when available, else CPU (ComfyUI started with --cpu)")
+    p.add_argument("--checkpoint", type=Path,
+                   help="SD checkpoint file (default: the random-weight SD1.5 of tests/host/factory.py)")
+    p.add_argument("--image", type=Path, help="photo to invert (default: synthetic); see bench_inversion.py")
+    p.add_argument("--latent", choices=("auto", "vae", "sd-like"), default="auto",
+                   help="what to invert, as in bench_inversion.py (auto: sd-like on the random checkpoint)")
+    p.add_argument("--dtype", choices=("default", "fp32", "fp16", "bf16"), default="default",
+                   help="UNet compute dtype through core ModelComputeDtype (default: as ComfyUI loads it)")
+    p.add_argument("--resolutions", type=int, nargs="+", default=[128], help="image sides in pixels (default 128)")
+    p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50], help="DDIM steps (default 10 20 50)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per row; the median is reported")
+    p.add_argument("--methods", type=inv.parse_method, nargs="+", default=None, metavar="SPEC",
+                   help=f"inversion rows as in bench_inversion.py, plus repeats=N for a slow row\n"
+                        f"(default: {' | '.join(DEFAULT_METHODS)})")
+    p.add_argument("--delta", type=float, default=5e-6, help="threshold of the 'steps < δ' column (default 5e-6)")
+    p.add_argument("--prompt", default="a photo of a cat", help="source prompt")
+    p.add_argument("--target-prompt", default="a photo of a dog", help="target prompt")
+    p.add_argument("--blend", nargs=2, default=["cat", "dog"], metavar=("SOURCE_WORD", "TARGET_WORD"),
+                   help="P2P local blend words (default: cat dog); '' '' for no blend")
+    p.add_argument("--cfg", type=float, default=7.5, help="CFG of the target branch (default 7.5)")
+    p.add_argument("--inversion-guidance", action="store_true",
+                   help="P2P's inversion guidance on. Off by default: it pins the source branch to the stored\n"
+                        "trajectory for t < 400, which makes every method's reconstruction exact by construction")
+    p.add_argument("--out", type=Path,
+                   help="output path without suffix (default: benchmarks/results/edit-<device>-<res>-<steps>)")
+    args = p.parse_args(argv)
+    if args.methods is None:
+        args.methods = [inv.parse_method(m) for m in DEFAULT_METHODS]
+    if any(r < 8 or r % 8 for r in args.resolutions):
+        p.error("--resolutions must be positive multiples of 8")
+    if min(args.steps) < 1 or args.repeats < 1:
+        p.error("--steps and --repeats must be at least 1")
+    # What bench_inversion.Bench reads to load the model and build the first latent.
+    args.resolution, args.warmup_steps, args.no_edit = args.resolutions[0], 1, True
+    return args
+
+
+class UNetCalls:
+    """Counts calls of the diffusion model and the rows they carried, through a forward pre-hook that is
+    removed on exit (benchmark instrumentation only; the pack itself never hooks a model this way)."""
+
+    def __init__(self, model_patcher: Any):
+        self.module = model_patcher.model.diffusion_model
+        self.calls = self.rows = 0
+
+    def __enter__(self) -> UNetCalls:
+        def count(_module: torch.nn.Module, args: tuple) -> None:
+            self.calls += 1
+            self.rows += int(args[0].shape[0])
+
+        self.handle = self.module.register_forward_pre_hook(count)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
+class EditBench(inv.Bench):
+    """``bench_inversion.Bench`` plus the P2P engine, timing invert + edit together."""
+
+    def __init__(self, args: argparse.Namespace, cuda: bool):
+        super().__init__(args, cuda)
+        from spdinv_pack.nodes.p2p_control import P2PAttentionControl
+
+        if args.dtype != "default":
+            import comfy_extras.nodes_model_advanced as advanced
+
+            (self.model,) = advanced.ModelComputeDtype().patch(self.model, args.dtype)
+        self.p2p_model, self.p2p_source, self.p2p_target = self.run_node(
+            P2PAttentionControl, model=self.model, clip=self.clip, source_text=args.prompt,
+            target_text=args.target_prompt, mode="refine", cross_replace=0.8, self_replace=0.6,
+            blend_source_words=args.blend[0], blend_target_words=args.blend[1], blend_threshold=0.3,
+            blend_start=0.2, reweight="", proximal_guidance=True, proximal_quantile=0.7,
+            inversion_guidance=args.inversion_guidance,
+        ).result
+
+    def edit(self, inversion: Any) -> tuple[Any, Any]:
+        """One SPDInvEditSampler call on the P2P model; (edited, reconstruction) LATENTs."""
+        out = self.run_node(self.edit_node, model=self.p2p_model, inversion=inversion, source=self.p2p_source,
+                            target=self.p2p_target, cfg=self.args.cfg).result
+        return out[0], out[1]
+
+    def pipeline(self, spec: inv.MethodSpec, steps: int) -> dict[str, Any]:
+        """Invert then edit once, timing each part; returns the times, the inversion and the outputs."""
+        t_inv, (inversion, _noise) = self._timed(lambda: self.invert(spec, steps))
+        with UNetCalls(self.model) as calls:
+            t_edit, (edited, recon) = self._timed(lambda: self.edit(inversion))
+        return {"invert_s": t_inv, "edit_s": t_edit, "inversion": inversion, "edited": edited, "recon": recon,
+                "edit_calls": calls.calls, "edit_rows": calls.rows}
+
+    def row(self, spec: inv.MethodSpec, steps: int) -> dict[str, Any]:
+        from spdinv_pack.spdinv.metrics import latent_psnr
+
+        repeats = spec.repeats or self.args.repeats
+        inv.log(f"{self.label()} steps={steps} {spec.label}: warm-up (1 step)")
+        self.pipeline(spec, 1)
+        runs = []
+        with inv.PeakMemory(self.cuda) as mem:
+            for r in range(repeats):
+                runs.append(self.pipeline(spec, steps))
+                inv.log(f"{self.label()} steps={steps} {spec.label}: run {r + 1}/{repeats} "
+                        f"invert {runs[-1]['invert_s']:.2f} s + edit {runs[-1]['edit_s']:.2f} s")
+        last = runs[-1]
+        result = last["inversion"].result
+        residual = self.remeasure(last["inversion"])[:, 0]
+        totals = [r["invert_s"] + r["edit_s"] for r in runs]
+        fwd, bwd = int(result.forwards.sum()), int(result.backwards.sum())
+        return {
+            "method": spec.label,
+            "settings": result.settings.to_dict(),
+            "repeats": repeats,
+            "total_s": totals,
+            "median_s": statistics.median(totals),
+            "invert_median_s": statistics.median(r["invert_s"] for r in runs),
+            "edit_median_s": statistics.median(r["edit_s"] for r in runs),
+            "invert_forwards": fwd,
+            "invert_backwards": bwd,
+            "invert_passes": fwd + 2 * bwd,
+            "edit_unet_calls": last["edit_calls"],
+            "edit_unet_rows": last["edit_rows"],
+            "steps_under_delta": int((residual < self.args.delta).sum()),
+            "residual_max": float(residual.max()),
+            "residual_median": float(residual.median()),
+            "recon_psnr_db": latent_psnr(last["recon"]["samples"], self.latent["samples"]),
+            "peak_mem_bytes": mem.peak,
+            "mem_base_bytes": mem.base,
+            "per_step_forwards": result.forwards.flip(0).tolist(),
+        }
+
+    def label(self) -> str:
+        return f"{self.latent['samples'].shape[-1] * 8}px"
+
+    def run_all(self) -> dict[str, Any]:
+        tables = []
+        for resolution in self.args.resolutions:
+            self.latent = self.make_latent(resolution)
+            for steps in self.args.steps:
+                rows = [self.row(spec, steps) for spec in self.args.methods]
+                ddim = next((r for r in rows if r["settings"]["method"] == "ddim"), None)
+                adamw = next((r for r in rows if r["settings"]["solver"] == "adamw"
+                              and r["settings"]["method"] == "spdinv"), None)
+                for r in rows:
+                    r["time_vs_ddim"] = r["median_s"] / ddim["median_s"] if ddim else None
+                    r["psnr_gain_db"] = r["recon_psnr_db"] - ddim["recon_psnr_db"] if ddim else None
+                    r["passes_vs_adamw"] = r["invert_passes"] / adamw["invert_passes"] if adamw else None
+                shape = list(self.latent["samples"].shape)
+                tables.append({"resolution": resolution, "steps": steps, "latent_shape": shape, "rows": rows})
+        meta = self.meta()
+        meta.update(resolutions=self.args.resolutions, steps=self.args.steps, dtype=self.args.dtype,
+                    target_prompt=self.args.target_prompt, blend=self.args.blend, cfg=self.args.cfg,
+                    inversion_guidance=self.args.inversion_guidance)
+        for key in ("resolution", "latent_shape", "warmup_steps"):
+            meta.pop(key, None)
+        return {"benchmark": "spdinv-edit", "format": 1, "meta": meta, "tables": tables}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m = report["meta"]
+    git = m["pack_git"]
+    commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git["dirty"] else "")
+    blend = " / ".join(m["blend"]) if any(m["blend"]) else "none"
+    lines = [
+        "# SPDInv whole-edit benchmark (inversion + Prompt-to-Prompt)",
+        "",
+        f"- device: {m['device']}",
+        f"- torch {m['torch']}, Python {m['python']}, ComfyUI {m['comfyui_version']}, pack commit {commit}",
+        f"- model: {Path(m['checkpoint']).name} ({m['model']}, UNet compute dtype {m['dtype']}); "
+        f"{'VAE-encoded image ' + m['image'] if m['latent'] == 'vae' else 'SD-like synthetic latent'}",
+        f"- edit: P2P refine \"{m['prompt']}\" → \"{m['target_prompt']}\", cross 0.8, self 0.6, local blend {blend}, "
+        f"proximal guidance 0.7, inversion guidance {'on' if m['inversion_guidance'] else 'off'}, CFG {m['cfg']:g}",
+        "- wall time: median over the repeats of SPDInvInvert + SPDInvEditSampler after a 1-step warm-up; "
+        "residuals re-measured afterwards (untimed)",
+        f"- memory: {m['memory']} over the timed runs (includes the loaded model)",
+        f"- {m['date']}: `{m['command']}`",
+    ]
+    delta = f"{m['delta']:.0e}"
+    for t in report["tables"]:
+        n = t["steps"]
+        lines += [
+            "",
+            f"## {t['resolution']}², {n} steps",
+            "",
+            "| inversion | total s | × ddim | invert s | edit s | invert UNet fwd / bwd "
+            f"| × adamw passes | edit UNet calls (rows) | steps < δ={delta} | max residual | recon PSNR dB "
+            "| vs ddim dB | peak mem MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in t["rows"]:
+            def opt(v: float | None, fmt: str) -> str:
+                return "–" if v is None else format(v, fmt)
+
+            lines.append(
+                f"| {r['method']} | {r['median_s']:.2f} | {opt(r['time_vs_ddim'], '.2f')} | {r['invert_median_s']:.2f} "
+                f"| {r['edit_median_s']:.2f} | {r['invert_forwards']} / {r['invert_backwards']} "
+                f"| {opt(r['passes_vs_adamw'], '.3f')} | {r['edit_unet_calls']} ({r['edit_unet_rows']}) "
+                f"| {r['steps_under_delta']}/{n} | {r['residual_max']:.2e} | {r['recon_psnr_db']:.2f} "
+                f"| {opt(r['psnr_gain_db'], '+.2f')} | {inv._mib(r['peak_mem_bytes'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    inv.register_pack()
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_edit: --device cuda but torch sees no CUDA device")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    bench = EditBench(args, cuda)
+    report = bench.run_all()
+    text = render_markdown(report)
+    out = args.out
+    if out is None:
+        m = report["meta"]
+        dev = inv.slug(m["device"]) if m["device_kind"] == "cuda" else "cpu-" + inv.slug(inv.cpu_model())
+        res = "_".join(map(str, args.resolutions))
+        steps = "_".join(map(str, args.steps))
+        out = inv.ROOT / "benchmarks" / "results" / f"edit-{dev}-{res}-{steps}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(inv.json_safe(report), indent=1, allow_nan=False) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    inv.log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
