@@ -193,14 +193,11 @@ class EditBench(inv.Bench):
 
 def render_markdown(report: dict[str, Any]) -> str:
     m = report["meta"]
-    git = m["pack_git"]
-    commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git["dirty"] else "")
     blend = " / ".join(m["blend"]) if any(m["blend"]) else "none"
     lines = [
         "# SPDInv whole-edit benchmark (inversion + Prompt-to-Prompt)",
         "",
-        f"- device: {m['device']}",
-        f"- torch {m['torch']}, Python {m['python']}, ComfyUI {m['comfyui_version']}, pack commit {commit}",
+        *inv.environment_lines(m),
         f"- model: {Path(m['checkpoint']).name} ({m['model']}, UNet compute dtype {m['dtype']}); "
         f"{'VAE-encoded image ' + m['image'] if m['latent'] == 'vae' else 'SD-like synthetic latent'}",
         f"- edit: P2P refine \"{m['prompt']}\" → \"{m['target_prompt']}\", cross 0.8, self 0.6, local blend {blend}, "

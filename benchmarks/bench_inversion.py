@@ -527,16 +527,21 @@ def _mib(b: int) -> str:
     return f"{b / MIB:,.0f}"
 
 
+def environment_lines(meta: dict[str, Any]) -> list[str]:
+    """The report header's device and software lines (Markdown list items)."""
+    git = meta["pack_git"]
+    commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git["dirty"] else "")
+    software = f"torch {meta['torch']}, Python {meta['python']}, ComfyUI {meta['comfyui_version']}"
+    return [f"- device: {meta['device']}", f"- {software}, pack commit {commit}"]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: a header with the environment and one table per steps value."""
     m = report["meta"]
-    git = m["pack_git"]
-    commit = (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git["dirty"] else "")
     lines = [
         "# SPDInv inversion benchmark",
         "",
-        f"- device: {m['device']}",
-        f"- torch {m['torch']}, Python {m['python']}, ComfyUI {m['comfyui_version']}, pack commit {commit}",
+        *environment_lines(m),
         f"- model: {Path(m['checkpoint']).name} ({m['model']}, UNet {m['unet_dtype']}); "
         f"{'VAE-encoded image ' + m['image'] if m['latent'] == 'vae' else 'SD-like synthetic latent'} at "
         f"{m['resolution']}x{m['resolution']} (latent {m['latent_shape']}); "

@@ -13,7 +13,6 @@ one, in percent; the acceptance bar is below 5 %. Writes JSON and Markdown (see 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -25,8 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_inversion import register_pack  # noqa: E402 - the sibling script, imported as a module
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "spdinv_pack"
 MIB = 2**20
 BASELINE_EDIT = 5
 """Growth is measured from this edit (1-based) on: the first ones load the model and fill ComfyUI's caches."""
@@ -38,16 +40,6 @@ TARGETS = {
     "spdinv_pnp_edit": "a photo of a tiger, take {i}",
 }
 """Default target template per workflow: the P2P twin blends and reweights the word "tiger"."""
-
-
-def register_pack() -> None:
-    """Import the repository as the package ``spdinv_pack`` (as ``tests/conftest.py`` does)."""
-    if PACKAGE in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
