@@ -126,6 +126,14 @@ def comfy_env(comfyui_path: Path) -> ComfyEnv:
 
 
 @pytest.fixture(scope="session")
+def pack_nodes(comfy_env: ComfyEnv) -> Any:
+    """The pack's ``nodes`` package, imported once ComfyUI is importable."""
+    from spdinv_pack import nodes
+
+    return nodes
+
+
+@pytest.fixture(scope="session")
 def comfy_extra_nodes(comfy_env: ComfyEnv) -> dict[str, type]:
     """``NODE_CLASS_MAPPINGS`` including built-in ``comfy_extras`` nodes (no custom/API nodes).
 

@@ -16,13 +16,6 @@ TEXT = "a photo of a white *"
 
 
 @pytest.fixture(scope="module")
-def pack_nodes(comfy_env):
-    from spdinv_pack import nodes
-
-    return nodes
-
-
-@pytest.fixture(scope="module")
 def elite_folder(comfy_env, tmp_path_factory, elite_mapper_path_global, elite_mapper_path_safetensors):
     """A models/elite folder with the published-layout files, a wrong-layout file and a code-running pickle."""
     import folder_paths

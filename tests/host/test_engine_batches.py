@@ -11,13 +11,6 @@ from spdinv_pack.tests.host.pack_calls import edit, invert, photo
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 
 
-@pytest.fixture(scope="module")
-def pack_nodes(comfy_env):
-    from spdinv_pack import nodes
-
-    return nodes
-
-
 def pictures(height: int, width: int, batch: int) -> torch.Tensor:
     """``batch`` different synthetic photos of ``height``×``width``."""
     side = max(height, width)

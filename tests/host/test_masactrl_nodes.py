@@ -12,13 +12,6 @@ SOURCE, TARGET = "a photo of a cat sitting", "a photo of a cat standing"
 
 
 @pytest.fixture(scope="module")
-def pack_nodes(comfy_env):
-    from spdinv_pack import nodes
-
-    return nodes
-
-
-@pytest.fixture(scope="module")
 def masa_scene(comfy_env, sd15, run_node, pack_nodes):
     """A 128² photo inverted with the source prompt, and the three encodings MasaCtrl's recipe uses."""
     model, clip, vae = sd15

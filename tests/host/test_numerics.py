@@ -16,13 +16,6 @@ from spdinv_pack.tests.host.pack_calls import edit, invert, reconstruct
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def pack_nodes(comfy_env):
-    from spdinv_pack import nodes
-
-    return nodes
-
-
 def p2p(run_node, pack_nodes, model, clip) -> tuple:
     """A word-swap P2P model with local blend and the full recipe, and its two conditionings."""
     return run_node(

@@ -13,13 +13,6 @@ SOURCE = "a photo of a cat"
 
 
 @pytest.fixture(scope="module")
-def pack_nodes(comfy_env):
-    from spdinv_pack import nodes
-
-    return nodes
-
-
-@pytest.fixture(scope="module")
 def photo_scene(comfy_env, sd15, run_node, pack_nodes):
     """A 128² photo (16×16 latent: maps at 4×4) inverted once with the source prompt."""
     model, clip, vae = sd15

@@ -13,13 +13,6 @@ STEPS = 10
 
 
 @pytest.fixture(scope="module")
-def pack_nodes(comfy_env):
-    from spdinv_pack import nodes
-
-    return nodes
-
-
-@pytest.fixture(scope="module")
 def pnp_scene(comfy_env, sd15, run_node, pack_nodes):
     """A 128² photo inverted with the source caption, and the empty, target and negative encodings."""
     model, clip, vae = sd15

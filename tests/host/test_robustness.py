@@ -295,13 +295,6 @@ def test_the_same_workflow_twice_gives_bit_identical_output(server, good):
 
 
 @pytest.fixture(scope="module")
-def pack_nodes(comfy_env):
-    from spdinv_pack import nodes
-
-    return nodes
-
-
-@pytest.fixture(scope="module")
 def scene(comfy_env, sd15, run_node, pack_nodes):
     """A 64² photo inverted in 4 steps, and the source and target encodings."""
     model, clip, vae = sd15

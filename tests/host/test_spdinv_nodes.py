@@ -13,13 +13,6 @@ from spdinv_pack.tests.host.pack_calls import STEPS, invert, photo, reconstruct
 
 
 @pytest.fixture(scope="module")
-def pack_nodes(comfy_env):
-    from spdinv_pack import nodes
-
-    return nodes
-
-
-@pytest.fixture(scope="module")
 def scene(comfy_env, sd15, run_node):
     model, clip, vae = sd15
     (latent,) = run_node(comfy_env.nodes.VAEEncode, pixels=photo(), vae=vae)
