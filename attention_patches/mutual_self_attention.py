@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..spdinv.branches import BranchLayout
 from ..spdinv.guidance import EditRecipe
-from .prompt_to_prompt import Attend, attention_probs, chunk_rows, plain_attention, steps_for
+from .attention_math import Attend, attention_probs, chained_part, masked_attention, plain_attention
+from .engine import EditEngine, check_fraction
 from .unet_layers import TransformerLayer
 
 
@@ -35,36 +37,15 @@ class AutoMask:
     threshold: float = 0.1
 
 
-def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, inner = t.shape
-    return t.reshape(b, n, heads, inner // heads).transpose(1, 2)
-
-
-def masked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_mask: torch.Tensor, query_mask: torch.Tensor
-) -> torch.Tensor:
-    """Queries in ``query_mask`` attend to keys in ``key_mask`` only, the others to keys outside it.
-
-    ``q`` ``[B, Nq, inner]``, ``k``/``v`` ``[B, Nk, inner]``, ``key_mask`` ``[B, Nk]`` and ``query_mask``
-    ``[B, Nq]`` bool. A row whose key mask is empty or full has nothing to keep apart: it attends to all keys.
-    """
-    qh, kh, vh = _heads(q, heads), _heads(k, heads), _heads(v, heads)
-    some = key_mask.any(-1) & ~key_mask.all(-1)
-    fg_keys = torch.where(some[:, None], key_mask, torch.ones_like(key_mask))
-    bg_keys = torch.where(some[:, None], ~key_mask, torch.ones_like(key_mask))
-    fg = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=fg_keys[:, None, None, :])
-    bg = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bg_keys[:, None, None, :])
-    out = torch.where(query_mask[:, None, :, None], fg, bg)
-    return out.transpose(1, 2).reshape(q.shape)
-
-
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``[B, H, W]`` float mask to ``[B, h·w]`` at a layer's size (nearest, as the reference interpolates)."""
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest").flatten(1)
 
 
-class MutualSelfAttention:
+class MutualSelfAttention(EditEngine):
     """One edit's MasaCtrl controller; the edit sampler drives it like the other engines."""
+
+    name = "MasaCtrl"
 
     def __init__(
         self,
@@ -75,8 +56,7 @@ class MutualSelfAttention:
         map_level: int = 2,
         recipe: EditRecipe | None = None,
     ):
-        if not 0.0 <= start_step <= 1.0:
-            raise ValueError(f"start_step must be between 0 and 1, got {start_step}")
+        check_fraction("start_step", start_step)
         if mask is not None and auto is not None:
             raise ValueError("give a mask or automatic masks, not both")
         self.start_step = start_step
@@ -85,11 +65,8 @@ class MutualSelfAttention:
         """``[H, W]`` bool (image or latent size): the object in the photo, used for both images."""
         self.auto = auto
         self.map_level = map_level
-        self.recipe = recipe if recipe is not None else EditRecipe()
-        self.steps = 0
-        self.active = False
-        self._step_maps: list[torch.Tensor] = []
-        self._maps_step: int | None = None
+        super().__init__(recipe if recipe is not None else EditRecipe())
+        self.reset_run()
 
     def controls(self, layer: TransformerLayer) -> tuple[str, ...]:
         """Which attentions of ``layer`` this engine patches."""
@@ -117,16 +94,15 @@ class MutualSelfAttention:
             if tuple(self.mask.shape) not in ((8 * h, 8 * w), (h, w)):
                 raise ValueError(f"mask: {self.mask.shape[1]}x{self.mask.shape[0]} does not match the image "
                                  f"({8 * w}x{8 * h}); make the mask from the image after it was resized")
-        self.steps = steps
-        self.active = True
-        self._step_maps, self._maps_step = [], None
+        super().begin_run(steps, latent_shape)
+
+    def reset_run(self) -> None:
+        self._step_maps: list[torch.Tensor] = []
+        self._maps_step: int | None = None
 
     def end_run(self) -> None:
-        self.active = False
-        self._step_maps, self._maps_step = [], None
-
-    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
-        return x
+        super().end_run()
+        self.reset_run()
 
     def cross_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
@@ -139,18 +115,17 @@ class MutualSelfAttention:
             return out
         if self._maps_step != step:
             self._step_maps, self._maps_step = [], step
-        chunk = chunk_rows(q.shape[0], len(cond_or_uncond), "MasaCtrl")
-        rows = slice(cond_or_uncond.index(0) * chunk, (cond_or_uncond.index(0) + 1) * chunk)
+        rows = self.layout(q.shape[0], cond_or_uncond).cond_chunks()[0]
         probs = attention_probs(q[rows], k[rows], heads).mean(1)
-        self._step_maps.append(probs.reshape(chunk, *spatial, probs.shape[-1]))
+        self._step_maps.append(probs.reshape(probs.shape[0], *spatial, probs.shape[-1]))
         return out
 
     def _auto_masks(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(source, target) ``[B, h, w]`` float masks from this step's maps, or ``None`` before any exist."""
         if self._maps_step != step or not self._step_maps:
             return None
-        maps = torch.stack(self._step_maps).mean(0)
-        half = maps.shape[0] // 2
+        layout = BranchLayout.of_batch(self._step_maps[0].shape[0])
+        source, target = layout.split(torch.stack(self._step_maps).mean(0))
 
         def word_map(rows: torch.Tensor, positions: tuple[int, ...]) -> torch.Tensor:
             m = rows[..., list(positions)].sum(-1)
@@ -158,7 +133,7 @@ class MutualSelfAttention:
             hi = m.amax(dim=(1, 2), keepdim=True)
             return ((m - lo) / (hi - lo).clamp_min(torch.finfo(m.dtype).tiny) >= self.auto.threshold).float()
 
-        return word_map(maps[:half], self.auto.source_positions), word_map(maps[half:], self.auto.target_positions)
+        return word_map(source, self.auto.source_positions), word_map(target, self.auto.target_positions)
 
     def self_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
@@ -166,13 +141,11 @@ class MutualSelfAttention:
         attend: Attend = plain_attention,
     ) -> torch.Tensor:
         """Inside the window, target rows use the source rows' keys and values (per CFG chunk)."""
-        if (not self.active or step is None or step < steps_for(self.start_step, self.steps)
-                or layer.order < self.start_layer):
+        if not self.from_(step, self.start_step) or layer.order < self.start_layer:
             return attend(q, k, v, heads)
-        chunk = chunk_rows(q.shape[0], len(cond_or_uncond), "MasaCtrl")
-        half = chunk // 2
-        source = torch.cat([torch.arange(c * chunk, c * chunk + half) for c in range(len(cond_or_uncond))])
-        target = source + half
+        layout = self.layout(q.shape[0], cond_or_uncond)
+        half = layout.images
+        source, target = layout.source_rows(), layout.target_rows()
         k, v = k.clone(), v.clone()
         k[target], v[target] = k[source], v[source]
         if self.mask is not None:
@@ -185,5 +158,7 @@ class MutualSelfAttention:
             return out
         key_mask = resize_mask(masks[0], spatial).bool().repeat(len(cond_or_uncond), 1)
         query_mask = resize_mask(masks[1], spatial).bool().repeat(len(cond_or_uncond), 1)
-        out[target] = masked_attention(q[target], k[source], v[source], heads, key_mask, query_mask).to(out.dtype)
+        masked = masked_attention(q[target], k[source], v[source], heads, key_mask, query_mask).to(out.dtype)
+        added = chained_part(attend, out, q, k, v, heads)
+        out[target] = masked if added is None else masked + added[target]
         return out

@@ -19,32 +19,25 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..spdinv.guidance import EditRecipe
-from .prompt_to_prompt import Attend, chunk_rows, plain_attention, steps_for
+from .attention_math import Attend, plain_attention
+from .engine import EditEngine, check_fraction
 from .unet_layers import TransformerLayer
 
 
-def source_to_target(t: torch.Tensor, chunks: int) -> torch.Tensor:
-    """A copy of ``t`` whose target rows hold the source rows' values, chunk by chunk."""
-    half = chunk_rows(t.shape[0], chunks, "Plug-and-Play") // 2
-    view = t.reshape(chunks, 2, half, *t.shape[1:])
-    return torch.stack([view[:, 0], view[:, 0]], dim=1).reshape(t.shape)
-
-
-class PlugAndPlay:
+class PlugAndPlay(EditEngine):
     """One edit's PnP injection; the edit sampler drives it like the other engines."""
+
+    name = "Plug-and-Play"
 
     def __init__(self, feature_path: str, feature_fraction: float = 0.8, attention_fraction: float = 0.5,
                  recipe: EditRecipe | None = None):
-        for name, value in (("feature_fraction", feature_fraction), ("attention_fraction", attention_fraction)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}: must be between 0 and 1, got {value}")
+        check_fraction("feature_fraction", feature_fraction)
+        check_fraction("attention_fraction", attention_fraction)
+        super().__init__(recipe if recipe is not None else EditRecipe(source_from_inversion=True))
         self.feature_path = feature_path
         self.feature_fraction = feature_fraction
         self.attention_fraction = attention_fraction
-        self.recipe = recipe if recipe is not None else EditRecipe(source_from_inversion=True)
         self.qk_layers: frozenset[tuple[str, int, int]] = frozenset()
-        self.steps = 0
-        self.active = False
 
     def check_layers(self, layers: Sequence[TransformerLayer]) -> None:
         """Choose the decoder self-attention layers: all but those of the first decoder block with attention."""
@@ -62,24 +55,11 @@ class PlugAndPlay:
         """Module path → function rewriting that module's output (the residual features)."""
         return {self.feature_path: self.inject_features}
 
-    def begin_run(self, steps: int, latent_shape: Sequence[int] = ()) -> None:
-        self.steps = steps
-        self.active = True
-
-    def end_run(self) -> None:
-        self.active = False
-
-    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def _on(self, step: int | None, fraction: float) -> bool:
-        return self.active and step is not None and step < steps_for(fraction, self.steps)
-
     def inject_features(self, features: torch.Tensor, step: int | None, cond_or_uncond: Sequence[int]) -> torch.Tensor:
         """Target rows take the source rows' residual features while the feature window lasts."""
-        if not self._on(step, self.feature_fraction):
+        if not self.within(step, self.feature_fraction):
             return features
-        return source_to_target(features, len(cond_or_uncond))
+        return self.layout(features.shape[0], cond_or_uncond).source_to_target(features)
 
     def self_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
@@ -87,10 +67,7 @@ class PlugAndPlay:
         attend: Attend = plain_attention,
     ) -> torch.Tensor:
         """Target rows attend with the source rows' queries and keys over their own values."""
-        if not self._on(step, self.attention_fraction) or layer.key not in self.qk_layers:
+        if not self.within(step, self.attention_fraction) or layer.key not in self.qk_layers:
             return attend(q, k, v, heads)
-        chunks = len(cond_or_uncond)
-        return attend(source_to_target(q, chunks), source_to_target(k, chunks), v, heads)
-
-    def cross_attention(self, q, k, v, heads, step, cond_or_uncond, layer, spatial, attend=plain_attention):
-        return attend(q, k, v, heads)
+        layout = self.layout(q.shape[0], cond_or_uncond)
+        return attend(layout.source_to_target(q), layout.source_to_target(k), v, heads)

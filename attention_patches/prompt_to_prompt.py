@@ -19,56 +19,17 @@ run plain attention. Per step ``i`` of ``steps``:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..spdinv.branches import BranchLayout
 from ..spdinv.guidance import EditRecipe
+from .attention_math import Attend, LayerAttention, apply_probs, attention_probs, chained_part, plain_attention
+from .engine import EditEngine, check_fraction, steps_for
 from .unet_layers import TransformerLayer
-
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
-"""``attend(q, k, v, heads) -> out`` on ``[B, N, heads·d]`` tensors: the host's optimised attention."""
-
-
-def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Scaled dot-product attention on ``[B, N, heads·d]`` tensors (used when no host attention is given)."""
-    b, _, inner = q.shape
-    qh, kh, vh = (t.reshape(b, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
-    return F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(b, -1, inner)
-
-
-def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """Softmax attention probabilities ``[B, heads, Nq, Nk]`` in float32."""
-    b, nq, inner = q.shape
-    d = inner // heads
-    qh = q.reshape(b, nq, heads, d).transpose(1, 2).float()
-    kh = k.reshape(b, -1, heads, d).transpose(1, 2).float()
-    return (qh @ kh.transpose(-1, -2) * d**-0.5).softmax(-1)
-
-
-def apply_probs(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``probs @ v`` back to ``[B, Nq, heads·d]`` in ``v``'s dtype."""
-    b, heads = probs.shape[:2]
-    vh = v.reshape(b, -1, heads, v.shape[-1] // heads).transpose(1, 2)
-    out = probs.to(vh.dtype) @ vh
-    return out.transpose(1, 2).reshape(b, probs.shape[2], -1)
-
-
-def chunk_rows(rows: int, chunks: int, engine: str) -> int:
-    """Rows per CFG chunk, each holding ``[source rows, target rows]`` as the edit sampler stacks them."""
-    chunk = rows // chunks
-    if chunk % 2 or chunk * chunks != rows:
-        raise ValueError(f"{engine} expects source and target rows stacked in each CFG chunk, got {rows} rows in "
-                         f"{chunks} chunk(s); run the patched model with the SPDInv Edit Sampler")
-    return chunk
-
-
-def steps_for(fraction: float, steps: int) -> int:
-    """How many of ``steps`` a fraction covers, rounded down as the reference does (0.8·50 → 40)."""
-    return int(math.floor(fraction * steps + 1e-9))
 
 
 @dataclass(frozen=True)
@@ -111,13 +72,15 @@ class LocalBlend:
     start: float = 0.2
 
 
-class PromptToPrompt:
+class PromptToPrompt(EditEngine):
     """One edit's P2P controller. The sampler calls ``begin_run``/``end_run`` around a run and
     ``after_step`` after each DDIM step and guides the branches by ``recipe``; the attention patches call
-    ``cross_attention``/``self_attention``.
+    ``cross_attention``/``self_attention``. The maps recorded in a run stay readable after it ends.
 
     Between runs (or without a step index, e.g. inside a plain KSampler) every layer is plain attention.
     """
+
+    name = "P2P"
 
     def __init__(
         self,
@@ -131,9 +94,9 @@ class PromptToPrompt:
         recipe: EditRecipe | None = None,
         labels: tuple[list[str], list[str]] | None = None,
     ):
-        for name, value in (("cross_fraction", cross_fraction), ("self_fraction", self_fraction)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        check_fraction("cross_fraction", cross_fraction)
+        check_fraction("self_fraction", self_fraction)
+        super().__init__(recipe if recipe is not None else EditRecipe())
         self.mapping = mapping
         self.equalizer = equalizer
         self.cross_fraction = cross_fraction
@@ -141,14 +104,11 @@ class PromptToPrompt:
         self.blend = blend
         self.self_min_level = self_min_level
         self.map_level = map_level
-        self.recipe = recipe if recipe is not None else EditRecipe()
         self.labels = labels if labels is not None else ([], [])
         """Text of the content tokens (positions 1..n) of the source and the target prompt, for previews."""
-        self.steps = 0
-        self.active = False
-        self._reset_maps()
+        self.reset_run()
 
-    def _reset_maps(self) -> None:
+    def reset_run(self) -> None:
         self.blend_sum: torch.Tensor | None = None
         self.preview_sum: torch.Tensor | None = None
         self.preview_count = 0
@@ -166,48 +126,40 @@ class PromptToPrompt:
             raise ValueError("model: no cross-attention layers found; Prompt-to-Prompt needs a text-conditioned "
                              "UNet (SD1.x, SD2.x, SDXL)")
 
-    def begin_run(self, steps: int, latent_shape: Sequence[int] = ()) -> None:
-        """Start a sampling run of ``steps`` steps: clears the maps of any earlier run."""
-        self.steps = steps
-        self.active = True
-        self._reset_maps()
-
-    def end_run(self) -> None:
-        self.active = False
-
     def cross_steps(self) -> int:
         return steps_for(self.cross_fraction, self.steps)
-
-    def self_steps(self) -> int:
-        return steps_for(self.self_fraction, self.steps)
-
-    def _cond_chunks(self, rows: int, cond_or_uncond: Sequence[int]) -> tuple[int, list[slice]]:
-        chunk = chunk_rows(rows, len(cond_or_uncond), "P2P")
-        return chunk, [slice(i * chunk, (i + 1) * chunk) for i, c in enumerate(cond_or_uncond) if c == 0]
 
     def cross_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
         cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
         attend: Attend = plain_attention,
     ) -> torch.Tensor:
-        """One cross-attention layer; ``spatial`` is the layer's ``(h, w)``, ``attend`` the host's attention."""
+        """One cross-attention layer; ``spatial`` is the layer's ``(h, w)``, ``attend`` the layer's attention.
+
+        The conditional rows are computed from explicit probabilities; an inner attention chained under the
+        engine (:class:`LayerAttention`) still adds its part to them."""
         record = layer.level == self.map_level
-        edit = step is not None and step < self.cross_steps()
+        edit = self.within(step, self.cross_fraction)
         if not self.active or step is None or not (record or edit):
             return attend(q, k, v, heads)
-        chunk, conds = self._cond_chunks(q.shape[0], cond_or_uncond)
+        layout = self.layout(q.shape[0], cond_or_uncond)
         tokens = self.mapping.tokens
         if k.shape[1] % tokens:
             raise ValueError(f"P2P: the cross-attention context has {k.shape[1]} tokens, not a multiple of the "
-                             f"prompts' {tokens}; a node that extends the text context (e.g. IP-Adapter) cannot be "
-                             "combined with Prompt-to-Prompt")
-        out = torch.empty_like(q)
-        for i, c in enumerate(cond_or_uncond):
-            if c != 0:
-                rows = slice(i * chunk, (i + 1) * chunk)
-                out[rows] = attend(q[rows], k[rows], v[rows], heads)
-        half = chunk // 2
-        for rows in conds:
+                             f"prompts' {tokens}; a node that extends the text context (e.g. an IP-Adapter that appends "
+                             "image tokens) cannot be combined with Prompt-to-Prompt")
+        if isinstance(attend, LayerAttention) and attend.inner is not None:
+            out = attend(q, k, v, heads)
+            added = chained_part(attend, out, q, k, v, heads)
+        else:
+            # The unconditional rows the same explicit way as the conditional ones: where the prompts agree
+            # (the source branch, an identity edit) cond and uncond are then equal to the bit, so the
+            # guidance's edit mask is empty there instead of marking the host kernel's rounding.
+            out, added = torch.empty_like(q), None
+            for rows in layout.uncond_chunks():
+                out[rows] = apply_probs(attention_probs(q[rows], k[rows], heads), v[rows]).to(out.dtype)
+        half = layout.images
+        for rows in layout.cond_chunks():
             probs = attention_probs(q[rows], k[rows], heads)
             # ComfyUI repeats a context to batch it with a longer one: map each 77-token copy alike.
             probs = probs.unflatten(-1, (-1, tokens))
@@ -219,6 +171,8 @@ class PromptToPrompt:
                     mapped = mapped * self.equalizer.to(mapped)
                 probs = torch.cat([probs[:half], mapped])
             out[rows] = apply_probs(probs.flatten(-2), v[rows])
+            if added is not None:
+                out[rows] = out[rows] + added[rows]
         return out
 
     def self_attention(
@@ -227,12 +181,12 @@ class PromptToPrompt:
         attend: Attend = plain_attention,
     ) -> torch.Tensor:
         """One self-attention layer: inside the window the target attends with the source's probabilities."""
-        if not self.active or step is None or step >= self.self_steps() or layer.level < self.self_min_level:
+        if not self.within(step, self.self_fraction) or layer.level < self.self_min_level:
             return attend(q, k, v, heads)
-        chunk, conds = self._cond_chunks(q.shape[0], cond_or_uncond)
-        half = chunk // 2
+        layout = self.layout(q.shape[0], cond_or_uncond)
+        half = layout.images
         q, k = q.clone(), k.clone()
-        for rows in conds:
+        for rows in layout.cond_chunks():
             start = rows.start
             q[start + half:rows.stop] = q[start:start + half]
             k[start + half:rows.stop] = k[start:start + half]
@@ -257,16 +211,15 @@ class PromptToPrompt:
         """The local-blend mask ``[B, 1, H, W]`` (bool) from the maps recorded so far, or ``None``."""
         if self.blend is None or self.blend_sum is None:
             return None
-        half = self.blend_sum.shape[0] // 2
-        words = torch.cat([
-            self.blend_sum[:half][..., list(self.blend.source_positions)].sum(-1),
-            self.blend_sum[half:][..., list(self.blend.target_positions)].sum(-1),
-        ]).unsqueeze(1)
+        layout = BranchLayout.of_batch(self.blend_sum.shape[0])
+        source, target = layout.split(self.blend_sum)
+        words = layout.join(source[..., list(self.blend.source_positions)].sum(-1),
+                            target[..., list(self.blend.target_positions)].sum(-1)).unsqueeze(1)
         words = F.max_pool2d(words, kernel_size=3, stride=1, padding=1)
         words = F.interpolate(words, size=latent_hw, mode="nearest")
         peak = words.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(words.dtype).tiny)
-        mask = (words / peak) > self.blend.threshold
-        return mask[:half] | mask[half:]
+        source_mask, target_mask = layout.split((words / peak) > self.blend.threshold)
+        return source_mask | target_mask
 
     def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
         """Local blend on the stacked latent ``[source rows, target rows]`` after DDIM step ``step``."""
@@ -276,6 +229,6 @@ class PromptToPrompt:
         if mask is None:
             return x
         self.blend_mask = mask
-        half = x.shape[0] // 2
-        source, target = x[:half], x[half:]
-        return torch.cat([source, torch.where(mask.to(x.device), target, source)])
+        layout = BranchLayout.of_batch(x.shape[0])
+        source, target = layout.split(x)
+        return layout.join(source, torch.where(mask.to(x.device), target, source))

@@ -3,28 +3,21 @@
 Duck-typed on ComfyUI's ``ModelPatcher`` (``clone``, ``get_model_object``, ``set_model_attn1_replace``,
 ``set_model_attn2_replace``, ``model_options``): nothing here imports ComfyUI. The engine object is stored
 in ``transformer_options`` next to its patches, so a later ``clone()`` deep-copies both together and each
-clone keeps its own consistent engine state; the edit sampler finds it there.
+clone keeps its own consistent engine state; the edit sampler finds it there. A replacement that another
+node put on a layer before the engine is kept as that layer's inner attention (:class:`LayerAttention`).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import torch
-
-from ..spdinv.guidance import EditRecipe
-from .prompt_to_prompt import Attend
+from .attention_math import Attend, LayerAttention, Replacement
+from .engine import EditEngine, step_of
 from .unet_layers import TransformerLayer, transformer_layers
-
-log = logging.getLogger(__name__)
 
 ENGINE_KEY = "spdinv_engine"
 """``transformer_options`` key holding the engine that the patches of this model belong to."""
-STEP_KEY = "spdinv_step"
-"""``transformer_options`` key the edit sampler sets to the current step index for each model call."""
 
 
 def engine_of(model_patcher: Any) -> Any | None:
@@ -37,32 +30,21 @@ def _host_attention(attend: Attend, extra_options: dict) -> Attend:
     return functools.partial(attend, attn_precision=precision) if precision is not None else attend
 
 
-class AttentionEngine(Protocol):
-    """What an editing engine gives the patches and the edit sampler."""
-
-    recipe: EditRecipe
-
-    def controls(self, layer: TransformerLayer) -> tuple[str, ...]: ...
-    def check_layers(self, layers: Sequence[TransformerLayer]) -> None: ...
-    def begin_run(self, steps: int, latent_shape: Sequence[int]) -> None: ...
-    def end_run(self) -> None: ...
-    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor: ...
-    def self_attention(self, q, k, v, heads, step, cond_or_uncond, layer, spatial, attend) -> torch.Tensor: ...
-    def cross_attention(self, q, k, v, heads, step, cond_or_uncond, layer, spatial, attend) -> torch.Tensor: ...
-
-
 class AttentionPatch:
     """``attn1``/``attn2`` replace patch of one layer: hands projected q/k/v to the engine with the layer,
-    its spatial size, the step the edit sampler set and the host's attention function."""
+    its spatial size, the call's step and the layer's attention (the host's, or ``inner``: the replacement
+    another node had put on this layer)."""
 
-    def __init__(self, engine: AttentionEngine, layer: TransformerLayer, kind: str, attend: Attend):
-        self.engine, self.layer, self.kind, self.attend = engine, layer, kind, attend
+    def __init__(self, engine: EditEngine, layer: TransformerLayer, kind: str, attend: Attend,
+                 inner: Replacement | None = None):
+        self.engine, self.layer, self.kind, self.attend, self.inner = engine, layer, kind, attend, inner
 
     def __call__(self, q, k, v, extra_options: dict):
         shape = extra_options["activations_shape"]
         method = self.engine.self_attention if self.kind == "attn1" else self.engine.cross_attention
-        return method(q, k, v, extra_options["n_heads"], extra_options.get(STEP_KEY), extra_options["cond_or_uncond"],
-                      self.layer, (shape[-2], shape[-1]), _host_attention(self.attend, extra_options))
+        attention = LayerAttention(_host_attention(self.attend, extra_options), self.inner, extra_options)
+        return method(q, k, v, extra_options["n_heads"], step_of(extra_options), extra_options["cond_or_uncond"],
+                      self.layer, (shape[-2], shape[-1]), attention)
 
 
 class FeatureTapWrapper:
@@ -78,7 +60,7 @@ class FeatureTapWrapper:
         options = kwargs.get("transformer_options", args[5] if len(args) > 5 else {})
         engine = options.get(ENGINE_KEY)
         taps = engine.feature_taps() if hasattr(engine, "feature_taps") else {}
-        step, chunks = options.get(STEP_KEY), options.get("cond_or_uncond", [0])
+        step, chunks = step_of(options), options.get("cond_or_uncond", [0])
         handles = []
         try:
             for path, rewrite in taps.items():
@@ -91,17 +73,19 @@ class FeatureTapWrapper:
                 handle.remove()
 
 
-def _replaced(model_patcher: Any, kind: str, layer: TransformerLayer) -> bool:
+def _replacement(model_patcher: Any, kind: str, layer: TransformerLayer) -> Replacement | None:
+    """The replace patch ComfyUI would run at ``layer`` (its own key first, then its block's), if any."""
     replace = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
-    return layer.key in replace or layer.key[:2] in replace
+    return replace.get(layer.key, replace.get(layer.key[:2]))
 
 
-def attach_engine(model_patcher: Any, engine: AttentionEngine, attend: Attend, name: str,
+def attach_engine(model_patcher: Any, engine: EditEngine, attend: Attend, name: str,
                   feature_wrapper_type: str | None = None) -> Any:
     """A clone of ``model_patcher`` with ``engine`` on the attention layers it ``controls``. Other patches
-    on the model are kept; a layer whose attention another node already replaced is left to that node, with
-    a warning. ``name`` (e.g. "P2P") is for messages. An engine with ``feature_taps`` also gets a
-    :class:`FeatureTapWrapper` of ``feature_wrapper_type`` (ComfyUI's ``WrappersMP.DIFFUSION_MODEL``)."""
+    on the model are kept; where another node already replaced a layer's attention (e.g. IP-Adapter), the
+    engine runs on top of it: that replacement becomes the layer's inner attention, so both act. ``name``
+    (e.g. "P2P") is for messages. An engine with ``feature_taps`` also gets a :class:`FeatureTapWrapper` of
+    ``feature_wrapper_type`` (ComfyUI's ``WrappersMP.DIFFUSION_MODEL``)."""
     if engine_of(model_patcher) is not None:
         raise ValueError("model: this MODEL already carries an SPDInv editing engine; connect the model from "
                          "before that engine node (engines do not stack)")
@@ -112,16 +96,10 @@ def attach_engine(model_patcher: Any, engine: AttentionEngine, attend: Attend, n
     engine.check_layers(layers)
     patched = model_patcher.clone()
     register = {"attn1": patched.set_model_attn1_replace, "attn2": patched.set_model_attn2_replace}
-    skipped = []
     for layer in layers:
         for kind in engine.controls(layer):
-            if _replaced(patched, kind, layer):
-                skipped.append(f"{kind} {layer.key}")
-                continue
-            register[kind](AttentionPatch(engine, layer, kind, attend), *layer.key)
-    if skipped:
-        log.warning("%s: attention already replaced by another node at %s; those layers are left uncontrolled",
-                    name, ", ".join(skipped))
+            inner = _replacement(patched, kind, layer)
+            register[kind](AttentionPatch(engine, layer, kind, attend, inner), *layer.key)
     if hasattr(engine, "feature_taps"):
         if feature_wrapper_type is None:
             raise ValueError(f"{name} taps module outputs and needs the host's diffusion-model wrapper type")

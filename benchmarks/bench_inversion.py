@@ -386,25 +386,24 @@ class Bench:
         with the source prompt (what SPDInvInvert's solvers see); ``[steps, batch]``."""
         import comfy.samplers
 
-        from spdinv_pack.nodes.comfy_bridge import input_scale_of, run_in_guider
+        from spdinv_pack.nodes.comfy_bridge import denoiser, input_scale_of, run_in_guider
         from spdinv_pack.spdinv.inversion import fixed_point_residual
 
         guider = comfy.samplers.CFGGuider(self.model)
         guider.set_conds(self.source, [])
         guider.set_cfg(1.0)
         result = inversion.result
-        found: dict[str, torch.Tensor] = {}
 
-        def routine(denoise: Callable[..., torch.Tensor], model_wrap: Any, start: torch.Tensor, x0: torch.Tensor,
-                    grid: torch.Tensor, progress: Callable[..., None]) -> torch.Tensor:
-            scale = input_scale_of(model_wrap.inner_model.model_sampling)
-            found["residual"] = fixed_point_residual(lambda x, s: denoise(x, s), result.to(x0.device), scale)
-            return x0
+        def routine(guider: Any, extra_args: dict, start: torch.Tensor, x0: torch.Tensor, grid: torch.Tensor,
+                    progress: Callable[..., None]) -> tuple[torch.Tensor, torch.Tensor]:
+            scale = input_scale_of(guider.inner_model.model_sampling)
+            return x0, fixed_point_residual(denoiser(guider, extra_args), result.to(x0.device), scale)
 
         samples = self.latent["samples"]
         with torch.inference_mode():
-            run_in_guider(guider, routine, torch.zeros_like(samples), samples, result.sigmas, result.steps)
-        return found["residual"]
+            _, residual = run_in_guider(guider, routine, torch.zeros_like(samples), samples, result.sigmas,
+                                        result.steps)
+        return residual
 
     def reconstruction_psnr(self, inversion: Any) -> float:
         """Latent PSNR of the edit sampler's source branch (target = source, CFG 1) against the VAE latent."""

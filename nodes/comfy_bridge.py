@@ -16,60 +16,60 @@ import comfy.samplers
 import latent_preview
 import torch
 
-from ..attention_patches.registration import STEP_KEY
-from ..spdinv.guidance import BranchCFG
+from ..spdinv.edit_loop import BranchPredictor
 
-Routine = Callable[..., torch.Tensor]
+Routine = Callable[..., tuple[torch.Tensor, Any]]
+"""``routine(guider, extra_args, noise, latent_image, sigmas, progress) -> (latent, output)``."""
 
 
 class RoutineSampler(comfy.samplers.Sampler):
-    """A ComfyUI sampler that hands a ready ``denoise`` callable to a core routine.
+    """A ComfyUI sampler that runs a core routine inside the guider's sampling context.
 
-    ``routine(denoise, guider, start, latent_image, sigmas, progress)`` returns the latent that the guider
-    turns into the sampler's output; anything else it produces it keeps for the node to read.
+    The routine receives the guider (conds processed, model loaded), the sampler's ``extra_args`` (model
+    options with ComfyUI's ``sample_sigmas``), the start and image latents in model space, the grid and a
+    progress function; it returns the latent ComfyUI should return and its own output, which
+    :func:`run_in_guider` hands back to the caller.
     """
 
     def __init__(self, routine: Routine):
         self.routine = routine
+        self.output: Any = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        def denoise(x: torch.Tensor, sigma: float, step: int | None = None) -> torch.Tensor:
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            if step is not None:
-                model_wrap.step = step
-            sigma_t = x.new_full((x.shape[0],), sigma)
-            return model_wrap(x, sigma_t, **extra_args)
-
         def progress(step: int, total: int, x: torch.Tensor, preview: torch.Tensor | None = None) -> None:
             if callback is not None:
                 callback(step, x if preview is None else preview, x, total)
 
-        return self.routine(denoise, model_wrap, noise, latent_image, sigmas, progress)
+        latent, self.output = self.routine(model_wrap, extra_args, noise, latent_image, sigmas, progress)
+        return latent
 
 
-class BranchGuider(comfy.samplers.CFGGuider):
-    """CFG with one scale per editing branch: predicts cond and uncond for the stacked branches in one batch
-    and lets a core guidance rule (``guide``/``needs_uncond``) mix them. ``step`` is set by the sampler and
-    passed to attention patches as ``transformer_options[STEP_KEY]``; ``edit_mask`` is the rule's mask of
-    the last step (or ``None``)."""
+def denoiser(guider: comfy.samplers.CFGGuider, extra_args: dict) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """``denoise(x, sigma)``: the guider's CFG prediction (all of ComfyUI's CFG hooks and wrappers)."""
 
-    def __init__(self, model_patcher, guidance: BranchCFG):
-        super().__init__(model_patcher)
-        self.guidance = guidance
-        self.step = 0
-        self.edit_mask: torch.Tensor | None = None
+    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return guider(x, x.new_full((x.shape[0],), sigma), **extra_args)
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
-        uncond = self.conds.get("negative") if self.guidance.needs_uncond(self.step) else None
-        options = {**model_options, "transformer_options": {**model_options.get("transformer_options", {}),
-                                                            STEP_KEY: self.step}}
-        cond_den, uncond_den = comfy.samplers.calc_cond_batch(
-            self.inner_model, [self.conds.get("positive"), uncond], x, timestep, options
-        )
-        denoised, self.edit_mask = self.guidance.guide(self.step, x, float(timestep[0]), cond_den,
-                                                       uncond_den if uncond is not None else None)
-        return denoised
+    return denoise
+
+
+def branch_predictor(guider: comfy.samplers.CFGGuider, extra_args: dict) -> BranchPredictor:
+    """The core's ``predict(x, sigma, with_uncond)``: conditional and unconditional denoised predictions of
+    the guider's ``positive``/``negative`` conds in one ``calc_cond_batch`` (patches, wrappers, ControlNets
+    and other cond extras apply as in any sampler); the core's guidance rule mixes them."""
+    model_options = extra_args["model_options"]
+
+    def predict(x: torch.Tensor, sigma: float, with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        uncond = guider.conds.get("negative") if with_uncond else None
+        cond_out, uncond_out = comfy.samplers.calc_cond_batch(
+            guider.inner_model, [guider.conds.get("positive"), uncond], x, x.new_full((x.shape[0],), sigma),
+            model_options)
+        return cond_out, uncond_out if with_uncond else None
+
+    return predict
 
 
 def run_in_guider(
@@ -79,15 +79,17 @@ def run_in_guider(
     latent_image: torch.Tensor,
     sigmas: torch.Tensor,
     steps: int,
-) -> torch.Tensor:
-    """Run ``routine`` through ``guider.sample``; returns the output LATENT tensor (``process_latent_out``-ed).
+) -> tuple[torch.Tensor, Any]:
+    """Run ``routine`` through ``guider.sample``: returns the output LATENT tensor (``process_latent_out``-ed)
+    and the routine's own output.
 
     ``start`` is handed to the routine untouched (model space); ``latent_image`` is the raw LATENT, which
     ComfyUI scales into model space before the routine sees it.
     """
     callback = latent_preview.prepare_callback(guider.model_patcher, steps)
-    return guider.sample(start, latent_image, RoutineSampler(routine), sigmas, callback=callback,
-                         disable_pbar=True, seed=0)
+    sampler = RoutineSampler(routine)
+    latent = guider.sample(start, latent_image, sampler, sigmas, callback=callback, disable_pbar=True, seed=0)
+    return latent, sampler.output
 
 
 def input_scale_of(model_sampling: Any) -> Callable[[float], float]:

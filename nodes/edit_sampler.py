@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import comfy.samplers
 import torch
 from comfy_api.latest import io
 
 from ..attention_patches.registration import engine_of
+from ..spdinv.edit_loop import run_edit
 from ..spdinv.guidance import EditRecipe
-from ..spdinv.sampling import ddim_sample
 from .attention_preview import AttentionMaps, AttentionRecord
-from .comfy_bridge import BranchGuider, run_in_guider, stack_branches
+from .comfy_bridge import branch_predictor, run_in_guider, stack_branches
 from .inversion_type import Inversion
 
 
@@ -53,42 +54,26 @@ class SPDInvEditSampler(io.ComfyNode):
         result = inversion.result
         rows = result.noise.shape[0]
         engine = engine_of(model)
-        recipe: EditRecipe = getattr(engine, "recipe", EditRecipe())
-        positive = stack_branches([("source", source), ("target", target)], rows)
-        negative_b = stack_branches([("source", source), ("negative", negative if negative is not None else source)],
-                                    rows)
-        guider = BranchGuider(model, recipe.guidance(float(cfg)))
-        guider.set_conds(positive, negative_b)
+        recipe = engine.recipe if engine is not None else EditRecipe()
+        guider = comfy.samplers.CFGGuider(model)
+        guider.set_conds(stack_branches([("source", source), ("target", target)], rows),
+                         stack_branches([("source", source), ("negative", source if negative is None else negative)],
+                                        rows))
+        timesteps = model.get_model_object("model_sampling").timestep(result.sigmas[:-1].float()).tolist()
+
+        def routine(guider, extra_args, start, _latent, grid, progress):
+            edit = run_edit(branch_predictor(guider, extra_args), result.latents, grid, recipe, cfg, timesteps,
+                            engine_step=None if engine is None else engine.after_step, progress=progress,
+                            device=start.device)
+            return torch.cat([edit.reconstruction, edit.edited]), edit
+
         start = torch.cat([result.noise, result.noise])
         latent_image = torch.cat([inversion.source_latent, inversion.source_latent])
-        pinned = cls._pinned_steps(model, result.sigmas, recipe)
-
-        def after_step(step: int, x: torch.Tensor) -> torch.Tensor:
-            if pinned[step] and guider.edit_mask is not None:
-                stored = result.latents[step + 1].to(x)
-                x = torch.where(guider.edit_mask, x, torch.cat([stored, stored]))
-            return x if engine is None else engine.after_step(step, x)
-
-        def before_step(step: int, x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([result.latents[step].to(x), x[rows:]])
-
-        def routine(denoise, model_wrap, x_start, _latent, grid, progress):
-            return ddim_sample(denoise, x_start, grid.float(), after_step=after_step, callback=progress,
-                               before_step=before_step if recipe.source_from_inversion else None)
-
         if engine is not None:
             engine.begin_run(result.steps, tuple(result.noise.shape))
         try:
-            out = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
+            out, _ = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
         finally:
             if engine is not None:
                 engine.end_run()
         return io.NodeOutput({"samples": out[rows:]}, {"samples": out[:rows]}, AttentionRecord.of(engine))
-
-    @staticmethod
-    def _pinned_steps(model, sigmas: torch.Tensor, recipe: EditRecipe) -> list[bool]:
-        """Steps where inversion guidance pins the latent: model timestep below ``pin_below`` of 1000."""
-        if recipe.pin_below is None:
-            return [False] * (len(sigmas) - 1)
-        timesteps = model.get_model_object("model_sampling").timestep(sigmas[:-1].float())
-        return [float(t) < recipe.pin_below * 1000 for t in timesteps]

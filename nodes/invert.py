@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..spdinv.inversion import METHODS, SOLVERS, InversionSettings, invert
 from ..spdinv.schedules import validate_sampling_grid
-from .comfy_bridge import input_scale_of, make_weights_autograd_safe, run_in_guider
+from .comfy_bridge import denoiser, input_scale_of, make_weights_autograd_safe, run_in_guider
 from .inversion_type import Inversion, InversionPayload, check_latent_channels
 
 DEFAULT_SOLVER = "anderson"
@@ -92,18 +92,15 @@ class SPDInvInvert(io.ComfyNode):
         guider.set_conds(source, [])
         guider.set_cfg(1.0)
         needs_grad = method == "spdinv" and solver == "adamw"
-        found = {}
 
-        def routine(denoise, model_wrap, start, x0, grid, progress):
-            inner = model_wrap.inner_model
+        def routine(guider, extra_args, _start, x0, grid, progress):
             if needs_grad:
-                make_weights_autograd_safe(inner)
-            result = invert(denoise, x0, grid.float(), settings,
-                            input_scale=input_scale_of(inner.model_sampling), callback=progress)
-            found["result"] = result
-            return result.noise
+                make_weights_autograd_safe(guider.inner_model)
+            result = invert(denoiser(guider, extra_args), x0, grid.float(), settings,
+                            input_scale=input_scale_of(guider.inner_model.model_sampling), callback=progress)
+            return result.noise, result
 
-        noise = run_in_guider(guider, routine, torch.zeros_like(samples), samples, sigmas, len(sigmas) - 1)
-        result = found["result"].to(comfy.model_management.intermediate_device())
+        noise, result = run_in_guider(guider, routine, torch.zeros_like(samples), samples, sigmas, len(sigmas) - 1)
+        result = result.to(comfy.model_management.intermediate_device())
         payload = InversionPayload.create(result, samples, model)
         return io.NodeOutput(payload, {"samples": noise})

@@ -14,7 +14,7 @@ from torch import nn
 from unet_standins import sd15_like
 
 from spdinv_pack.attention_patches.prompt_to_prompt import PromptToPrompt, ReplaceMapping
-from spdinv_pack.attention_patches.registration import ENGINE_KEY, attach_engine, engine_of
+from spdinv_pack.attention_patches.registration import ENGINE_KEY, AttentionPatch, attach_engine, engine_of
 from spdinv_pack.attention_patches.unet_layers import transformer_layers
 
 
@@ -87,15 +87,24 @@ def test_a_clone_of_the_patched_model_keeps_one_consistent_engine_of_its_own():
     assert all(p.engine is mine for kind in ("attn1", "attn2") for p in patches[kind].values())
 
 
-def test_attention_replaced_by_another_node_is_kept_and_engines_do_not_stack():
+def test_attention_replaced_by_another_node_becomes_the_inner_attention_and_engines_do_not_stack():
     base = FakePatcher(sd15_like())
+    calls = []
 
     def theirs(q, k, v, extra_options):
-        return q
+        calls.append(extra_options["block"])
+        return q + 1.0
 
     base.set_model_attn2_replace(theirs, "output", 3, 0)
     patched = attach_p2p(base, engine(), attend=lambda q, k, v, heads: q)
-    assert patched.model_options["transformer_options"]["patches_replace"]["attn2"][("output", 3, 0)] is theirs
+    ours = patched.model_options["transformer_options"]["patches_replace"]["attn2"][("output", 3, 0)]
+    assert isinstance(ours, AttentionPatch) and ours.inner is theirs
+    q = torch.zeros(2, 4, 8)
+    options = {"activations_shape": (2, 8, 2, 2), "n_heads": 2, "cond_or_uncond": [0], "block": ("output", 3)}
+    assert torch.equal(ours(q, q, q, options), q + 1.0)  # outside a run the engine is plain: theirs runs
+    assert calls == [("output", 3)]
+    others = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert all(p.inner is None for key, p in others.items() if key != ("output", 3, 0))
     with pytest.raises(ValueError, match="already carries"):
         attach_p2p(patched, engine(), attend=lambda q, k, v, heads: q)
 

@@ -30,7 +30,7 @@ def run(settings: InversionSettings, steps: int, batch: int = 1):
     x0 = toy_latent(batch=batch)
     sigmas = ddim_uniform_sigmas(model.train_sigmas, steps)
     result = invert(model, x0, sigmas, settings)
-    recon = ddim_sample(lambda x, s, i: model(x, s), result.noise, sigmas)
+    recon = ddim_sample(model, result.noise, sigmas)
     return result, latent_psnr(recon, x0), model
 
 
@@ -189,7 +189,7 @@ def test_nan_from_the_unet_keeps_finite_iterates_and_warns_once(solver):
         result = invert(denoise, toy_latent(), sigmas, settings)
     assert len([w for w in record if "NaN/Inf" in str(w.message)]) == 1
     assert torch.isfinite(result.latents).all()
-    assert torch.isfinite(ddim_sample(lambda x, s, i: model(x, s), result.noise, sigmas)).all()
+    assert torch.isfinite(ddim_sample(model, result.noise, sigmas)).all()
 
 
 def test_batch_items_are_inverted_independently():

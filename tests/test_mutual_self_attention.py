@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spdinv_pack.attention_patches.mutual_self_attention import AutoMask, MutualSelfAttention, masked_attention
-from spdinv_pack.attention_patches.prompt_to_prompt import apply_probs, attention_probs, plain_attention
+from spdinv_pack.attention_patches.attention_math import (
+    apply_probs,
+    attention_probs,
+    masked_attention,
+    plain_attention,
+)
+from spdinv_pack.attention_patches.mutual_self_attention import AutoMask, MutualSelfAttention
 from spdinv_pack.attention_patches.unet_layers import TransformerLayer
 
 HEADS, DIM = 2, 4

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 from unet_standins import ResBlockLike, Upsample
 
-from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay, source_to_target
-from spdinv_pack.attention_patches.prompt_to_prompt import plain_attention
-from spdinv_pack.attention_patches.registration import ENGINE_KEY, STEP_KEY, FeatureTapWrapper
+from spdinv_pack.attention_patches.attention_math import plain_attention
+from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay
+from spdinv_pack.attention_patches.registration import ENGINE_KEY, FeatureTapWrapper
 from spdinv_pack.attention_patches.unet_layers import TransformerLayer, resblock_output_path
+from spdinv_pack.spdinv.branches import BranchLayout
 
 HEADS, DIM, STEPS = 2, 4, 10
 
@@ -40,11 +41,8 @@ def engine(**kw) -> PlugAndPlay:
     return pnp
 
 
-def test_source_to_target_copies_source_rows_over_target_rows_in_each_chunk():
-    t = torch.arange(8.0).reshape(8, 1)
-    assert source_to_target(t, 2).flatten().tolist() == [0, 1, 0, 1, 4, 5, 4, 5]
-    with pytest.raises(ValueError, match="Edit Sampler"):
-        source_to_target(torch.zeros(3, 1), 1)
+def source_to_target(t: torch.Tensor, chunks: int) -> torch.Tensor:
+    return BranchLayout.of_call(t.shape[0], [0] * chunks, "test").source_to_target(t)
 
 
 def test_the_feature_block_is_the_second_resblock_of_the_second_decoder_stage():
@@ -83,7 +81,8 @@ class Executor:
 
 
 def run(unet: nn.Module, x: torch.Tensor, pnp: PlugAndPlay | None, step: int) -> torch.Tensor:
-    options = {ENGINE_KEY: pnp, STEP_KEY: step, "cond_or_uncond": [1, 0]}
+    grid = torch.linspace(10.0, 0.0, STEPS + 1)
+    options = {ENGINE_KEY: pnp, "sample_sigmas": grid, "sigmas": grid[step].repeat(4), "cond_or_uncond": [1, 0]}
     return FeatureTapWrapper()(Executor(unet), x, transformer_options=options)
 
 

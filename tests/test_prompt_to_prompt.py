@@ -10,10 +10,8 @@ from spdinv_pack.attention_patches.prompt_to_prompt import (
     PromptToPrompt,
     RefineMapping,
     ReplaceMapping,
-    apply_probs,
-    attention_probs,
-    plain_attention,
 )
+from spdinv_pack.attention_patches.attention_math import apply_probs, attention_probs, plain_attention
 from spdinv_pack.attention_patches.unet_layers import TransformerLayer
 
 HEADS, DIM, TOKENS = 2, 8, 6

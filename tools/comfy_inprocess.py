@@ -116,34 +116,37 @@ def load_extra_nodes(env: ComfyEnv) -> dict[str, type]:
 # Running nodes like the executor
 # --------------------------------------------------------------------------------------------
 
-_HIDDEN_DEFAULTS: dict[str, Any] = {
-    "UNIQUE_ID": "1",
-    "PROMPT": {},
-    "EXTRA_PNGINFO": None,
-    "DYNPROMPT": None,
-    "AUTH_TOKEN_COMFY_ORG": None,
-    "API_KEY_COMFY_ORG": None,
-}
+@dataclass(frozen=True)
+class _Prompt:
+    """What ``get_input_data`` reads of the executor's dynamic prompt (the ``PROMPT`` hidden input)."""
+
+    prompt: dict[str, Any]
+
+    def get_original_prompt(self) -> dict[str, Any]:
+        return self.prompt
 
 
 class RunNode:
-    """Call a node like ComfyUI's executor (``execution.py``) does.
+    """Call a node like ComfyUI's executor (``execution.py``) does, on every supported ComfyUI.
 
-    ``run_node(NodeCls, **inputs)`` passes each input as a single value (no list mapping) through
-    ComfyUI's own ``execution._async_map_node_over_list`` under ``torch.inference_mode()``:
+    ``run_node(NodeCls, **inputs)`` passes each input as a single value (no list mapping) through the
+    executor's own ``execution.get_input_data`` (hidden inputs, V3 input finalisation) and
+    ``execution._async_map_node_over_list`` under ``torch.inference_mode()``:
 
-    * V3 (``io.ComfyNode``): ``VALIDATE_CLASS``, ``PREPARE_CLASS_CLONE(hidden)`` (fills ``cls.hidden``),
-      a locked class clone, then ``EXECUTE_NORMALIZED`` -> ``execute``; returns the ``io.NodeOutput``
-      (values in ``.result``, a tuple).
+    * V3 (``io.ComfyNode``): ``VALIDATE_CLASS``, ``PREPARE_CLASS_CLONE`` (fills ``cls.hidden``), a locked
+      class clone, then ``execute``; returns the ``io.NodeOutput`` (values in ``.result``, a tuple).
     * V1: instance method ``FUNCTION``; returns what it returns (a tuple, or a dict with "result").
+
+    The executor's private helpers change between releases (0.3.x passes ``hidden_inputs``, later ones a
+    ``v3_data`` dict); :func:`executor_extra_kwarg` is the one place that follows that.
 
     ``async def execute`` is awaited in the same thread (inference mode stays on, as in the server).
     Before executing, ``validate_inputs``/``VALIDATE_INPUTS`` is called if the node defines it
     (outside inference mode, as during prompt validation) and a failure raises ``ValueError``.
 
     Options (underscored so they cannot clash with input names): ``_hidden`` maps ``io.Hidden``
-    members or their strings ("UNIQUE_ID", "PROMPT", ...) to values; ``_defaults`` (default True)
-    fills missing required widget inputs from their declared default like the frontend would;
+    members or their strings ("UNIQUE_ID", "PROMPT", "EXTRA_PNGINFO") to values; ``_defaults`` (default
+    True) fills missing required widget inputs from their declared default like the frontend would;
     ``_validate`` (default True) enables the validation step.
     """
 
@@ -160,43 +163,59 @@ class RunNode:
 
         is_v3 = issubclass(node_cls, _ComfyNodeInternal)
         if is_v3:
-            node_cls.GET_SCHEMA()  # what registration does; sets SCHEMA used by EXECUTE_NORMALIZED
+            node_cls.GET_SCHEMA()  # what registration does; sets SCHEMA used by the V3 class clone
         if _defaults:
             inputs = {**self._required_defaults(node_cls), **inputs}
-        hidden = self._hidden_inputs(node_cls, is_v3, _hidden)
-        if not is_v3:  # V1 receives hidden values as ordinary keyword inputs
-            inputs = {**hidden, **inputs}
+        context = self._context(_hidden)
 
         if _validate:
             name = "validate_inputs" if is_v3 else "VALIDATE_INPUTS"
             fn = first_real_override(node_cls, name) if is_v3 else getattr(node_cls, name, None)
             if fn is not None:
-                self._validate(node_cls, name, fn, inputs, hidden if is_v3 else None)
+                self._validate(node_cls, name, fn, inputs, context)
 
         obj = node_cls()  # the executor instantiates the class (V3 too) and caches the object
         with torch.inference_mode():
-            results = self._map(obj, obj.FUNCTION, inputs, hidden if is_v3 else None)
+            results = self._map(obj, node_cls, obj.FUNCTION, inputs, context)
         assert len(results) == 1, results
         return results[0]
 
     @staticmethod
-    def _map(obj: Any, func: str, inputs: dict[str, Any], hidden: dict[Any, Any] | None) -> list[Any]:
-        """Run ComfyUI's ``_async_map_node_over_list`` for one input set and resolve async tasks."""
+    def _context(overrides: dict[Any, Any] | None) -> dict[str, Any]:
+        """``get_input_data``'s arguments that carry the hidden values."""
+        given = {getattr(k, "name", k).upper(): v for k, v in (overrides or {}).items()}
+        unknown = set(given) - {"UNIQUE_ID", "PROMPT", "EXTRA_PNGINFO"}
+        if unknown:
+            raise ValueError(f"_hidden: unsupported hidden input(s) {sorted(unknown)}")
+        return {
+            "unique_id": given.get("UNIQUE_ID", "1"),
+            "dynprompt": _Prompt(given["PROMPT"]) if "PROMPT" in given else None,
+            "extra_data": {"extra_pnginfo": given.get("EXTRA_PNGINFO")},
+        }
+
+    @staticmethod
+    def _map(obj: Any, node_cls: type, func: str, inputs: dict[str, Any], context: dict[str, Any]) -> list[Any]:
+        """Run the executor's input preparation and ``_async_map_node_over_list`` for one input set."""
         import execution
 
+        data, missing, extra = execution.get_input_data(inputs, node_cls, context["unique_id"], None,
+                                                        context["dynprompt"], context["extra_data"])
+        if missing:
+            raise ValueError(f"{node_cls.__name__}: inputs {sorted(missing)} look like links")
+
         async def go() -> list[Any]:
-            data = {k: [v] for k, v in inputs.items()}
-            res = await execution._async_map_node_over_list("spdinv-test", "1", obj, data, func, hidden_inputs=hidden)
+            res = await execution._async_map_node_over_list("spdinv-test", context["unique_id"], obj, data, func,
+                                                            **executor_extra_kwarg(extra))
             return await execution.resolve_map_node_over_list_results(res)
 
         return asyncio.run(go())
 
-    def _validate(self, node_cls: type, name: str, fn: Any, inputs: dict[str, Any], hidden: Any) -> None:
+    def _validate(self, node_cls: type, name: str, fn: Any, inputs: dict[str, Any], context: dict[str, Any]) -> None:
         spec = inspect.getfullargspec(fn)
         wanted = {k: v for k, v in inputs.items() if spec.varkw is not None or k in spec.args}
         if not wanted:
             return
-        (ret,) = self._map(node_cls, name, wanted, hidden)
+        (ret,) = self._map(node_cls, node_cls, name, wanted, context)
         if ret is not True:
             raise ValueError(f"{node_cls.__name__}.{name} rejected the inputs: {ret!r}")
 
@@ -208,14 +227,15 @@ class RunNode:
                 out[name] = spec[1]["default"]
         return out
 
-    @staticmethod
-    def _hidden_inputs(node_cls: type, is_v3: bool, overrides: dict[Any, Any] | None) -> dict[Any, Any]:
-        """Hidden values the executor would pass: V3 keyed by ``io.Hidden``, V1 by input name."""
-        given = {getattr(k, "value", k): v for k, v in (overrides or {}).items()}
-        if is_v3:
-            from comfy_api.latest import io
 
-            wanted = node_cls.GET_SCHEMA().hidden or []
-            return {io.Hidden(h): given.get(io.Hidden(h).value, _HIDDEN_DEFAULTS[io.Hidden(h).value]) for h in wanted}
-        declared = node_cls.INPUT_TYPES().get("hidden", {})
-        return {name: given.get(kind, _HIDDEN_DEFAULTS.get(kind)) for name, kind in declared.items()}
+def executor_extra_kwarg(extra: Any) -> dict[str, Any]:
+    """The keyword under which this ComfyUI's ``_async_map_node_over_list`` takes what ``get_input_data``
+    returned third: ``hidden_inputs`` (0.3.x) or ``v3_data`` (later releases)."""
+    import execution
+
+    params = inspect.signature(execution._async_map_node_over_list).parameters
+    for name in ("v3_data", "hidden_inputs"):
+        if name in params:
+            return {name: extra}
+    raise RuntimeError("this ComfyUI's executor takes neither v3_data nor hidden_inputs; update "
+                       "tools/comfy_inprocess.py:executor_extra_kwarg")

@@ -162,7 +162,8 @@ def test_lora_changes_unet_and_clip(comfy_env, sd15, sd15_lora, run_node) -> Non
 # --------------------------------------------------------------------------------------------
 
 
-def test_bootstrap_imports_comfyui_modules(comfy_env, comfyui_path: Path) -> None:
+def test_bootstrap_imports_comfyui_modules(comfy_env, comfyui_path: Path, sd15_checkpoint_path: Path,
+                                          lora_path: Path) -> None:
     assert Path(sys.modules["nodes"].__file__).resolve() == comfyui_path / "nodes.py"
     assert Path(sys.modules["utils"].__file__).resolve() == comfyui_path / "utils" / "__init__.py"
     assert comfy_env.nodes is sys.modules["nodes"]
