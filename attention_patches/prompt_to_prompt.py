@@ -146,8 +146,8 @@ class PromptToPrompt(EditEngine):
         tokens = self.mapping.tokens
         if k.shape[1] % tokens:
             raise ValueError(f"P2P: the cross-attention context has {k.shape[1]} tokens, not a multiple of the "
-                             f"prompts' {tokens}; a node that extends the text context (e.g. an IP-Adapter that appends "
-                             "image tokens) cannot be combined with Prompt-to-Prompt")
+                             f"prompts' {tokens}; a node that extends the text context (e.g. an IP-Adapter that "
+                             "appends image tokens) cannot be combined with Prompt-to-Prompt")
         if isinstance(attend, LayerAttention) and attend.inner is not None:
             out = attend(q, k, v, heads)
             added = chained_part(attend, out, q, k, v, heads)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spdinv_pack.attention_patches.attention_math import apply_probs, attention_probs, plain_attention
 from spdinv_pack.attention_patches.prompt_to_prompt import (
     LocalBlend,
     PromptToPrompt,
     RefineMapping,
     ReplaceMapping,
 )
-from spdinv_pack.attention_patches.attention_math import apply_probs, attention_probs, plain_attention
 from spdinv_pack.attention_patches.unet_layers import TransformerLayer
 
 HEADS, DIM, TOKENS = 2, 8, 6
