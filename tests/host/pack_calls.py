@@ -14,6 +14,15 @@ def photo(size: int = 64) -> torch.Tensor:
     return img.unsqueeze(0)
 
 
+def inverted_photo(comfy_env, sd15, run_node, pack_nodes, text: str, size: int, steps: int):
+    """``(model, clip, latent, source conditioning, inversion)`` of the synthetic photo at ``size``²."""
+    model, clip, vae = sd15
+    (latent,) = run_node(comfy_env.nodes.VAEEncode, pixels=photo(size), vae=vae)
+    (source,) = run_node(comfy_env.nodes.CLIPTextEncode, text=text, clip=clip)
+    inversion, _ = invert(run_node, pack_nodes, model, source, latent, steps=steps)
+    return model, clip, latent, source, inversion
+
+
 def invert(run_node, pack_nodes, model, source, latent, **kw):
     settings = dict(steps=STEPS, method="spdinv", solver="anderson", max_iters=25, lr=1e-3, delta=5e-6,
                     rel_tol=0.0, measure_residual=True)

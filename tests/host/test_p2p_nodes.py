@@ -7,7 +7,7 @@ import torch
 
 from spdinv_pack.spdinv.attention_grid import MapRow, grid_layout
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.pack_calls import P2P_DEFAULTS, edit, invert, photo
+from spdinv_pack.tests.host.pack_calls import P2P_DEFAULTS, edit, inverted_photo
 
 SOURCE = "a photo of a cat"
 
@@ -15,10 +15,7 @@ SOURCE = "a photo of a cat"
 @pytest.fixture(scope="module")
 def photo_scene(comfy_env, sd15, run_node, pack_nodes):
     """A 128² photo (16×16 latent: maps at 4×4) inverted once with the source prompt."""
-    model, clip, vae = sd15
-    (latent,) = run_node(comfy_env.nodes.VAEEncode, pixels=photo(128), vae=vae)
-    (source,) = run_node(comfy_env.nodes.CLIPTextEncode, text=SOURCE, clip=clip)
-    inversion, _ = invert(run_node, pack_nodes, model, source, latent, steps=10)
+    model, clip, latent, _, inversion = inverted_photo(comfy_env, sd15, run_node, pack_nodes, SOURCE, 128, 10)
     return model, clip, latent, inversion
 
 
