@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..spdinv.branches import BranchLayout
 from ..spdinv.guidance import EditRecipe
-from .attention_math import Attend, LayerAttention, apply_probs, attention_probs, chained_part, plain_attention
+from .attention_math import Attend, LayerAttention, apply_probs, attention_probs, plain_attention
 from .engine import EditEngine, check_fraction, steps_for
 from .unet_layers import TransformerLayer
 
@@ -136,8 +136,8 @@ class PromptToPrompt(EditEngine):
     ) -> torch.Tensor:
         """One cross-attention layer; ``spatial`` is the layer's ``(h, w)``, ``attend`` the layer's attention.
 
-        The conditional rows are computed from explicit probabilities; an inner attention chained under the
-        engine (:class:`LayerAttention`) still adds its part to them."""
+        While it records or edits, every row is computed from explicit probabilities; an inner attention
+        chained under the engine (:class:`LayerAttention`) still adds its part to them."""
         record = layer.level == self.map_level
         edit = self.within(step, self.cross_fraction)
         if not self.active or step is None or not (record or edit):
@@ -148,16 +148,12 @@ class PromptToPrompt(EditEngine):
             raise ValueError(f"P2P: the cross-attention context has {k.shape[1]} tokens, not a multiple of the "
                              f"prompts' {tokens}; a node that extends the text context (e.g. an IP-Adapter that "
                              "appends image tokens) cannot be combined with Prompt-to-Prompt")
-        if isinstance(attend, LayerAttention) and attend.inner is not None:
-            out = attend(q, k, v, heads)
-            added = chained_part(attend, out, q, k, v, heads)
-        else:
-            # The unconditional rows the same explicit way as the conditional ones: where the prompts agree
-            # (the source branch, an identity edit) cond and uncond are then equal to the bit, so the
-            # guidance's edit mask is empty there instead of marking the host kernel's rounding.
-            out, added = torch.empty_like(q), None
-            for rows in layout.uncond_chunks():
-                out[rows] = apply_probs(attention_probs(q[rows], k[rows], heads), v[rows]).to(out.dtype)
+        # Every row from explicit probabilities, the unconditional ones too: where the prompts agree (the
+        # source branch, an identity edit) cond and uncond are then equal to the bit, so the guidance's edit
+        # mask is empty there instead of marking the host kernel's rounding.
+        out = torch.empty_like(q)
+        for rows in layout.uncond_chunks():
+            out[rows] = apply_probs(attention_probs(q[rows], k[rows], heads), v[rows]).to(out.dtype)
         half = layout.images
         for rows in layout.cond_chunks():
             probs = attention_probs(q[rows], k[rows], heads)
@@ -171,8 +167,8 @@ class PromptToPrompt(EditEngine):
                     mapped = mapped * self.equalizer.to(mapped)
                 probs = torch.cat([probs[:half], mapped])
             out[rows] = apply_probs(probs.flatten(-2), v[rows])
-            if added is not None:
-                out[rows] = out[rows] + added[rows]
+        if isinstance(attend, LayerAttention) and attend.inner is not None:
+            out = out + attend.added(attend(q, k, v, heads), q, k, v, heads)
         return out
 
     def self_attention(

@@ -7,7 +7,6 @@ Every model call goes through a ``CFGGuider`` (model loading, LoRA and other wei
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -119,31 +118,3 @@ def make_weights_autograd_safe(module: torch.nn.Module) -> None:
             for name, b in list(sub._buffers.items()):
                 if b is not None and b.is_inference():
                     sub._buffers[name] = b.clone()
-
-
-def stack_branches(conditionings: list[tuple[str, list]], rows: int) -> list:
-    """One CONDITIONING whose batch holds each branch's prompt ``rows`` times, in order.
-
-    ``conditionings`` are ``(input name, CONDITIONING)`` pairs; the name goes into errors. Token lengths
-    that differ are matched by repetition to their least common multiple, as ComfyUI batches conds.
-    """
-    tensors, pooled, extras = [], [], None
-    for name, cond in conditionings:
-        if not cond:
-            raise ValueError(f"{name}: the conditioning is empty; connect a CLIPTextEncode output")
-        if len(cond) != 1:
-            raise ValueError(f"{name}: has {len(cond)} conditioning entries (combined or area conditioning); "
-                             "the edit sampler needs one text encoding per prompt")
-        tensor, meta = cond[0]
-        if tensor.shape[0] not in (1, rows):
-            raise ValueError(f"{name}: batch of {tensor.shape[0]} does not match the {rows} image(s) inverted")
-        tensors.append(tensor.expand(rows, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor)
-        p = meta.get("pooled_output")
-        pooled.append(None if p is None else (p.expand(rows, *p.shape[1:]) if p.shape[0] == 1 else p))
-        extras = extras or {k: v for k, v in meta.items() if k != "pooled_output"}
-    length = math.lcm(*(t.shape[1] for t in tensors))
-    tensors = [t.repeat(1, length // t.shape[1], 1) for t in tensors]
-    meta = dict(extras or {})
-    if all(p is not None for p in pooled):
-        meta["pooled_output"] = torch.cat(pooled)
-    return [[torch.cat(tensors), meta]]

@@ -10,7 +10,8 @@ from ..attention_patches.registration import engine_of
 from ..spdinv.edit_loop import run_edit
 from ..spdinv.guidance import EditRecipe
 from .attention_preview import AttentionMaps, AttentionRecord
-from .comfy_bridge import branch_predictor, run_in_guider, stack_branches
+from .branch_conditioning import edit_conditioning
+from .comfy_bridge import branch_predictor, run_in_guider
 from .inversion_type import Inversion
 
 
@@ -56,9 +57,7 @@ class SPDInvEditSampler(io.ComfyNode):
         engine = engine_of(model)
         recipe = engine.recipe if engine is not None else EditRecipe()
         guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(stack_branches([("source", source), ("target", target)], rows),
-                         stack_branches([("source", source), ("negative", source if negative is None else negative)],
-                                        rows))
+        guider.set_conds(*edit_conditioning(source, target, negative, rows))
         timesteps = model.get_model_object("model_sampling").timestep(result.sigmas[:-1].float()).tolist()
 
         def routine(guider, extra_args, start, _latent, grid, progress):

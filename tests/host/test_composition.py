@@ -94,3 +94,46 @@ def test_masactrl_on_an_image_prompt_replacement_shows_both_effects(comfy_env, r
     print(f"\n[host] MasaCtrl+IP vs MasaCtrl: {differ(edited_both, edited_masa):.3f}; vs IP alone: "
           f"{differ(edited_both, edited_ip):.3f}")
     assert differ(edited_both, edited_masa) > 1e-2 and differ(edited_both, edited_ip) > 1e-2
+
+
+@pytest.fixture(scope="module")
+def controlnet(sd15):
+    """A random-weight SD1.5 ControlNet (original layout), loaded by ComfyUI's own ControlNet loader.
+
+    Built in memory from the layout ComfyUI detects for the loaded UNet; its zero convolutions are random
+    (a trained ControlNet's are not zero either), so it changes what it is applied to.
+    """
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.model_detection
+    import comfy.ops
+
+    unet_sd = sd15[0].model.diffusion_model.state_dict()
+    config = dict(comfy.model_detection.model_config_from_unet(unet_sd, "", True).unet_config)
+    config.pop("out_channels")
+    config.update(hint_channels=3, operations=comfy.ops.disable_weight_init, dtype=torch.float32, device="meta")
+    shapes = {k: v.shape for k, v in comfy.cldm.cldm.ControlNet(**config).state_dict().items()}
+    g = torch.Generator().manual_seed(7)
+    sd = {f"control_model.{k}": (torch.randn(s, generator=g) / (s[1:].numel() ** 0.5 if len(s) > 1 else 10.0))
+          for k, s in shapes.items()}
+    return comfy.controlnet.load_controlnet_state_dict(sd)
+
+
+@pytest.mark.parametrize("engine", ["none", "p2p"])
+def test_a_controlnet_on_the_target_changes_the_target_and_leaves_the_source_alone(comfy_env, run_node, pack_nodes,
+                                                                                  scene, controlnet, engine):
+    model, clip, source, inversion = scene
+    (target,) = run_node(comfy_env.nodes.CLIPTextEncode, text=TARGET, clip=clip)
+    if engine == "p2p":
+        model, source, target = run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip, source_text=SOURCE,
+                                         target_text=TARGET, **P2P_DEFAULTS).result
+    hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
+    controlled, negative = run_node(comfy_env.nodes.ControlNetApplyAdvanced, positive=target, negative=source,
+                                    control_net=controlnet, image=hint, strength=1.0, start_percent=0.0,
+                                    end_percent=1.0)
+    edited_cn, recon_cn, _ = edit(run_node, pack_nodes, model, inversion, source, controlled, negative=negative)
+    edited, recon, _ = edit(run_node, pack_nodes, model, inversion, source, target)
+    print(f"\n[host] ControlNet on the target ({engine}): target changed by {differ(edited_cn, edited):.3f}, "
+          f"source by {differ(recon_cn, recon):.2e}")
+    assert differ(edited_cn, edited) > 1e-2
+    assert differ(recon_cn, recon) <= 1e-5

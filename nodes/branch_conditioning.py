@@ -1,0 +1,184 @@
+"""The edit sampler's conditioning: each branch's prompt and its extras, stacked into one batch.
+
+The source and target branches run in one UNet batch (``[source rows, target rows]``, the engines need both
+in every call), so each side of CFG is one CONDITIONING entry whose tensors are stacked per row. Extras stay
+with their branch:
+
+* ``control`` (ControlNet, T2I-Adapter, chained ControlNets): a :class:`BranchControl` runs each branch's
+  control and keeps its output on that branch's rows only, so a ControlNet on the target leaves the source
+  reconstruction untouched. ``control_apply_to_uncond`` (the legacy apply node) also gives the control to
+  the same branch's negative when that has none.
+* everything else (SDXL sizes, masks, areas, strength, hooks, …) must agree between the branches of one side:
+  one entry cannot carry two values, and copying one branch's value to the other would silently change it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import comfy.controlnet
+import torch
+
+from ..spdinv.branches import BranchLayout
+
+Branch = tuple[str, list]
+"""``(input name, CONDITIONING)``; the name goes into errors."""
+
+_PER_BRANCH = {"pooled_output", "control", "control_apply_to_uncond"}
+
+
+class BranchControl(comfy.controlnet.ControlBase):
+    """One control per branch (``None``: no control on that branch), applied in one batch.
+
+    ComfyUI calls :meth:`get_control` with the whole batch of a UNet call (CFG chunks of ``[source rows,
+    target rows]``). Each branch's control runs on that batch as it would alone (its hint broadcast to the
+    rows), and its residuals are zeroed outside the branch's rows. A control thus costs the same rows as one
+    on the whole batch would; the other branch gets exactly nothing added.
+    """
+
+    def __init__(self, controls: Sequence[Any | None]):
+        super().__init__()
+        self.controls = list(controls)
+
+    def _each(self) -> list[Any]:
+        return [c for c in self.controls if c is not None]
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+        chunks = transformer_options.get("cond_or_uncond", [0] * batched_number)
+        layout = BranchLayout.of_call(x_noisy.shape[0], chunks, "ControlNet on one branch")
+        rows = (layout.source_rows(), layout.target_rows())
+        merged: dict[str, list] | None = None
+        for branch, control in enumerate(self.controls):
+            if control is None:
+                continue
+            out = control.get_control(x_noisy, t, cond, batched_number, transformer_options)
+            if out is None:
+                continue
+            keep = torch.zeros(x_noisy.shape[0], dtype=torch.bool)
+            keep[rows[branch]] = True
+            out = {k: [None if x is None else x * keep.to(x.device).view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+                       for x in v] for k, v in out.items()}
+            merged = out if merged is None else _add(merged, out)
+        return merged
+
+    def pre_run(self, model, percent_to_timestep_function):
+        for control in self._each():
+            control.pre_run(model, percent_to_timestep_function)
+
+    def cleanup(self):
+        for control in self._each():
+            control.cleanup()
+
+    def get_models(self):
+        return [m for control in self._each() for m in control.get_models()]
+
+    def get_extra_hooks(self):
+        return [h for control in self._each() for h in control.get_extra_hooks()]
+
+    def inference_memory_requirements(self, dtype):
+        return sum(control.inference_memory_requirements(dtype) for control in self._each())
+
+    def copy(self):
+        return BranchControl(self.controls)
+
+
+def _add(a: dict[str, list], b: dict[str, list]) -> dict[str, list]:
+    out = {}
+    for key in a.keys() | b.keys():
+        xs, ys = a.get(key, []), b.get(key, [])
+        out[key] = [x if y is None else y if x is None else x + y
+                    for x, y in zip(xs + [None] * (len(ys) - len(xs)), ys + [None] * (len(xs) - len(ys)), strict=True)]
+    return out
+
+
+def _entry(name: str, cond: list, rows: int) -> tuple[torch.Tensor, dict]:
+    if not cond:
+        raise ValueError(f"{name}: the conditioning is empty; connect a CLIPTextEncode output")
+    if len(cond) != 1:
+        raise ValueError(f"{name}: has {len(cond)} conditioning entries (combined or area conditioning); "
+                         "the edit sampler needs one text encoding per prompt")
+    tensor, meta = cond[0]
+    if tensor.shape[0] not in (1, rows):
+        raise ValueError(f"{name}: batch of {tensor.shape[0]} does not match the {rows} image(s) inverted")
+    return tensor, meta
+
+
+def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    return t.expand(rows, *t.shape[1:]) if t.shape[0] == 1 else t
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
+            torch.equal(a.cpu(), b.cpu()))
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - objects without a usable ==: only identity counts
+        return False
+
+
+def _shared_extras(branches: list[tuple[str, dict]]) -> dict:
+    """The extras that are not per branch; they must be the same on every branch."""
+    keys = sorted({k for _, meta in branches for k in meta} - _PER_BRANCH)
+    out = {}
+    for key in keys:
+        (first_name, first), *rest = branches
+        for name, meta in rest:
+            if key not in first or key not in meta or not _same(first[key], meta[key]):
+                raise ValueError(f"{first_name}, {name}: the conditionings differ in '{key}'; the edit sampler "
+                                 f"runs both branches in one batch, so '{key}' must be the same on both (set it "
+                                 "the same way on both prompts, or remove it)")
+        out[key] = first[key]
+    return out
+
+
+def stack_branches(branches: list[Branch], rows: int, control: BranchControl | None = None) -> list:
+    """One CONDITIONING whose batch holds each branch's prompt ``rows`` times, in order, with the shared
+    extras and ``control`` (the branches' controls, see :func:`edit_conditioning`).
+
+    Token lengths that differ are matched by repetition to their least common multiple, as ComfyUI batches
+    conds.
+    """
+    entries = [_entry(name, cond, rows) for name, cond in branches]
+    tensors = [_rows(t, rows) for t, _ in entries]
+    length = math.lcm(*(t.shape[1] for t in tensors))
+    meta = _shared_extras([(name, m) for (name, _), (_, m) in zip(branches, entries, strict=True)])
+    pooled = [m.get("pooled_output") for _, m in entries]
+    if all(p is not None for p in pooled):
+        meta["pooled_output"] = torch.cat([_rows(p, rows) for p in pooled])
+    elif any(p is not None for p in pooled):
+        raise ValueError(f"{', '.join(n for n, _ in branches)}: only some conditionings have a pooled output; "
+                         "encode every prompt with the same text encoder")
+    if control is not None:
+        meta["control"] = control
+        meta["control_apply_to_uncond"] = False
+    return [[torch.cat([t.repeat(1, length // t.shape[1], 1) for t in tensors]), meta]]
+
+
+def edit_conditioning(source: list, target: list, negative: list | None, rows: int) -> tuple[list, list]:
+    """``(positive, negative)`` of the edit sampler: ``[source, target]`` and ``[source, negative]`` (the
+    negative defaults to the source prompt, the paper's recipe).
+
+    A branch's control marked ``control_apply_to_uncond`` also acts on that branch's negative when the
+    negative has none. When both sides carry the same controls they share one :class:`BranchControl`, so
+    ComfyUI still batches cond and uncond into one UNet call.
+    """
+    negative = source if negative is None else negative
+    metas = {name: _entry(name, cond, rows)[1] for name, cond in
+             (("source", source), ("target", target), ("negative", negative))}
+    cond_controls = [metas["source"].get("control"), metas["target"].get("control")]
+    uncond_controls = [
+        metas[own].get("control") or (metas[pos].get("control") if metas[pos].get("control_apply_to_uncond") else None)
+        for own, pos in (("source", "source"), ("negative", "target"))
+    ]
+    cond_control = BranchControl(cond_controls) if any(c is not None for c in cond_controls) else None
+    if all(a is b for a, b in zip(cond_controls, uncond_controls, strict=True)):
+        uncond_control = cond_control
+    else:
+        uncond_control = BranchControl(uncond_controls) if any(c is not None for c in uncond_controls) else None
+    return (stack_branches([("source", source), ("target", target)], rows, cond_control),
+            stack_branches([("source", source), ("negative", negative)], rows, uncond_control))

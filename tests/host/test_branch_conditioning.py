@@ -1,0 +1,80 @@
+"""The edit sampler's per-branch conditioning (nodes/branch_conditioning.py) with ComfyUI's ControlBase."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spdinv_pack.nodes.branch_conditioning import BranchControl, edit_conditioning
+
+
+class StandInControl:
+    """Returns residuals of ones for every row of the batch, and counts lifecycle calls."""
+
+    def __init__(self, value: float = 1.0):
+        self.value, self.pre_runs, self.cleanups = value, 0, 0
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+        ones = torch.full((x_noisy.shape[0], 2, 1, 1), self.value)
+        return {"input": [ones], "middle": [ones.clone()], "output": [None, ones.clone()]}
+
+    def pre_run(self, model, fn):
+        self.pre_runs += 1
+
+    def cleanup(self):
+        self.cleanups += 1
+
+    def get_models(self):
+        return [f"model-{self.value}"]
+
+    def get_extra_hooks(self):
+        return []
+
+    def inference_memory_requirements(self, dtype):
+        return 10
+
+
+def cond(control=None, **extra):
+    meta = {"pooled_output": torch.zeros(1, 4), **extra}
+    if control is not None:
+        meta["control"] = control
+    return [[torch.zeros(1, 77, 8), meta]]
+
+
+def test_a_control_on_the_target_acts_on_the_target_rows_of_every_chunk_only():
+    control = StandInControl()
+    positive, negative = edit_conditioning(cond(), cond(control, control_apply_to_uncond=False),
+                                           cond(control, control_apply_to_uncond=False), rows=2)
+    branch = positive[0][1]["control"]
+    assert isinstance(branch, BranchControl) and branch.controls == [None, control]
+    assert negative[0][1]["control"] is branch  # same controls: one object, so ComfyUI batches cond and uncond
+    out = branch.get_control(torch.zeros(8, 4, 2, 2), None, {}, 2, {"cond_or_uncond": [0, 1]})
+    rows = out["input"][0][:, 0, 0, 0].tolist()
+    assert rows == [0, 0, 1, 1, 0, 0, 1, 1] and out["output"][0] is None
+    branch.pre_run(None, None)
+    branch.cleanup()
+    assert control.pre_runs == 1 and control.cleanups == 1
+    assert branch.get_models() == ["model-1.0"] and branch.inference_memory_requirements(None) == 10
+
+
+def test_controls_on_both_branches_stay_on_their_rows():
+    a, b = StandInControl(1.0), StandInControl(2.0)
+    positive, negative = edit_conditioning(cond(a), cond(b), None, rows=1)
+    out = positive[0][1]["control"].get_control(torch.zeros(2, 4, 2, 2), None, {}, 1, {"cond_or_uncond": [0]})
+    assert out["middle"][0][:, 0, 0, 0].tolist() == [1.0, 2.0]
+    assert negative[0][1]["control"].controls == [a, a]  # the negative defaults to the source prompt, control included
+
+
+def test_the_legacy_apply_to_uncond_flag_gives_a_branchs_control_to_its_negative():
+    control = StandInControl()
+    _, negative = edit_conditioning(cond(), cond(control, control_apply_to_uncond=True), cond(), rows=1)
+    assert negative[0][1]["control"].controls == [None, control]
+
+
+def test_extras_that_differ_between_branches_are_refused_naming_both_inputs():
+    with pytest.raises(ValueError, match="source, target: .*'width'"):
+        edit_conditioning(cond(width=1024), cond(width=768), None, rows=1)
+    positive, _ = edit_conditioning(cond(width=1024), cond(width=1024), cond(width=1024), rows=1)
+    assert positive[0][1]["width"] == 1024 and positive[0][1]["pooled_output"].shape == (2, 4)
+    with pytest.raises(ValueError, match="'mask'"):
+        edit_conditioning(cond(mask=torch.ones(1, 8, 8)), cond(), None, rows=1)
