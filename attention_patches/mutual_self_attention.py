@@ -79,7 +79,7 @@ class MutualSelfAttention(EditEngine):
         """Refuse a start layer the model does not have, or a model without reachable self-attention."""
         if self.start_layer >= len(layers):
             raise ValueError(f"start_layer: the model has {len(layers)} transformer layers (0-{len(layers) - 1}); "
-                             f"{self.start_layer} controls none. SD1.x: 10 (the decoder's two highest resolutions)")
+                             f"{self.start_layer} controls none. -1 picks a third into the decoder (SD1.x: 10)")
         if not any(layer.self_attention for layer in layers[self.start_layer:]):
             raise ValueError("model: no self-attention layers from start_layer on; MasaCtrl needs a UNet with "
                              "self-attention (SD1.x, SD2.x, SDXL)")

@@ -92,6 +92,25 @@ def decoder_stages(unet: torch.nn.Module) -> list[list[int]]:
     return [s for s in stages if s]
 
 
+def decoder_layer_at(layers: list[TransformerLayer], fraction: float) -> int:
+    """Order of the decoder transformer layer ``fraction`` of the way through the decoder's layers, so that one
+    rule picks comparable layers on every family (1/3: SD1.x and SD2.x 10 of 16, SDXL 46 of 70)."""
+    decoder = [layer.order for layer in layers if layer.block == "output"]
+    if not decoder:
+        raise ValueError("model: no transformer layers in the decoder; the attention engines need an SD1.x, SD2.x "
+                         "or SDXL-style UNet")
+    return decoder[min(len(decoder) - 1, round(fraction * len(decoder)))]
+
+
+def decoder_stage_at_level(unet: torch.nn.Module, level: int) -> int:
+    """Index of the decoder stage working at resolution ``level`` (SD1.x: level 2 is stage 1, SDXL: stage 0)."""
+    stages = decoder_stages(unet)
+    stage = len(stages) - 1 - level
+    if not 0 <= stage < len(stages):
+        raise ValueError(f"{type(unet).__name__} has no decoder stage at 1/{8 * 2 ** level} of the image size")
+    return stage
+
+
 def resblock_output_path(unet: torch.nn.Module, stage: int, index: int) -> str:
     """Module path (inside the UNet) of the last layer of the residual branch of decoder stage ``stage``'s
     ``index``-th block's ResBlock: its output is the ResBlock's features before the skip connection is added.

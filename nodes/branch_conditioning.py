@@ -10,6 +10,9 @@ with their branch:
   the same branch's negative when that has none.
 * everything else (SDXL sizes, masks, areas, strength, hooks, …) must agree between the branches of one side:
   one entry cannot carry two values, and copying one branch's value to the other would silently change it.
+
+SDXL's size conditioning defaults to the photo's pixel size (:func:`at_photo_size`), not ComfyUI's 768, for
+the inversion and every branch alike, unless the prompt sets it (``CLIPTextEncodeSDXL``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import comfy.controlnet
+import comfy.model_base
 import torch
 
 from ..spdinv.branches import BranchLayout
@@ -157,6 +161,26 @@ def stack_branches(branches: list[Branch], rows: int, control: BranchControl | N
         meta["control"] = control
         meta["control_apply_to_uncond"] = False
     return [[torch.cat([t.repeat(1, length // t.shape[1], 1) for t in tensors]), meta]]
+
+
+def uses_size_conditioning(model: Any) -> bool:
+    """Whether ``model`` (a ModelPatcher) feeds image sizes into its class embedding (SDXL, SDXL refiner)."""
+    return isinstance(model.model, (comfy.model_base.SDXL, comfy.model_base.SDXLRefiner))
+
+
+def at_photo_size(cond: list, latent: torch.Tensor, model: Any) -> list:
+    """``cond`` with the photo's pixel size as its ``width``/``height`` where an entry sets none.
+
+    SDXL tells the UNet the image size through ``y``; a plain ``CLIPTextEncode`` leaves it to ComfyUI's
+    default of 768, so a 1024² photo would be inverted and edited as if it were 768². Entries that set a size
+    (``CLIPTextEncodeSDXL``) keep theirs; other model families are returned unchanged.
+    """
+    if not uses_size_conditioning(model):
+        return cond
+    ratio = getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8)
+    height, width = (int(n) * ratio for n in latent.shape[-2:])
+    return [[t, meta if "width" in meta or "height" in meta else {**meta, "width": width, "height": height}]
+            for t, meta in cond]
 
 
 def edit_conditioning(source: list, target: list, negative: list | None, rows: int) -> tuple[list, list]:

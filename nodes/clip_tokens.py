@@ -45,26 +45,39 @@ def _clip_key(tokens: dict) -> str:
     return "l" if "l" in tokens else next(iter(tokens))
 
 
+def _content_ids(batches: list, bpe: Any) -> list[int]:
+    """Token ids between the start and end tokens of one encoder's tokenisation (its own padding ignored:
+    CLIP-L pads with the end token, OpenCLIP-H and CLIP-G with 0)."""
+    ids: list[int] = []
+    for batch in batches:
+        for position, entry in enumerate(batch):
+            token = entry[0]
+            if position == 0 and token == bpe.start_token:
+                continue
+            if not isinstance(token, int):
+                raise ValueError("embeddings (embedding:name) are not supported in Prompt-to-Prompt prompts: "
+                                 "their tokens cannot be aligned")
+            if token == bpe.end_token:
+                break
+            ids.append(token)
+    return ids
+
+
 def token_ids(clip: Any) -> TokenizeFn:
-    """``text -> content token ids`` (no start, end or padding tokens) as ``clip``'s encoder receives them."""
+    """``text -> content token ids`` (no start, end or padding tokens) as ``clip``'s encoder receives them.
+
+    With several text encoders (SDXL: CLIP-L and CLIP-G) each tokenisation is read with its own tokenizer and
+    they must agree, since one token position addresses both encoders' features in cross-attention.
+    """
 
     def tokenize(text: str) -> list[int]:
         tokens = clip.tokenize(text)
-        key = _clip_key(tokens)
-        bpe = _bpe_tokenizer(clip, key)
-        ids: list[int] = []
-        for batch in tokens[key]:
-            for position, entry in enumerate(batch):
-                token = entry[0]
-                if position == 0 and token == bpe.start_token:
-                    continue
-                if not isinstance(token, int):
-                    raise ValueError("embeddings (embedding:name) are not supported in Prompt-to-Prompt prompts: "
-                                     "their tokens cannot be aligned")
-                if token == bpe.end_token:
-                    break
-                ids.append(token)
-        return ids
+        ids = {key: _content_ids(tokens[key], _bpe_tokenizer(clip, key)) for key in tokens}
+        first = ids[_clip_key(tokens)]
+        if any(other != first for other in ids.values()):
+            raise ValueError(f"the text encoders ({', '.join(sorted(ids))}) split {text!r} into different tokens; "
+                             "the attention engines need one token layout, so simplify the prompt")
+        return first
 
     return tokenize
 

@@ -10,7 +10,7 @@ from ..attention_patches.registration import engine_of
 from ..spdinv.edit_loop import run_edit
 from ..spdinv.guidance import EditRecipe
 from .attention_preview import AttentionMaps, AttentionRecord
-from .branch_conditioning import edit_conditioning
+from .branch_conditioning import at_photo_size, edit_conditioning
 from .comfy_bridge import branch_predictor, run_in_guider
 from .inversion_type import Inversion
 
@@ -57,6 +57,8 @@ class SPDInvEditSampler(io.ComfyNode):
         engine = engine_of(model)
         recipe = engine.recipe if engine is not None else EditRecipe()
         guider = comfy.samplers.CFGGuider(model)
+        source, target, negative = (None if c is None else at_photo_size(c, inversion.source_latent, model)
+                                    for c in (source, target, negative))
         guider.set_conds(*edit_conditioning(source, target, negative, rows))
         timesteps = model.get_model_object("model_sampling").timestep(result.sigmas[:-1].float()).tolist()
 

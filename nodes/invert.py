@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..spdinv.inversion import METHODS, SOLVERS, InversionSettings, invert
 from ..spdinv.schedules import validate_sampling_grid
+from .branch_conditioning import at_photo_size
 from .comfy_bridge import denoiser, input_scale_of, make_weights_autograd_safe, run_in_guider
 from .inversion_type import Inversion, InversionPayload, check_latent_channels
 
@@ -89,7 +90,7 @@ class SPDInvInvert(io.ComfyNode):
             except ValueError as e:
                 raise ValueError(f"sigmas: {e}") from None
         guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(source, [])
+        guider.set_conds(at_photo_size(source, samples, model), [])
         guider.set_cfg(1.0)
         needs_grad = method == "spdinv" and solver == "adamw"
 

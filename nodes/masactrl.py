@@ -10,12 +10,17 @@ from comfy_api.latest import io
 from ..attention_patches.mutual_self_attention import AutoMask, MutualSelfAttention
 from ..attention_patches.registration import attach_engine
 from ..attention_patches.token_alignment import tokenize_prompt
+from ..attention_patches.unet_layers import decoder_layer_at, transformer_layers
 from ..spdinv.guidance import EditRecipe
 from .clip_tokens import named, phrase_positions, token_ids
 
 log = logging.getLogger(__name__)
 
 MASK_MODES = ("none", "mask", "auto")
+AUTO_START = -1
+"""``start_layer`` value meaning: chosen from the model's decoder (:data:`DECODER_START`)."""
+DECODER_START = 1 / 3
+"""MasaCtrl's SD1.5 default (layer 10 of 16: decoder layers 3-8 of 0-8) as a position in the decoder."""
 
 
 def _auto_mask(clip, source_text: str, target_text: str, source_words: str, target_words: str,
@@ -50,10 +55,11 @@ class MasaCtrlMutualAttention(io.ComfyNode):
                 io.Float.Input("start_step", default=0.08, min=0.0, max=1.0, step=0.02,
                                tooltip="Fraction of the steps before control starts (0.08 = step 4 of 50). Later: "
                                        "more freedom for the edit, less identity kept."),
-                io.Int.Input("start_layer", default=10, min=0, max=200,
-                             tooltip="First transformer layer controlled, counted in the model's forward order "
-                                     "(SD1.x has 16: 10 = the decoder's two highest resolutions). Lower: more of "
-                                     "the source kept."),
+                io.Int.Input("start_layer", default=AUTO_START, min=AUTO_START, max=200,
+                             tooltip="First transformer layer controlled, counted in the model's forward order. "
+                                     "-1: a third into the decoder's layers, comparable on every family (SD1.x "
+                                     "and SD2.x: 10 of 16, the decoder's two highest resolutions, as the paper; "
+                                     "SDXL: 46 of 70). Lower: more of the source kept."),
                 io.Combo.Input("mask_mode", options=list(MASK_MODES), default="none",
                                tooltip="none: plain MasaCtrl. mask: the connected MASK marks the object; target "
                                        "object queries see only source object keys, background only background. "
@@ -101,5 +107,8 @@ class MasaCtrlMutualAttention(io.ComfyNode):
             log.warning("MasaCtrl: a MASK is connected but mask_mode is 'none'; it is not used")
         recipe = EditRecipe(source_cfg=1.0, proximal_quantile=proximal_quantile if proximal_guidance else None,
                             proximal_target_only=True, source_from_inversion=source_from_inversion)
+        if start_layer == AUTO_START:
+            layers = named("model", transformer_layers, model.get_model_object("diffusion_model"))
+            start_layer = named("model", decoder_layer_at, layers, DECODER_START)
         engine = MutualSelfAttention(start_step, start_layer, image_mask, auto, recipe=recipe)
         return io.NodeOutput(attach_engine(model, engine, optimized_attention, "MasaCtrl"))

@@ -8,12 +8,13 @@ from comfy_api.latest import io
 
 from ..attention_patches.plug_and_play import PlugAndPlay
 from ..attention_patches.registration import attach_engine
-from ..attention_patches.unet_layers import resblock_output_path
+from ..attention_patches.unet_layers import decoder_stage_at_level, resblock_output_path
 from ..spdinv.guidance import EditRecipe
 from .clip_tokens import named
 
-FEATURE_STAGE, FEATURE_INDEX = 1, 1
-"""The reference's feature block: diffusers ``up_blocks[1].resnets[1]``, the second decoder stage's second block."""
+FEATURE_LEVEL, FEATURE_INDEX = 2, 1
+"""The reference's feature block, diffusers ``up_blocks[1].resnets[1]`` on SD1.x: the second block of the decoder
+stage at 1/32 of the image size (SD1.x and SD2.x: ``output_blocks.4``, SDXL: ``output_blocks.1``)."""
 
 
 class PNPInjection(io.ComfyNode):
@@ -45,7 +46,8 @@ class PNPInjection(io.ComfyNode):
     @classmethod
     def execute(cls, model, feature_fraction, attention_fraction) -> io.NodeOutput:
         unet = model.get_model_object("diffusion_model")
-        path = named("model", resblock_output_path, unet, FEATURE_STAGE, FEATURE_INDEX)
+        stage = named("model", decoder_stage_at_level, unet, FEATURE_LEVEL)
+        path = named("model", resblock_output_path, unet, stage, FEATURE_INDEX)
         recipe = EditRecipe(source_cfg=1.0, source_from_inversion=True)
         engine = PlugAndPlay(path, feature_fraction, attention_fraction, recipe)
         return io.NodeOutput(attach_engine(model, engine, optimized_attention, "PnP", WrappersMP.DIFFUSION_MODEL))

@@ -384,3 +384,37 @@ def fixed_point_residual(
         z = result.latents[i] * scale_b
         out[i] = mean_square(f(z) - z).cpu()
     return out
+
+
+def step_contraction(
+    denoise: Denoiser,
+    result: InversionResult,
+    step: int,
+    input_scale: Callable[[float], float] = vp_input_scale,
+    iterations: int = 8,
+    h: float = 1e-3,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Estimate, per batch item, the spectral radius of step ``step``'s fixed-point map at its stored latent
+    (power iteration on finite differences; ``iterations + 1`` UNet passes).
+
+    Below 1 the map is a contraction there and plain iteration converges at that rate; near 1 (a step whose
+    sigma grows by a large factor, such as the last step of a zero-terminal-SNR grid) only an accelerated
+    solver gets there in a few passes. ``h`` is the probe's RMS size relative to the latent's.
+    """
+    grid = [float(s) for s in result.sigmas]
+    scale_b = input_scale(grid[step])
+    f = _FixedPointMap(denoise, result.latents[step + 1], grid[step + 1], grid[step], scale_b)
+    z = result.latents[step] * scale_b
+    view = (-1, *([1] * (z.dim() - 1)))
+    size = mean_square(z).sqrt().clamp_min(1e-12).view(view) * h
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(z.shape, generator=gen).to(z)
+    fz = f(z)
+    radius = torch.zeros(z.shape[0])
+    for _ in range(iterations):
+        v = v / mean_square(v).sqrt().clamp_min(1e-30).view(view)
+        w = (f(z + size * v) - fz) / size
+        radius = mean_square(w).sqrt().cpu()
+        v = w
+    return radius

@@ -10,7 +10,12 @@ from unet_standins import sd15_like, sdxl_like
 from spdinv_pack.attention_patches.mutual_self_attention import MutualSelfAttention
 from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay
 from spdinv_pack.attention_patches.prompt_to_prompt import PromptToPrompt, ReplaceMapping
-from spdinv_pack.attention_patches.unet_layers import resblock_output_path, transformer_layers
+from spdinv_pack.attention_patches.unet_layers import (
+    decoder_layer_at,
+    decoder_stage_at_level,
+    resblock_output_path,
+    transformer_layers,
+)
 
 
 def controlled(engine, layers, kind):
@@ -47,3 +52,20 @@ def test_sdxl_layout_gets_the_same_rules():
     assert len(pnp.qk_layers) == 26 and not any(key[1] == 0 for key in pnp.qk_layers)
     with pytest.raises(ValueError, match="the model has 70 transformer layers"):
         MutualSelfAttention(start_layer=70).check_layers(layers)
+
+
+def test_a_third_into_the_decoder_is_sd15s_masactrl_layer_and_comparable_on_sdxl():
+    assert decoder_layer_at(transformer_layers(sd15_like()), 1 / 3) == 10
+    sdxl = transformer_layers(sdxl_like())
+    start = decoder_layer_at(sdxl, 1 / 3)
+    controlled_layers = [la for la in sdxl if la.order >= start]
+    assert start == 46 and len(controlled_layers) == 24
+    assert {la.block for la in controlled_layers} == {"output"}
+
+
+def test_pnp_feature_block_sits_at_a_32nd_of_the_image_on_every_family():
+    sd15, sdxl = sd15_like(), sdxl_like()
+    assert resblock_output_path(sd15, decoder_stage_at_level(sd15, 2), 1) == "output_blocks.4.0.out_layers.3"
+    assert resblock_output_path(sdxl, decoder_stage_at_level(sdxl, 2), 1) == "output_blocks.1.0.out_layers.3"
+    with pytest.raises(ValueError, match="no decoder stage at 1/256"):
+        decoder_stage_at_level(sdxl, 5)

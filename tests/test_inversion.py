@@ -15,6 +15,7 @@ from spdinv_pack.spdinv.inversion import (
     _FixedPointMap,
     fixed_point_residual,
     invert,
+    step_contraction,
 )
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.spdinv.sampling import ddim_sample
@@ -215,3 +216,14 @@ def test_anderson_gives_up_a_map_without_a_fixed_point_before_the_cap():
     out = _anderson(lambda z: z + c, torch.zeros_like(c), InversionSettings(max_iters=100, delta=1e-12))
     assert out.iterations < 30
     assert float(out.residual[0]) == pytest.approx(1.0)
+
+
+def test_step_contraction_measures_the_maps_rate():
+    """For ``denoised = c·x`` the map's Jacobian is ``(1 - sigma_a/sigma_b)(1 - c)·I`` at every step."""
+    c = 0.25
+    sigmas = torch.tensor([10.0, 4.0, 1.0, 0.0])
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    result = invert(lambda x, sigma: c * x, x0, sigmas, InversionSettings(method="ddim"))
+    for step, (sigma_b, sigma_a) in enumerate([(10.0, 4.0), (4.0, 1.0)]):
+        rate = step_contraction(lambda x, sigma: c * x, result, step)
+        assert torch.allclose(rate, torch.full((2,), (1 - sigma_a / sigma_b) * (1 - c)), rtol=1e-3)

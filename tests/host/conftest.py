@@ -236,6 +236,34 @@ def sd15(comfy_env: ComfyEnv, sd15_checkpoint_path: Path, run_node: RunNode) -> 
 
 
 @pytest.fixture(scope="session")
+def sdxl_checkpoint_path() -> Path:
+    """The random SDXL-class checkpoint (Segmind Vega layout; built into the cache on first use)."""
+    return factory.sdxl_checkpoint_path()
+
+
+FAMILY_CHECKPOINTS = {"sdxl": factory.sdxl_checkpoint_path, "sd2-v": factory.sd2_checkpoint_path}
+"""Random checkpoints of the families beyond SD1.x: an SDXL-class (Segmind Vega layout) and an SD2.x 768-v."""
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_CHECKPOINTS))
+def family(request: pytest.FixtureRequest, comfy_env: ComfyEnv, run_node: RunNode) -> Iterator[tuple[str, tuple]]:
+    """``(name, (MODEL, CLIP, VAE))`` of each family's random checkpoint as ``CheckpointLoaderSimple`` loads it
+    (built into the cache on first use); one family at a time, unloaded before the next (SDXL-class needs
+    about 7 GiB in fp32)."""
+    path = FAMILY_CHECKPOINTS[request.param]()
+    t0 = time.perf_counter()
+    with _KeyWarnings.forbid(f"loading the random {request.param} checkpoint"):
+        loaded = run_node(comfy_env.nodes.CheckpointLoaderSimple, ckpt_name=path.name)
+    print(f"\n[host] random {request.param} checkpoint loaded in {time.perf_counter() - t0:.1f} s")
+    yield request.param, tuple(loaded)
+    import comfy.model_management
+
+    del loaded
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()
+
+
+@pytest.fixture(scope="session")
 def sd15_lora(comfy_env: ComfyEnv, sd15: tuple[Any, Any, Any], lora_path: Path, run_node: RunNode) -> tuple[Any, Any]:
     """(MODEL, CLIP) clones of ``sd15`` with the random LoRA applied by ``LoraLoader`` (strengths 1).
 

@@ -1,4 +1,4 @@
-"""Random-weight Stable Diffusion 1.5 checkpoint and LoRA for host tests (pure torch + safetensors).
+"""Random-weight checkpoints (SD1.5, SD2.x, SDXL-class) and a LoRA for host tests (pure torch + safetensors).
 
 Real SD1.5 weights cannot be downloaded in CI, but the pack's attention/ResBlock patches address
 blocks by their real SD1.5 indices, so the test checkpoint must have the *exact* original LDM key
@@ -13,6 +13,10 @@ small enough (``N(0, (0.5/sqrt(fan_in))^2)``, norms one, biases zero) that UNet,
 outputs stay finite. Files are built once into a cache folder outside the repository
 (``$SPDINV_TEST_CACHE``, default ``~/.cache/spdinv-edit-tests/``) and reused afterwards.
 
+The other families are built the same way from their original layouts (:class:`UNetLayout`): an SD2.x
+768-v checkpoint (OpenCLIP-H text tower, detected as v-prediction) and an SDXL-class checkpoint in the
+Segmind Vega layout (CLIP-L + CLIP-G), the smallest SDXL UNet ComfyUI recognises.
+
 The same cache also holds a random CLIP ViT-L/14 vision tower (Hugging Face layout, as ComfyUI's
 ``CLIPVisionLoader`` loads it) and random ELITE mapper files in the published key layout.
 
@@ -26,6 +30,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,11 +42,16 @@ SEED = 1234
 
 CHECKPOINT_NAME = f"spdinv-test-sd15-random-v{FORMAT_VERSION}.safetensors"
 LORA_NAME = f"spdinv-test-lora-random-v{FORMAT_VERSION}.safetensors"
+SD2_CHECKPOINT_NAME = f"spdinv-test-sd21-v-random-v{FORMAT_VERSION}.safetensors"
+SDXL_CHECKPOINT_NAME = f"spdinv-test-sdxl-vega-random-v{FORMAT_VERSION}.safetensors"
 CLIP_VISION_NAME = f"spdinv-test-clip-vision-vitl-random-v{FORMAT_VERSION}.safetensors"
 
 UNET_PREFIX = "model.diffusion_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 VAE_PREFIX = "first_stage_model."
+SD2_CLIP_PREFIX = "cond_stage_model.model."
+SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer.text_model."
+SDXL_CLIP_G_PREFIX = "conditioner.embedders.1.model."
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -77,56 +87,87 @@ def _unet_resblock(shapes: Shapes, name: str, c_in: int, c_out: int, emb: int) -
         _conv(shapes, f"{name}.skip_connection", c_out, c_in, 1)
 
 
-def _unet_transformer(shapes: Shapes, name: str, c: int, context: int) -> None:
-    """SpatialTransformer with conv (1x1) proj_in/proj_out, depth 1, GEGLU feed-forward."""
+def _unet_transformer(shapes: Shapes, name: str, c: int, context: int, depth: int = 1, linear: bool = False) -> None:
+    """SpatialTransformer of ``depth`` blocks, GEGLU feed-forward; proj_in/proj_out are 1x1 convs (SD1.x) or
+    linear layers (``linear``: SD2.x, SDXL)."""
+    proj = (lambda n: _linear(shapes, n, c, c)) if linear else (lambda n: _conv(shapes, n, c, c, 1))
     _norm(shapes, f"{name}.norm", c)
-    _conv(shapes, f"{name}.proj_in", c, c, 1)
-    blk = f"{name}.transformer_blocks.0"
-    for attn, ctx in (("attn1", c), ("attn2", context)):
-        _linear(shapes, f"{blk}.{attn}.to_q", c, c, bias=False)
-        _linear(shapes, f"{blk}.{attn}.to_k", c, ctx, bias=False)
-        _linear(shapes, f"{blk}.{attn}.to_v", c, ctx, bias=False)
-        _linear(shapes, f"{blk}.{attn}.to_out.0", c, c)
-    _linear(shapes, f"{blk}.ff.net.0.proj", 8 * c, c)
-    _linear(shapes, f"{blk}.ff.net.2", c, 4 * c)
-    for n in ("norm1", "norm2", "norm3"):
-        _norm(shapes, f"{blk}.{n}", c)
-    _conv(shapes, f"{name}.proj_out", c, c, 1)
+    proj(f"{name}.proj_in")
+    for i in range(depth):
+        blk = f"{name}.transformer_blocks.{i}"
+        for attn, ctx in (("attn1", c), ("attn2", context)):
+            _linear(shapes, f"{blk}.{attn}.to_q", c, c, bias=False)
+            _linear(shapes, f"{blk}.{attn}.to_k", c, ctx, bias=False)
+            _linear(shapes, f"{blk}.{attn}.to_v", c, ctx, bias=False)
+            _linear(shapes, f"{blk}.{attn}.to_out.0", c, c)
+        _linear(shapes, f"{blk}.ff.net.0.proj", 8 * c, c)
+        _linear(shapes, f"{blk}.ff.net.2", c, 4 * c)
+        for n in ("norm1", "norm2", "norm3"):
+            _norm(shapes, f"{blk}.{n}", c)
+    proj(f"{name}.proj_out")
 
 
-def unet_shapes() -> Shapes:
-    """SD1.5 UNet (openaimodel.UNetModel) keys without prefix, in construction order."""
-    mc, mult, n_res, attn_levels, context, in_ch = 320, (1, 2, 4, 4), 2, (0, 1, 2), 768, 4
+@dataclass(frozen=True)
+class UNetLayout:
+    """What distinguishes the openaimodel UNets of the families: channel multipliers, transformer depth per
+    resolution level (encoder and decoder), the middle block's depth (``None``: a single ResBlock, as in
+    Segmind Vega), text context width, linear projections and the SDXL class-embedding input."""
+
+    mult: tuple[int, ...]
+    depth: tuple[int, ...]
+    middle: int | None
+    context: int
+    linear: bool = False
+    adm_in: int | None = None
+
+
+SD15_LAYOUT = UNetLayout(mult=(1, 2, 4, 4), depth=(1, 1, 1, 0), middle=1, context=768)
+SD2_LAYOUT = UNetLayout(mult=(1, 2, 4, 4), depth=(1, 1, 1, 0), middle=1, context=1024, linear=True)
+VEGA_LAYOUT = UNetLayout(mult=(1, 2, 4), depth=(0, 1, 2), middle=None, context=2048, linear=True, adm_in=2816)
+"""Segmind Vega: the smallest SDXL-class layout ComfyUI detects (``Segmind_Vega``, an ``SDXL`` subclass)."""
+
+
+def unet_shapes(layout: UNetLayout = SD15_LAYOUT) -> Shapes:
+    """openaimodel.UNetModel keys without prefix, in construction order (SD1.5 by default)."""
+    mc, n_res, in_ch = 320, 2, 4
     emb = 4 * mc
     s: Shapes = {}
+
+    def transformer(name: str, c: int, depth: int) -> None:
+        _unet_transformer(s, name, c, layout.context, depth, layout.linear)
+
     _linear(s, "time_embed.0", emb, mc)
     _linear(s, "time_embed.2", emb, emb)
+    if layout.adm_in is not None:
+        _linear(s, "label_emb.0.0", emb, layout.adm_in)
+        _linear(s, "label_emb.0.2", emb, emb)
     _conv(s, "input_blocks.0.0", mc, in_ch, 3)
     skip = [mc]
     ch, idx = mc, 1
-    for level, m in enumerate(mult):
+    for level, m in enumerate(layout.mult):
         for _ in range(n_res):
             _unet_resblock(s, f"input_blocks.{idx}.0", ch, m * mc, emb)
             ch = m * mc
-            if level in attn_levels:
-                _unet_transformer(s, f"input_blocks.{idx}.1", ch, context)
+            if layout.depth[level]:
+                transformer(f"input_blocks.{idx}.1", ch, layout.depth[level])
             skip.append(ch)
             idx += 1
-        if level != len(mult) - 1:
+        if level != len(layout.mult) - 1:
             _conv(s, f"input_blocks.{idx}.0.op", ch, ch, 3)
             skip.append(ch)
             idx += 1
     _unet_resblock(s, "middle_block.0", ch, ch, emb)
-    _unet_transformer(s, "middle_block.1", ch, context)
-    _unet_resblock(s, "middle_block.2", ch, ch, emb)
+    if layout.middle is not None:
+        transformer("middle_block.1", ch, layout.middle)
+        _unet_resblock(s, "middle_block.2", ch, ch, emb)
     idx = 0
-    for level in reversed(range(len(mult))):
+    for level in reversed(range(len(layout.mult))):
         for i in range(n_res + 1):
-            c_out = mult[level] * mc
+            c_out = layout.mult[level] * mc
             _unet_resblock(s, f"output_blocks.{idx}.0", ch + skip.pop(), c_out, emb)
             ch, sub = c_out, 1
-            if level in attn_levels:
-                _unet_transformer(s, f"output_blocks.{idx}.1", ch, context)
+            if layout.depth[level]:
+                transformer(f"output_blocks.{idx}.1", ch, layout.depth[level])
                 sub = 2
             if level != 0 and i == n_res:
                 _conv(s, f"output_blocks.{idx}.{sub}.conv", ch, ch, 3)
@@ -152,6 +193,25 @@ def clip_text_shapes() -> Shapes:
         _linear(s, f"{p}.mlp.fc2", d, 4 * d)
         _norm(s, f"{p}.layer_norm2", d)
     _norm(s, "final_layer_norm", d)
+    return s
+
+
+def open_clip_text_shapes(width: int, layers: int) -> Shapes:
+    """OpenCLIP text tower (``open_clip`` layout, as SD2.x and SDXL checkpoints store it) keys without prefix:
+    CLIP-G is ``width`` 1280 with 32 layers, OpenCLIP-H 1024 with 24."""
+    vocab, ctx = 49408, 77
+    s: Shapes = {"positional_embedding": (ctx, width), "token_embedding.weight": (vocab, width)}
+    for i in range(layers):
+        p = f"transformer.resblocks.{i}"
+        _norm(s, f"{p}.ln_1", width)
+        s[f"{p}.attn.in_proj_weight"] = (3 * width, width)
+        s[f"{p}.attn.in_proj_bias"] = (3 * width,)
+        _linear(s, f"{p}.attn.out_proj", width, width)
+        _norm(s, f"{p}.ln_2", width)
+        _linear(s, f"{p}.mlp.c_fc", 4 * width, width)
+        _linear(s, f"{p}.mlp.c_proj", width, 4 * width)
+    _norm(s, "ln_final", width)
+    s["text_projection"] = (width, width)
     return s
 
 
@@ -204,12 +264,27 @@ def vae_shapes() -> Shapes:
     return s
 
 
+def _prefixed(*parts: tuple[str, Shapes]) -> Shapes:
+    return {prefix + k: v for prefix, part in parts for k, v in part.items()}
+
+
 def sd15_shapes() -> Shapes:
     """Full checkpoint key -> shape map (without ``position_ids``, which is an int64 buffer)."""
-    out: Shapes = {}
-    for prefix, part in ((UNET_PREFIX, unet_shapes()), (CLIP_PREFIX, clip_text_shapes()), (VAE_PREFIX, vae_shapes())):
-        out.update({prefix + k: v for k, v in part.items()})
-    return out
+    return _prefixed((UNET_PREFIX, unet_shapes()), (CLIP_PREFIX, clip_text_shapes()), (VAE_PREFIX, vae_shapes()))
+
+
+def sd2_shapes() -> Shapes:
+    """SD2.x checkpoint (``v2-1_768-ema-pruned`` layout): UNet with 1024-d context and linear projections,
+    OpenCLIP-H text tower, the SD VAE (about 1.3 B parameters)."""
+    return _prefixed((UNET_PREFIX, unet_shapes(SD2_LAYOUT)), (SD2_CLIP_PREFIX, open_clip_text_shapes(1024, 24)),
+                     (VAE_PREFIX, vae_shapes()))
+
+
+def sdxl_shapes() -> Shapes:
+    """SDXL-class checkpoint in the original (Stability ``sgm``) layout: a Segmind Vega UNet, CLIP-L,
+    OpenCLIP bigG (CLIP-G) and the SD VAE, whose shapes SDXL shares (about 1.7 B parameters)."""
+    return _prefixed((UNET_PREFIX, unet_shapes(VEGA_LAYOUT)), (SDXL_CLIP_L_PREFIX, clip_text_shapes()),
+                     (SDXL_CLIP_G_PREFIX, open_clip_text_shapes(1280, 32)), (VAE_PREFIX, vae_shapes()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +295,7 @@ def sd15_shapes() -> Shapes:
 def _init_tensor(key: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     """Small-scale init that keeps random UNet/CLIP/VAE activations finite (see module doc)."""
     if len(shape) == 1:
-        return torch.zeros(shape) if key.endswith(".bias") else torch.ones(shape)
+        return torch.zeros(shape) if key.endswith("bias") else torch.ones(shape)
     if "embedding" in key:
         return torch.randn(shape, generator=gen) * 0.02
     fan_in = math.prod(shape[1:])
@@ -230,9 +305,30 @@ def _init_tensor(key: str, shape: tuple[int, ...], gen: torch.Generator) -> torc
 def build_sd15_state_dict(seed: int = SEED, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """All SD1.5 checkpoint tensors with deterministic random values (keys in sorted order)."""
     gen = torch.Generator().manual_seed(seed)
-    sd = {k: _init_tensor(k, shape, gen).to(dtype) for k, shape in sorted(sd15_shapes().items())}
+    sd = _random(sd15_shapes(), gen, dtype)
     sd[CLIP_PREFIX + "embeddings.position_ids"] = torch.arange(77, dtype=torch.int64).unsqueeze(0)
     return sd
+
+
+def _random(shapes: Shapes, gen: torch.Generator, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: _init_tensor(k, shape, gen).to(dtype) for k, shape in sorted(shapes.items())}
+
+
+SD2_V_MARKER = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+"""ComfyUI reads SD2.x v-prediction from this bias's spread (std > 0.09, ``SD20.model_type``), as 768-v has."""
+
+
+def build_sd2_state_dict(seed: int = SEED + 4, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All tensors of the SD2.x test checkpoint (:func:`sd2_shapes`); ComfyUI detects it as v-prediction."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = _random(sd2_shapes(), gen, dtype)
+    sd[SD2_V_MARKER] = (torch.randn(sd[SD2_V_MARKER].shape, generator=gen) * 0.2).to(dtype)
+    return sd
+
+
+def build_sdxl_state_dict(seed: int = SEED + 3, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All tensors of the SDXL-class test checkpoint (:func:`sdxl_shapes`), deterministic random values."""
+    return _random(sdxl_shapes(), torch.Generator().manual_seed(seed), dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,6 +429,19 @@ def sd15_checkpoint_path() -> Path:
     """Path of the cached random SD1.5 checkpoint (built on first use, about 15 s and 2 GiB)."""
     meta = {"spdinv_test": "random-weight SD1.5 checkpoint, not a real model", "seed": str(SEED)}
     return _cached(CHECKPOINT_NAME, build_sd15_state_dict, meta)
+
+
+def sd2_checkpoint_path() -> Path:
+    """Path of the cached random SD2.x v-prediction checkpoint (about 2.6 GiB in fp16)."""
+    meta = {"spdinv_test": "random-weight SD2.x (768-v layout) checkpoint, not a real model", "seed": str(SEED + 4)}
+    return _cached(SD2_CHECKPOINT_NAME, build_sd2_state_dict, meta)
+
+
+def sdxl_checkpoint_path() -> Path:
+    """Path of the cached random SDXL-class checkpoint (Segmind Vega layout; about 3.4 GiB in fp16)."""
+    meta = {"spdinv_test": "random-weight SDXL-class (Segmind Vega layout) checkpoint, not a real model",
+            "seed": str(SEED + 3)}
+    return _cached(SDXL_CHECKPOINT_NAME, build_sdxl_state_dict, meta)
 
 
 def lora_path() -> Path:

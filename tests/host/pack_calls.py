@@ -14,9 +14,9 @@ def photo(size: int = 64) -> torch.Tensor:
     return img.unsqueeze(0)
 
 
-def inverted_photo(comfy_env, sd15, run_node, pack_nodes, text: str, size: int, steps: int):
+def inverted_photo(comfy_env, checkpoint, run_node, pack_nodes, text: str, size: int, steps: int):
     """``(model, clip, latent, source conditioning, inversion)`` of the synthetic photo at ``size``²."""
-    model, clip, vae = sd15
+    model, clip, vae = checkpoint
     (latent,) = run_node(comfy_env.nodes.VAEEncode, pixels=photo(size), vae=vae)
     (source,) = run_node(comfy_env.nodes.CLIPTextEncode, text=text, clip=clip)
     inversion, _ = invert(run_node, pack_nodes, model, source, latent, steps=steps)
@@ -39,6 +39,20 @@ def edit(run_node, pack_nodes, model, inversion, source, target, cfg=7.5, **kw):
 def reconstruct(run_node, pack_nodes, model, inversion, source, target=None, cfg=1.0):
     """(edited, reconstruction) LATENTs; target defaults to the source prompt."""
     return edit(run_node, pack_nodes, model, inversion, source, target if target is not None else source, cfg)[:2]
+
+
+def check_local_blend(edited: dict, recon: dict, attention) -> float:
+    """Assert local blend's rule: outside its mask the edit is the reconstruction to the bit, inside it is
+    not, and the mask is neither empty nor full (else nothing is proved). Returns the mask's coverage."""
+    mask = attention.blend_mask[:, 0]
+    assert mask.shape[-2:] == edited["samples"].shape[-2:]
+    coverage = float(mask.float().mean())
+    assert 0.0 < coverage < 1.0, "threshold gave a trivial mask; the test would prove nothing"
+    outside = ~mask.unsqueeze(1).expand_as(edited["samples"])
+    assert torch.equal(edited["samples"][outside], recon["samples"][outside])
+    assert not torch.equal(edited["samples"][~outside], recon["samples"][~outside])
+    assert torch.isfinite(edited["samples"]).all()
+    return coverage
 
 
 P2P_DEFAULTS = dict(mode="refine", cross_replace=0.8, self_replace=0.6, blend_source_words="",

@@ -61,13 +61,17 @@ def test_ui_workflow_equals_its_api_twin(server, ui_path):
     assert strip(converted) == strip(twin)
 
 
+def checkpoint_for(ui_path: Path, request: pytest.FixtureRequest) -> Path:
+    """The random checkpoint of the workflow's family: SDXL-class for ``*sdxl*`` workflows, else SD1.5."""
+    return request.getfixturevalue("sdxl_checkpoint_path" if "sdxl" in ui_path.stem else "sd15_checkpoint_path")
+
+
 @pytest.mark.parametrize("ui_path", WORKFLOWS, ids=lambda p: p.stem)
-def test_api_twin_executes(server, ui_path, photo_file, sd15_checkpoint_path, clip_vision_path,
-                           elite_mapper_path_global):
+def test_api_twin_executes(server, ui_path, photo_file, clip_vision_path, elite_mapper_path_global, request):
     twin = json.loads(twin_of(ui_path).read_text())
     image = server.upload_image(photo_file)
     uses_clip_vision = any(n["class_type"] == "CLIPVisionLoader" for n in twin.values())
-    prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name,
+    prompt = build_prompt(twin, server.object_info(), checkpoint_name=checkpoint_for(ui_path, request).name,
                           image_name=image, clip_vision_name=clip_vision_path.name if uses_clip_vision else None,
                           overrides=small_overrides(twin, elite_mapper_path_global.name)).prompt
     history = server.run(prompt, timeout=1800)
