@@ -102,6 +102,18 @@ def input_scale_of(model_sampling: Any) -> Callable[[float], float]:
     return scale
 
 
+def skip_of(model_sampling: Any) -> Callable[[float], float]:
+    """``c_skip(sigma)`` of the loaded model: the weight of the latent in ``calculate_denoised`` (1 for EPS and
+    flow models, ``sigma_data^2 / (sigma^2 + sigma_data^2)`` for v-prediction, 0 for x0 models)."""
+
+    def skip(sigma: float) -> float:
+        one = torch.ones(1, 1)
+        return float(model_sampling.calculate_denoised(torch.tensor([sigma]), torch.zeros_like(one), one)
+                     .flatten()[0])
+
+    return skip
+
+
 def make_weights_autograd_safe(module: torch.nn.Module) -> None:
     """Let autograd run through a model that ComfyUI loaded under ``torch.inference_mode()``.
 

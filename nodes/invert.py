@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..spdinv.inversion import METHODS, SOLVERS, InversionSettings, invert
 from ..spdinv.schedules import validate_sampling_grid
 from .branch_conditioning import at_photo_size
-from .comfy_bridge import denoiser, input_scale_of, make_weights_autograd_safe, run_in_guider
+from .comfy_bridge import denoiser, input_scale_of, make_weights_autograd_safe, run_in_guider, skip_of
 from .inversion_type import Inversion, InversionPayload, check_latent_channels
 
 DEFAULT_SOLVER = "anderson"
@@ -97,8 +97,9 @@ class SPDInvInvert(io.ComfyNode):
         def routine(guider, extra_args, _start, x0, grid, progress):
             if needs_grad:
                 make_weights_autograd_safe(guider.inner_model)
+            sampling = guider.inner_model.model_sampling
             result = invert(denoiser(guider, extra_args), x0, grid.float(), settings,
-                            input_scale=input_scale_of(guider.inner_model.model_sampling), callback=progress)
+                            input_scale=input_scale_of(sampling), callback=progress, skip=skip_of(sampling))
             return result.noise, result
 
         noise, result = run_in_guider(guider, routine, torch.zeros_like(samples), samples, sigmas, len(sigmas) - 1)

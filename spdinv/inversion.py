@@ -5,6 +5,13 @@ fixed point ``x_b = x_a + (sigma_b - sigma_a) * eps(x_b, sigma_b)``. Plain DDIM 
 ``eps`` at the old latent instead; SPDInv (Li et al., ECCV 2024) starts from that guess and searches the
 fixed point. Residuals are the per-element mean square of ``z - f(z)`` on the VP scale
 (``z = x * input_scale(sigma)``), which is where the official code measures its threshold delta.
+
+The map's Jacobian has a linear part from the denoiser's skip connection: ``denoised = c_skip * x + ...`` gives
+``lambda = (1 - sigma_a / sigma_b) * (1 - c_skip(sigma_b))``. It is 0 for eps and flow models (``c_skip = 1``),
+but for v-prediction at high sigma ``c_skip -> 0``, and on the last step of a zero-terminal-SNR grid (sigma 14.6
+to 4500 on SD2.x) ``lambda`` is 0.997: the map barely contracts. Anderson therefore iterates the relaxed map
+``z + omega * (f(z) - z)`` with ``omega = 1 / (1 - lambda)`` (see :func:`step_relaxation`), which cancels that
+part and leaves the same fixed point; ``omega`` is 1 wherever ``c_skip`` is 1, so eps models run unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from .schedules import validate_sampling_grid, vp_input_scale
 
 Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
 """``denoise(x, sigma) -> denoised``: the model's clean-latent prediction for ``x`` at ``sigma``."""
+
+SkipScale = Callable[[float], float]
+"""``c_skip(sigma)``: the weight of ``x`` in the model's denoised prediction (1 for eps and flow models,
+``sigma_data^2 / (sigma^2 + sigma_data^2)`` for v-prediction)."""
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """``callback(step, total, latent)`` after each inversion step (progress, cancel)."""
@@ -58,6 +69,8 @@ class InversionSettings:
     reconstruction; extrapolating eps linearly in sigma started farther and lost 7 dB."""
     measure_ddim_residual: bool = True
     """For ``method="ddim"``: spend one extra forward per step to record the residual."""
+    relax: bool = True
+    """Anderson: relax each step by :func:`step_relaxation` (False: iterate the plain map, for comparison)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -157,6 +170,22 @@ def mean_square(t: torch.Tensor) -> torch.Tensor:
     return t.float().square().flatten(1).mean(dim=1)
 
 
+def unit_skip(_sigma: float) -> float:
+    """``c_skip`` of eps-prediction and flow models: the denoised prediction is ``x - sigma * model(x)``."""
+    return 1.0
+
+
+def step_relaxation(sigma_a: float, sigma_b: float, skip_b: float) -> float:
+    """Relaxation ``omega = 1 / (1 - lambda)`` of the step from ``sigma_a`` to ``sigma_b``, where
+    ``lambda = (1 - sigma_a / sigma_b) * (1 - skip_b)`` is the eigenvalue of its map's skip-connection part.
+
+    1 for eps and flow models; ``sigma_b / sigma_a`` where ``c_skip`` vanishes (v-prediction at zero terminal
+    SNR), i.e. the step is solved in its denoised form ``x_b = (x_a - (1 - r) * denoised(x_b)) / r``.
+    """
+    lam = (1.0 - sigma_a / sigma_b) * (1.0 - skip_b)
+    return 1.0 / (1.0 - lam)
+
+
 def _threshold(settings: InversionSettings, guess_residual: torch.Tensor) -> torch.Tensor:
     thr = torch.full_like(guess_residual, settings.delta)
     if settings.rel_tol > 0:
@@ -164,10 +193,13 @@ def _threshold(settings: InversionSettings, guess_residual: torch.Tensor) -> tor
     return thr
 
 
-def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> _StepOutcome:
+def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
+              relaxation: float = 1.0) -> _StepOutcome:
     """Forward-only Anderson-accelerated fixed-point iteration, per batch item.
 
-    Type-II Anderson mixing over the last ``memory`` secant pairs. A growing residual is normal for
+    Type-II Anderson mixing over the last ``memory`` secant pairs, with mixing factor
+    ``relaxation * damping`` (Anderson on the relaxed map ``z + relaxation * (f(z) - z)``: the same secant
+    fit, a scaled step; the stopping residual stays ``f``'s). A growing residual is normal for
     Anderson and its pair is kept (it carries curvature information), but the safeguard restarts an item
     from its best iterate, without history and with half the mixing factor, when its residual blows up
     (more than ``BLOWUP`` times its best, or non-finite) or its best has not improved for ``PATIENCE``
@@ -187,7 +219,8 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
     thr = _threshold(settings, guess_res)
     best_z, best_r, best_res = z.clone(), r.clone(), res.clone()
     done = (res < thr) | ~torch.isfinite(res)
-    beta = torch.full((batch,), settings.damping, dtype=torch.float64, device=z.device)
+    mixing = settings.damping * relaxation
+    beta = torch.full((batch,), mixing, dtype=torch.float64, device=z.device)
     hist_dz: list[torch.Tensor] = []
     hist_dr: list[torch.Tensor] = []
     valid_from = torch.zeros(batch, dtype=torch.long, device=z.device)
@@ -237,7 +270,7 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) 
             stale = torch.where(restart, torch.zeros_like(stale), stale)
             valid_from = torch.where(restart, torch.full_like(valid_from, len(hist_dz)), valid_from)
         z, r, res = z_new, r_new, torch.where(done, res, res_new)
-        done = done | (best_res < thr) | (beta < settings.damping * 0.5**MAX_RESTARTS)
+        done = done | (best_res < thr) | (beta < mixing * 0.5**MAX_RESTARTS)
     return _StepOutcome(best_z, best_res, guess_res, evals, evals, 0, best_z + best_r, nonfinite)
 
 
@@ -303,11 +336,14 @@ def invert(
     settings: InversionSettings | None = None,
     input_scale: Callable[[float], float] = vp_input_scale,
     callback: StepCallback | None = None,
+    skip: SkipScale = unit_skip,
 ) -> InversionResult:
     """Invert the clean latent ``x0`` up the descending sampling grid ``sigmas`` (which ends at 0).
 
     ``input_scale(sigma)`` maps ComfyUI's latent to the model's input scale (``1/sqrt(1+sigma^2)`` for EPS
-    models, 1 for flow models). The first step, every ``adamw`` step and ``warm_start="reference"`` start
+    models, 1 for flow models); ``skip(sigma)`` is the model's ``c_skip`` (:data:`SkipScale`), from which
+    Anderson relaxes each step (:func:`step_relaxation`). The first step, every ``adamw`` step and
+    ``warm_start="reference"`` start
     from the reference's guess: the previous latent, as the model saw it, evaluated at the new sigma (one
     UNet pass). Anderson's warm start instead takes a DDIM step with the eps already measured at the previous
     step's accepted latent (no pass). NaN/Inf from the model never reaches the trajectory: a step keeps its
@@ -327,7 +363,8 @@ def invert(
     forwards = torch.zeros(n, dtype=torch.long)
     backwards = torch.zeros(n, dtype=torch.long)
     solve = _ddim if settings.method == "ddim" else _SOLVERS[settings.solver]
-    warm = settings.method == "spdinv" and settings.solver == "anderson" and settings.warm_start != "reference"
+    anderson = settings.method == "spdinv" and settings.solver == "anderson"
+    warm = anderson and settings.warm_start != "reference"
     x = x0
     eps_accepted: torch.Tensor | None = None
     """The eps measured at the previous step's accepted latent (for the warm start)."""
@@ -349,7 +386,11 @@ def invert(
         if not bool(finite_guess.all()):
             nonfinite_steps += 1
             z0 = torch.where(finite_guess, z0, x * scale_b)
-        outcome = solve(f, z0, settings)
+        if anderson:
+            relaxation = step_relaxation(sigma_a, sigma_b, skip(sigma_b)) if settings.relax else 1.0
+            outcome = _anderson(f, z0, settings, relaxation)
+        else:
+            outcome = solve(f, z0, settings)
         nonfinite_steps += int(outcome.nonfinite and bool(finite_guess.all()))
         x = outcome.latent / scale_b
         latents[i] = x
@@ -394,13 +435,15 @@ def step_contraction(
     iterations: int = 8,
     h: float = 1e-3,
     seed: int = 0,
+    relaxation: float = 1.0,
 ) -> torch.Tensor:
     """Estimate, per batch item, the spectral radius of step ``step``'s fixed-point map at its stored latent
-    (power iteration on finite differences; ``iterations + 1`` UNet passes).
+    (power iteration on finite differences; ``iterations + 1`` UNet passes), or of the relaxed map
+    ``z + relaxation * (f(z) - z)`` that Anderson iterates.
 
-    Below 1 the map is a contraction there and plain iteration converges at that rate; near 1 (a step whose
-    sigma grows by a large factor, such as the last step of a zero-terminal-SNR grid) only an accelerated
-    solver gets there in a few passes. ``h`` is the probe's RMS size relative to the latent's.
+    Below 1 the map is a contraction there and plain iteration converges at that rate; near 1 (v-prediction's
+    last step on a zero-terminal-SNR grid, see :func:`step_relaxation`) it barely contracts. ``h`` is the
+    probe's RMS size relative to the latent's.
     """
     grid = [float(s) for s in result.sigmas]
     scale_b = input_scale(grid[step])
@@ -415,6 +458,7 @@ def step_contraction(
     for _ in range(iterations):
         v = v / mean_square(v).sqrt().clamp_min(1e-30).view(view)
         w = (f(z + size * v) - fz) / size
+        w = v + relaxation * (w - v)
         radius = mean_square(w).sqrt().cpu()
         v = w
     return radius

@@ -61,3 +61,18 @@ def toy_latent(batch: int = 1, size: int = 8, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     base = torch.randn(batch, 4, size // 2, size // 2, generator=gen)
     return torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def v_skip(sigma: float) -> float:
+    """``c_skip`` of a v-prediction model (sigma_data 1)."""
+    return 1.0 / (1.0 + sigma * sigma)
+
+
+class ToyVDenoiser(ToyDenoiser):
+    """The same net read as a v-prediction, as ComfyUI's ``V_PREDICTION`` sampling does (sigma_data 1)."""
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.forwards += 1
+        norm = math.sqrt(1.0 + sigma * sigma)
+        t = self.timestep(sigma).expand(x.shape[0])
+        return v_skip(sigma) * x - sigma / norm * self.net(x / norm, t)

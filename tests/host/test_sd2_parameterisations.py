@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spdinv_pack.spdinv.inversion import step_contraction
+from spdinv_pack.spdinv.inversion import step_contraction, step_relaxation
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import sd_like_latent
 from spdinv_pack.tests.host.pack_calls import invert, reconstruct
@@ -18,11 +18,12 @@ SOURCE = "a photo of a cat"
 STEPS = 10
 
 
-def first_step_contraction(model, source, latent, inversion) -> float:
-    """Spectral radius of the fixed-point map of the step into the highest sigma, at the solution found."""
+def first_step_contraction(model, source, latent, inversion) -> tuple[float, float]:
+    """Spectral radius of the fixed-point map of the step into the highest sigma at the solution found:
+    plain and relaxed as the Anderson solver iterates it."""
     import comfy.samplers
 
-    from spdinv_pack.nodes.comfy_bridge import denoiser, input_scale_of, run_in_guider
+    from spdinv_pack.nodes.comfy_bridge import denoiser, input_scale_of, run_in_guider, skip_of
 
     guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(source, [])
@@ -30,12 +31,15 @@ def first_step_contraction(model, source, latent, inversion) -> float:
     result = inversion.result
 
     def routine(guider, extra_args, _start, x0, _grid, _progress):
-        scale = input_scale_of(guider.inner_model.model_sampling)
-        return x0, step_contraction(denoiser(guider, extra_args), result.to(x0.device), 0, scale)
+        sampling = guider.inner_model.model_sampling
+        sigma_b, sigma_a = (float(s) for s in result.sigmas[:2])
+        omega = step_relaxation(sigma_a, sigma_b, skip_of(sampling)(sigma_b))
+        denoise, on_device, scale = denoiser(guider, extra_args), result.to(x0.device), input_scale_of(sampling)
+        return x0, [float(step_contraction(denoise, on_device, 0, scale, relaxation=w).max()) for w in (1.0, omega)]
 
     with torch.inference_mode():
-        _, radius = run_in_guider(guider, routine, torch.zeros_like(latent), latent, result.sigmas, result.steps)
-    return float(radius.max())
+        _, radii = run_in_guider(guider, routine, torch.zeros_like(latent), latent, result.sigmas, result.steps)
+    return radii[0], radii[1]
 
 
 @pytest.mark.parametrize("sampling,zsnr,scheduler", [
@@ -58,9 +62,12 @@ def test_spdinv_reconstructs_far_better_than_ddim(run_node, pack_nodes, comfy_en
         psnr[method] = latent_psnr(recon["samples"], latent["samples"])
         results[method], inversions[method] = inversion.result, inversion
     spd = results["spdinv"]
-    radius = first_step_contraction(model, source, latent["samples"], inversions["spdinv"])
+    plain, relaxed = first_step_contraction(model, source, latent["samples"], inversions["spdinv"])
     print(f"\n[host] SD2.x {sampling}{' zsnr' if zsnr else ''} ({scheduler}, sigmas {float(sigmas[1]):.1f} -> "
           f"{float(sigmas[0]):.1f}): reconstruction PSNR ddim {psnr['ddim']:.1f} dB, spdinv {psnr['spdinv']:.1f} dB; "
-          f"last step: contraction {radius:.3f}, residual {float(spd.residual[0].max()):.1e} after "
-          f"{int(spd.iterations[0])} iterations; residual per step {[f'{r:.0e}' for r in spd.residual[:, 0].tolist()]}")
+          f"last step: contraction {plain:.3f} plain, {relaxed:.3f} relaxed, "
+          f"residual {float(spd.residual[0].max()):.1e} after {int(spd.forwards[0])} passes; "
+          f"passes per step {spd.forwards.tolist()}; residual per step "
+          f"{[f'{r:.0e}' for r in spd.residual[:, 0].tolist()]}")
     assert psnr["spdinv"] >= psnr["ddim"] + 10
+    assert relaxed <= plain + 1e-3
