@@ -71,3 +71,33 @@ def test_spdinv_reconstructs_far_better_than_ddim(run_node, pack_nodes, comfy_en
           f"{[f'{r:.0e}' for r in spd.residual[:, 0].tolist()]}")
     assert psnr["spdinv"] >= psnr["ddim"] + 10
     assert relaxed <= plain + 1e-3
+
+
+def test_the_zero_terminal_snr_step_is_solved_relaxed(run_node, pack_nodes, comfy_extra_nodes, comfy_env, family,
+                                                      monkeypatch):
+    """With the node's tolerance (rel_tol 0.01) the terminal step must be solved, not just guessed: relaxed,
+    it meets the tolerance in no more passes than the plain map needs (compared through the node's settings)."""
+    import spdinv_pack.nodes.invert as invert_node
+    from spdinv_pack.spdinv.inversion import InversionSettings
+
+    _, (model, clip, _) = family
+    (model,) = run_node(comfy_extra_nodes["ModelSamplingDiscrete"], model=model, sampling="v_prediction", zsnr=True)
+    (sigmas,) = run_node(comfy_extra_nodes["BasicScheduler"], model=model, scheduler="simple", steps=STEPS,
+                         denoise=1.0)
+    (source,) = run_node(comfy_env.nodes.CLIPTextEncode, text=SOURCE, clip=clip)
+    latent = {"samples": sd_like_latent(64)}
+    runs = {}
+    for relax in (True, False):
+        monkeypatch.setattr(invert_node, "InversionSettings",
+                            lambda **kw: InversionSettings(**kw, relax=relax))  # noqa: B023
+        inversion, _ = invert(run_node, pack_nodes, model, source, latent, sigmas=sigmas, rel_tol=0.01)
+        _, recon = reconstruct(run_node, pack_nodes, model, inversion, source)
+        result = inversion.result
+        runs[relax] = result
+        print(f"\n[host] SD2.x v zsnr, rel_tol 0.01, {'relaxed' if relax else 'plain'}: reconstruction PSNR "
+              f"{latent_psnr(recon['samples'], latent['samples']):.1f} dB, {int(result.forwards.sum())} passes "
+              f"{result.forwards.tolist()}; terminal step residual {float(result.residual[0, 0]):.1e} "
+              f"(guess {float(result.guess_residual[0, 0]):.1e})")
+    relaxed, plain = runs[True], runs[False]
+    assert float(relaxed.residual[0, 0]) <= 0.01 * float(relaxed.guess_residual[0, 0])
+    assert int(relaxed.forwards[0]) <= int(plain.forwards[0])
