@@ -10,8 +10,11 @@ run plain attention. Per step ``i`` of ``steps``:
   reweight equaliser;
 - self-attention, layers at ``level >= self_min_level`` (32×32 and below for a 512² SD1.5 image), for
   ``i < int(self_fraction·steps)``: the target uses the source's probabilities (over its own values);
-- cross-attention maps at ``map_level`` (16×16 at 512²) are recorded before editing, summed over layers
-  and steps, for local blend and the preview;
+- cross-attention maps at ``map_level`` (16×16 at 512²) are recorded, summed over layers and steps, for
+  local blend and the preview: the target's own maps (``blend_maps="target"``), or, as the official code
+  does, the edited ones (``"edited"``: inside the cross-replace window the target's maps are the source's
+  mapped through the token mapping and reweighted, because its store keeps a view of the tensor that the
+  edit then overwrites in place);
 - local blend (after the DDIM step, from ``int(start·steps)``): the blend words' summed maps, 3×3
   max-pool, upsampled to the latent, divided by their maximum, thresholded; the source and target word
   masks are united and outside them the target latent is replaced by the source latent.
@@ -62,6 +65,10 @@ class RefineMapping:
         return source[..., self.index.to(source.device)] * alphas + target * (1 - alphas)
 
 
+BLEND_MAPS = ("target", "edited")
+"""Which target maps local blend and the preview read: the target's own, or the edited ones (the paper's)."""
+
+
 @dataclass(frozen=True)
 class LocalBlend:
     """Token positions of the blend words in each prompt, threshold and start (fraction of the steps)."""
@@ -93,9 +100,12 @@ class PromptToPrompt(EditEngine):
         map_level: int = 2,
         recipe: EditRecipe | None = None,
         labels: tuple[list[str], list[str]] | None = None,
+        blend_maps: str = "target",
     ):
         check_fraction("cross_fraction", cross_fraction)
         check_fraction("self_fraction", self_fraction)
+        if blend_maps not in BLEND_MAPS:
+            raise ValueError(f"blend_maps must be one of {BLEND_MAPS}, got {blend_maps!r}")
         super().__init__(recipe if recipe is not None else EditRecipe())
         self.mapping = mapping
         self.equalizer = equalizer
@@ -104,6 +114,7 @@ class PromptToPrompt(EditEngine):
         self.blend = blend
         self.self_min_level = self_min_level
         self.map_level = map_level
+        self.blend_maps = blend_maps
         self.labels = labels if labels is not None else ([], [])
         """Text of the content tokens (positions 1..n) of the source and the target prompt, for previews."""
         self.reset_run()
@@ -159,13 +170,15 @@ class PromptToPrompt(EditEngine):
             probs = attention_probs(q[rows], k[rows], heads)
             # ComfyUI repeats a context to batch it with a longer one: map each 77-token copy alike.
             probs = probs.unflatten(-1, (-1, tokens))
-            if record:
+            if record and self.blend_maps == "target":
                 self._record(probs.sum(-2), spatial, in_window=edit or self.cross_steps() == 0)
             if edit:
                 mapped = self.mapping(probs[:half], probs[half:])
                 if self.equalizer is not None:
                     mapped = mapped * self.equalizer.to(mapped)
                 probs = torch.cat([probs[:half], mapped])
+            if record and self.blend_maps == "edited":
+                self._record(probs.sum(-2), spatial, in_window=edit or self.cross_steps() == 0)
             out[rows] = apply_probs(probs.flatten(-2), v[rows])
         if isinstance(attend, LayerAttention) and attend.inner is not None:
             out = out + attend.added(attend(q, k, v, heads), q, k, v, heads)

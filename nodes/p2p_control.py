@@ -5,7 +5,13 @@ from __future__ import annotations
 from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
 
-from ..attention_patches.prompt_to_prompt import LocalBlend, PromptToPrompt, RefineMapping, ReplaceMapping
+from ..attention_patches.prompt_to_prompt import (
+    BLEND_MAPS,
+    LocalBlend,
+    PromptToPrompt,
+    RefineMapping,
+    ReplaceMapping,
+)
 from ..attention_patches.registration import attach_engine
 from ..attention_patches.token_alignment import (
     equalizer,
@@ -86,6 +92,11 @@ class P2PAttentionControl(io.ComfyNode):
                                       tooltip="Use this encoding of the target instead of encoding target_text (e.g. "
                                               "from SPDInv ELITE Mapper, whose placeholder word comes from an "
                                               "image). target_text must be the same text: it aligns the tokens."),
+                io.Combo.Input("blend_maps", options=list(BLEND_MAPS), default="target", optional=True,
+                               tooltip="Which target maps local blend (and the preview) reads. target: the "
+                                       "target prompt's own attention. edited: what the official code reads, "
+                                       "the edited maps (inside the cross_replace window, the source word's maps "
+                                       "mapped onto the target); choose it to reproduce the paper's numbers."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with P2P attention control (use it "
@@ -98,7 +109,8 @@ class P2PAttentionControl(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, source_text, target_text, mode, cross_replace, self_replace,
                 blend_source_words, blend_target_words, blend_threshold, blend_start, reweight, proximal_guidance,
-                proximal_quantile, inversion_guidance, target_conditioning=None) -> io.NodeOutput:
+                proximal_quantile, inversion_guidance, target_conditioning=None,
+                blend_maps="target") -> io.NodeOutput:
         tokenize = token_ids(clip)
         source = named("source_text", tokenize_prompt, source_text, tokenize)
         target = named("target_text", tokenize_prompt, target_text, tokenize)
@@ -118,7 +130,7 @@ class P2PAttentionControl(io.ComfyNode):
                             shrink=proximal_guidance, pin_below=PIN_BELOW if inversion_guidance else None)
         labels = (token_text(clip, list(source.ids)), token_text(clip, list(target.ids)))
         engine = PromptToPrompt(mapping, eq, cross_replace, self_replace, blend, SELF_MIN_LEVEL, MAP_LEVEL, recipe,
-                                labels)
+                                labels, blend_maps)
         patched = attach_engine(model, engine, optimized_attention, "P2P")
         source_cond = clip.encode_from_tokens_scheduled(clip.tokenize(source_text))
         if target_conditioning is None:

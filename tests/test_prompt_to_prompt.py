@@ -127,6 +127,27 @@ def test_maps_are_recorded_at_the_map_level_before_editing_and_averaged_for_the_
     torch.testing.assert_close(p2p.blend_sum, 3 * expected)
 
 
+def test_edited_maps_are_recorded_as_the_official_code_stores_them():
+    """``blend_maps="edited"``: inside the cross-replace window the target rows record the source's maps mapped
+    and reweighted (what the edit wrote into the reference's store); after it, their own maps."""
+    q, k, v = qkv(2, 4, TOKENS, seed=7)
+    eq = torch.ones(TOKENS)
+    eq[4] = 2.0
+    own = attention_probs(q, k, HEADS).mean(1).reshape(2, 2, 2, TOKENS)
+    mapped = torch.einsum("bhpw,wn->bhpn", attention_probs(q[:1], k[:1], HEADS), swap_matrix()) * eq
+    edited = torch.cat([own[:1], mapped.mean(1).reshape(1, 2, 2, TOKENS)])
+    p2p = controller(cross_fraction=0.2, map_level=2, equalizer=eq, blend_maps="edited")
+    target = controller(cross_fraction=0.2, map_level=2, equalizer=eq)
+    for engine in (p2p, target):
+        for step in range(3):
+            cross(engine, q, k, v, step=step, cond_or_uncond=(0,), level=2)
+    torch.testing.assert_close(p2p.blend_sum, 2 * edited + own)
+    torch.testing.assert_close(p2p.attention_maps(), edited)
+    torch.testing.assert_close(target.blend_sum, 3 * own)
+    with pytest.raises(ValueError, match="blend_maps"):
+        PromptToPrompt(ReplaceMapping(swap_matrix()), blend_maps="own")
+
+
 def test_local_blend_keeps_the_source_outside_the_union_of_word_masks():
     p2p = controller(blend=LocalBlend(source_positions=(1,), target_positions=(2,), threshold=0.3, start=0.2))
     maps = torch.zeros(2, 4, 4, TOKENS)

@@ -50,6 +50,22 @@ def test_local_blend_keeps_the_source_outside_its_mask(run_node, pack_nodes, pho
     print(f"\n[host] {mode} {target!r}: blend mask covers {coverage:.0%} of the latent")
 
 
+@pytest.mark.parametrize("blend_maps", ["target", "edited"])
+def test_local_blend_reads_the_target_maps_the_user_chose(run_node, pack_nodes, photo_scene, blend_maps):
+    """``edited`` (the official code's store): in the cross-replace window the target's ``dog`` map is the
+    source's ``cat`` map, word swap mapping them one to one; ``target``: the target's own map."""
+    model, clip, _, inversion = photo_scene
+    patched, source, target_cond = p2p(run_node, pack_nodes, model, clip, "a photo of a dog", mode="word swap",
+                                       blend_source_words="cat", blend_target_words="dog", blend_threshold=0.99,
+                                       blend_maps=blend_maps)
+    edited, recon, attention = edit(run_node, pack_nodes, patched, inversion, source, target_cond)
+    coverage = check_local_blend(edited, recon, attention)
+    cat, dog = attention.maps[0, ..., 5], attention.maps[1, ..., 5]
+    print(f"\n[host] blend maps {blend_maps}: mask covers {coverage:.0%} of the latent, max |dog - cat| in the "
+          f"preview maps {float((dog - cat).abs().max()):.2e}")
+    assert torch.allclose(dog, cat, rtol=1e-5, atol=1e-8) == (blend_maps == "edited")
+
+
 def test_attention_preview_has_one_panel_per_token(run_node, pack_nodes, photo_scene):
     model, clip, _, inversion = photo_scene
     patched, source, target = p2p(run_node, pack_nodes, model, clip, "a photo of a small dog",
