@@ -52,6 +52,14 @@ class ELITEMapperLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, mapper_name: str) -> bool | str:
+        """Refuse a missing file when the prompt is queued (ComfyUI 0.3.x does not check V3 combo values)."""
+        if folder_paths.get_full_path(MODELS_FOLDER, mapper_name) is None:
+            return (f"mapper_name: {mapper_name!r} is not in models/{MODELS_FOLDER}; put ELITE's global_mapper.pt "
+                    "there and refresh the page")
+        return True
+
+    @classmethod
     def execute(cls, mapper_name: str) -> io.NodeOutput:
         path = folder_paths.get_full_path(MODELS_FOLDER, mapper_name)
         if path is None:

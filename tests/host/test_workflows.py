@@ -233,3 +233,17 @@ def test_bad_elite_text_fails_the_prompt_and_the_server_keeps_serving(server, ph
         server.run(prompt("a photo of a white cat"), timeout=1800)
     assert server.running
     assert len(server.output_images(server.run(prompt("a photo of a white *"), timeout=1800))) == 3
+
+
+def test_a_missing_elite_mapper_file_is_refused_when_queued(server, photo_file, sd15_checkpoint_path,
+                                                            clip_vision_path):
+    """HTTP 400 at queue time naming mapper_name, before any node ran (ComfyUI 0.3.x does not check V3 combos)."""
+    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_elite_edit.json").read_text())
+    prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name,
+                          image_name=server.upload_image(photo_file), clip_vision_name=clip_vision_path.name,
+                          overrides=small_overrides(twin, "no_such_mapper.pt")).prompt
+    with pytest.raises(PromptValidationError) as err:
+        server.submit(prompt)
+    assert "mapper_name" in str(err.value) + str(err.value.node_errors)
+    assert "no_such_mapper.pt" in str(err.value.node_errors)
+    assert server.running
