@@ -203,7 +203,10 @@ def test_pnp_workflow_runs_with_the_color_fix_enabled(server, photo_file, sd15_c
     image = server.upload_image(photo_file)
     prompt = build_prompt(ui, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
                           overrides=SMALL | {"SPDInv inversion.steps": 4}).prompt
-    assert any(n["class_type"] == "SPDInvWaveletColorFix" for n in prompt.values())
+    fix_id = next(i for i, n in prompt.items() if n["class_type"] == "SPDInvWaveletColorFix")
+    saved = {n["inputs"]["filename_prefix"]: n["inputs"]["images"] for n in prompt.values()
+             if n["class_type"] == "SaveImage"}
+    assert saved["spdinv_pnp_edit"] == [fix_id, 0], "enabled, the colour fix feeds the saved edit"
     assert len(server.output_images(server.run(prompt, timeout=1800))) == 2
 
 
