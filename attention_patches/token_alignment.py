@@ -20,6 +20,9 @@ import torch
 TokenizeFn = Callable[[str], list[int]]
 """text -> CLIP token ids of its content, without BOS/EOS/padding."""
 
+WINDOW = 77
+"""CLIP's token window: start token, 75 content tokens, end token."""
+
 _BOS = -1
 _EOS = -2
 
@@ -31,7 +34,7 @@ class PromptTokens:
     text: str
     words: tuple[str, ...]
     word_tokens: tuple[tuple[int, ...], ...]
-    length: int = 77
+    length: int = WINDOW
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -53,7 +56,7 @@ class PromptTokens:
         return list(range(1, self.n_tokens + 1))
 
 
-def tokenize_prompt(text: str, tokenize: TokenizeFn, length: int = 77) -> PromptTokens:
+def tokenize_prompt(text: str, tokenize: TokenizeFn, length: int = WINDOW) -> PromptTokens:
     """Tokenize ``text`` word by word, checking that it fits the window and that words and tokens line up.
 
     Words are tokenized one at a time so that each token is known to belong to one word; this is only valid

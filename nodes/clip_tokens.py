@@ -1,7 +1,9 @@
 """Token ids and token text from a ComfyUI CLIP, for the token mappings of the attention engines.
 
 Uses ``clip.tokenize`` (the tokenisation the text encoder sees, word by word as ComfyUI splits prompts) and
-the CLIP BPE tokenizer behind it for start/end ids and token text.
+the CLIP BPE tokenizer behind it for start/end ids and token text. Prompts are read as ComfyUI parses them:
+weight syntax such as ``(fluffy cat:1.3)`` scales those words in the encoding, and their tokens are aligned
+and found like any other words.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..attention_patches.token_alignment import PromptTokens, TokenizeFn, find_phrase
+from ..attention_patches.token_alignment import WINDOW, PromptTokens, TokenizeFn, find_phrase
 
 T = TypeVar("T")
 
@@ -45,41 +47,62 @@ def _clip_key(tokens: dict) -> str:
     return "l" if "l" in tokens else next(iter(tokens))
 
 
-def _content_ids(batches: list, bpe: Any) -> list[int]:
-    """Token ids between the start and end tokens of one encoder's tokenisation (its own padding ignored:
-    CLIP-L pads with the end token, OpenCLIP-H and CLIP-G with 0)."""
-    ids: list[int] = []
+def _content_tokens(batches: list, bpe: Any) -> list[tuple[int, int]]:
+    """``(token id, word id)`` between the start and end tokens of one encoder's tokenisation (its own padding
+    ignored: CLIP-L pads with the end token, OpenCLIP-H and CLIP-G with 0)."""
+    out: list[tuple[int, int]] = []
     for batch in batches:
         for position, entry in enumerate(batch):
             token = entry[0]
             if position == 0 and token == bpe.start_token:
                 continue
             if not isinstance(token, int):
-                raise ValueError("embeddings (embedding:name) are not supported in Prompt-to-Prompt prompts: "
+                raise ValueError("embeddings (embedding:name) are not supported in attention-editing prompts: "
                                  "their tokens cannot be aligned")
             if token == bpe.end_token:
                 break
-            ids.append(token)
-    return ids
+            out.append((token, entry[2] if len(entry) > 2 else 0))
+    return out
+
+
+def _agreed_tokens(clip: Any, text: str) -> list[tuple[int, int]]:
+    """The content tokens of ``text`` with ComfyUI's word ids; with several text encoders (SDXL: CLIP-L and
+    CLIP-G) each tokenisation is read with its own tokenizer and they must agree, since one token position
+    addresses both encoders' features in cross-attention."""
+    tokens = clip.tokenize(text, return_word_ids=True)
+    read = {key: _content_tokens(tokens[key], _bpe_tokenizer(clip, key)) for key in tokens}
+    first = read[_clip_key(tokens)]
+    if any(other != first for other in read.values()):
+        raise ValueError(f"the text encoders ({', '.join(sorted(read))}) split {text!r} into different tokens; "
+                         "the attention engines need one token layout, so simplify the prompt")
+    return first
 
 
 def token_ids(clip: Any) -> TokenizeFn:
-    """``text -> content token ids`` (no start, end or padding tokens) as ``clip``'s encoder receives them.
+    """``text -> content token ids`` (no start, end or padding tokens) as ``clip``'s encoder receives them."""
+    return lambda text: [token for token, _ in _agreed_tokens(clip, text)]
 
-    With several text encoders (SDXL: CLIP-L and CLIP-G) each tokenisation is read with its own tokenizer and
-    they must agree, since one token position addresses both encoders' features in cross-attention.
-    """
 
-    def tokenize(text: str) -> list[int]:
-        tokens = clip.tokenize(text)
-        ids = {key: _content_ids(tokens[key], _bpe_tokenizer(clip, key)) for key in tokens}
-        first = ids[_clip_key(tokens)]
-        if any(other != first for other in ids.values()):
-            raise ValueError(f"the text encoders ({', '.join(sorted(ids))}) split {text!r} into different tokens; "
-                             "the attention engines need one token layout, so simplify the prompt")
-        return first
+def prompt_tokens(clip: Any, text: str) -> PromptTokens:
+    """``text`` as ``clip``'s encoder receives it, split into whitespace words as the reference's aligner
+    splits prompts, after ComfyUI's weight syntax is parsed: ``a (fluffy cat:1.3)`` has the words ``a``,
+    ``fluffy`` and ``cat``. Each word is tokenized alone with the encoder's BPE tokenizer; together they must
+    give the encoder's tokens."""
+    from comfy.sd1_clip import escape_important, token_weights, unescape_important
 
-    return tokenize
+    ids = token_ids(clip)(text)
+    bpe = _bpe_tokenizer(clip, _clip_key(clip.tokenize("")))
+    segments = token_weights(escape_important(text), 1.0)
+    words = [w for segment, _ in segments for w in unescape_important(segment).split()]
+    word_tokens = [tuple(bpe.tokenizer(w)["input_ids"][bpe.tokens_start:-1]) for w in words]
+    prompt = PromptTokens(text=text, words=tuple(words), word_tokens=tuple(word_tokens), length=WINDOW)
+    if list(prompt.ids) != ids:
+        raise ValueError(f"the prompt's words could not be matched to its tokens: {text!r}; write it without "
+                         "embeddings and unusual escapes")
+    if prompt.n_tokens > WINDOW - 2:
+        raise ValueError(f"the prompt has {prompt.n_tokens} tokens, the maximum is {WINDOW - 2}; shorten it: "
+                         f"{text!r}")
+    return prompt
 
 
 def token_text(clip: Any, ids: list[int]) -> list[str]:

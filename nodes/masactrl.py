@@ -9,10 +9,9 @@ from comfy_api.latest import io
 
 from ..attention_patches.mutual_self_attention import AutoMask, MutualSelfAttention
 from ..attention_patches.registration import attach_engine
-from ..attention_patches.token_alignment import tokenize_prompt
 from ..attention_patches.unet_layers import decoder_layer_at, transformer_layers
 from ..spdinv.guidance import EditRecipe
-from .clip_tokens import named, phrase_positions, token_ids
+from .clip_tokens import named, phrase_positions, prompt_tokens, token_ids
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ def _auto_mask(clip, source_text: str, target_text: str, source_words: str, targ
         if not spec.strip():
             raise ValueError(f"{side}_words: mask_mode 'auto' needs a word of the {side} prompt whose attention "
                              "makes the mask, e.g. 'cat'")
-        prompt = named(f"{side}_text", tokenize_prompt, text, tokenize)
+        prompt = named(f"{side}_text", prompt_tokens, clip, text)
         positions.append(phrase_positions(prompt, spec, tokenize, f"{side}_words"))
     return AutoMask(positions[0], positions[1], threshold)
 

@@ -18,10 +18,9 @@ from ..attention_patches.token_alignment import (
     parse_word_factors,
     refinement_mapper,
     replacement_mapper,
-    tokenize_prompt,
 )
 from ..spdinv.guidance import EditRecipe
-from .clip_tokens import named, phrase_positions, token_ids, token_text
+from .clip_tokens import named, phrase_positions, prompt_tokens, token_ids, token_text
 
 MODES = ("refine", "word swap")
 PIN_BELOW = 0.4
@@ -112,8 +111,8 @@ class P2PAttentionControl(io.ComfyNode):
                 proximal_quantile, inversion_guidance, target_conditioning=None,
                 blend_maps="target") -> io.NodeOutput:
         tokenize = token_ids(clip)
-        source = named("source_text", tokenize_prompt, source_text, tokenize)
-        target = named("target_text", tokenize_prompt, target_text, tokenize)
+        source = named("source_text", prompt_tokens, clip, source_text)
+        target = named("target_text", prompt_tokens, clip, target_text)
         if mode == "word swap":
             mapping = ReplaceMapping(named("target_text", replacement_mapper, source, target))
         else:

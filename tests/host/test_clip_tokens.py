@@ -8,8 +8,7 @@ import types
 
 import pytest
 
-from spdinv_pack.attention_patches.token_alignment import tokenize_prompt
-from spdinv_pack.nodes.clip_tokens import phrase_positions, token_ids, token_text
+from spdinv_pack.nodes.clip_tokens import phrase_positions, prompt_tokens, token_ids, token_text
 
 PROMPT = "a photo of a fluffy dog, sitting on grass"
 END_TOKEN = 49407
@@ -22,8 +21,7 @@ def clips(comfy_env) -> dict[str, types.SimpleNamespace]:
     from comfy.text_encoders.sd2_clip import SD2Tokenizer
 
     def clip(tokenizer):
-        return types.SimpleNamespace(tokenizer=tokenizer,
-                                     tokenize=lambda text: tokenizer.tokenize_with_weights(text))
+        return types.SimpleNamespace(tokenizer=tokenizer, tokenize=tokenizer.tokenize_with_weights)
 
     return {"sd1": clip(comfy.sd1_clip.SD1Tokenizer()), "sd2": clip(SD2Tokenizer()),
             "sdxl": clip(comfy.sdxl_clip.SDXLTokenizer())}
@@ -46,7 +44,8 @@ def test_each_family_pads_its_own_way_and_reads_the_same_tokens(clips):
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_phrases_are_found_at_the_same_token_positions_in_every_family(clips, family):
     tokenize = token_ids(clips[family])
-    prompt = tokenize_prompt(PROMPT, tokenize)
+    prompt = prompt_tokens(clips[family], PROMPT)
+    assert prompt.words == ("a", "photo", "of", "a", "fluffy", "dog,", "sitting", "on", "grass")
     assert phrase_positions(prompt, "fluffy dog, grass", tokenize, "blend_target_words") == (5, 6, 10)
     with pytest.raises(ValueError, match="blend_target_words: the phrase 'cat' was not found"):
         phrase_positions(prompt, "cat", tokenize, "blend_target_words")
@@ -56,10 +55,28 @@ def test_encoders_that_split_a_prompt_differently_are_refused(clips):
     """A stand-in CLIP-G that drops a word (as ComfyUI does with an embedding only one encoder has)."""
     sdxl = clips["sdxl"].tokenizer
 
-    def tokenize(text):
-        tokens = sdxl.tokenize_with_weights(text)
-        return {**tokens, "g": sdxl.tokenize_with_weights(text.replace("fluffy ", ""))["g"]}
+    def tokenize(text, return_word_ids=False):
+        tokens = sdxl.tokenize_with_weights(text, return_word_ids)
+        return {**tokens, "g": sdxl.tokenize_with_weights(text.replace("fluffy ", ""), return_word_ids)["g"]}
 
     clip = types.SimpleNamespace(tokenizer=sdxl, tokenize=tokenize)
     with pytest.raises(ValueError, match=r"the text encoders \(g, l\) split .* into different tokens"):
         token_ids(clip)(PROMPT)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_weighted_words_keep_their_tokens_and_positions(clips, family):
+    """``(fluffy dog:1.3)`` weights those words in the encoding; their tokens and word boundaries are the plain
+    prompt's, so alignment and phrase lookup see the same prompt."""
+    clip = clips[family]
+    weighted = prompt_tokens(clip, "a photo of a (fluffy dog:1.3) , sitting on (grass)")
+    plain = prompt_tokens(clip, "a photo of a fluffy dog , sitting on grass")
+    assert weighted.word_tokens == plain.word_tokens and weighted.words == plain.words
+    assert phrase_positions(weighted, "fluffy dog", token_ids(clip), "blend_target_words") == (5, 6)
+    weights = [w for _, w in clip.tokenize("a photo of a (fluffy dog:1.3)")["l"][0][5:7]]
+    assert weights == pytest.approx([1.3, 1.3])
+
+
+def test_a_prompt_longer_than_the_window_is_refused_naming_the_limit(clips):
+    with pytest.raises(ValueError, match="the prompt has 80 tokens, the maximum is 75"):
+        prompt_tokens(clips["sd1"], " ".join(["cat"] * 80))
