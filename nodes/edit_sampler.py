@@ -56,6 +56,8 @@ class SPDInvEditSampler(io.ComfyNode):
         rows = result.noise.shape[0]
         engine = engine_of(model)
         recipe = engine.recipe if engine is not None else EditRecipe()
+        if not recipe.source_from_inversion:
+            inversion.warn_if_other_source(source)
         guider = comfy.samplers.CFGGuider(model)
         source, target, negative = (None if c is None else at_photo_size(c, inversion.source_latent, model)
                                     for c in (source, target, negative))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,16 @@ def weights_fingerprint(model_patcher: Any) -> tuple[tuple[str, tuple[int, ...],
     return tuple(out)
 
 
+def conditioning_fingerprint(conditioning: Any) -> tuple:
+    """Shapes and float64 sums of a CONDITIONING's tensors (the text embedding and the pooled output): equal
+    for the same prompt encoded twice, different for another prompt, without keeping the tensors."""
+    out = []
+    for entry in conditioning or ():
+        tensors = [entry[0], entry[1].get("pooled_output") if len(entry) > 1 else None]
+        out.append(tuple((tuple(t.shape), float(t.detach().double().sum())) for t in tensors if t is not None))
+    return tuple(out)
+
+
 def check_latent_channels(model_patcher: Any, samples: torch.Tensor, input_name: str) -> None:
     """Raise before any UNet call when ``samples`` has another channel count than the model's latents.
 
@@ -57,11 +68,25 @@ class InversionPayload:
     model_ref: Any = field(repr=False, default=None)
     fingerprint: tuple = field(repr=False, default=())
     """:func:`weights_fingerprint` of the model inverted with."""
+    source_fingerprint: tuple = field(repr=False, default=())
+    """:func:`conditioning_fingerprint` of the source prompt inverted with."""
 
     @classmethod
-    def create(cls, result: InversionResult, source_latent: torch.Tensor, model_patcher: Any) -> InversionPayload:
+    def create(cls, result: InversionResult, source_latent: torch.Tensor, model_patcher: Any,
+               source: Any = None) -> InversionPayload:
         base = model_patcher.model
-        return cls(result, source_latent, type(base).__name__, weakref.ref(base), weights_fingerprint(model_patcher))
+        return cls(result, source_latent, type(base).__name__, weakref.ref(base), weights_fingerprint(model_patcher),
+                   conditioning_fingerprint(source))
+
+    def warn_if_other_source(self, source: Any) -> bool:
+        """Log one warning (and return True) when ``source`` is not the prompt the inversion used: the source
+        branch then does not retrace the inversion and the reconstruction is not the photo."""
+        if not self.source_fingerprint or conditioning_fingerprint(source) == self.source_fingerprint:
+            return False
+        logging.warning("SPDInv Edit Sampler: its 'source' conditioning differs from the 'source' that SPDInv "
+                        "Invert inverted with, so the reconstruction (and the edit's unchanged parts) will not be "
+                        "the photo; connect the same source prompt to both")
+        return True
 
     def check_model(self, model_patcher: Any, input_name: str) -> None:
         """Raise unless ``model_patcher`` is the model inverted with, patched or not.

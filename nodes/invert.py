@@ -104,5 +104,5 @@ class SPDInvInvert(io.ComfyNode):
 
         noise, result = run_in_guider(guider, routine, torch.zeros_like(samples), samples, sigmas, len(sigmas) - 1)
         result = result.to(comfy.model_management.intermediate_device())
-        payload = InversionPayload.create(result, samples, model)
+        payload = InversionPayload.create(result, samples, model, source)
         return io.NodeOutput(payload, {"samples": noise})

@@ -80,6 +80,26 @@ def test_edit_changes_the_target_and_keeps_the_reconstruction(run_node, pack_nod
     assert latent_psnr(identity["samples"], recon["samples"]) > 40
 
 
+def test_an_edit_whose_source_is_not_the_inverted_prompt_warns_naming_both_inputs(run_node, pack_nodes, scene,
+                                                                                   caplog):
+    """Without an engine (and with P2P, MasaCtrl, ELITE) the source branch must retrace the inversion; PnP
+    replays the stored trajectory instead, so its empty-prompt source is fine."""
+    model, _, latent, source, target = scene
+    inv, _ = invert(run_node, pack_nodes, model, source, latent, steps=2)
+    with caplog.at_level("WARNING"):
+        reconstruct(run_node, pack_nodes, model, inv, source, target)
+    assert not [r for r in caplog.records if "SPDInv Edit Sampler" in r.getMessage()]
+    with caplog.at_level("WARNING"):
+        reconstruct(run_node, pack_nodes, model, inv, target, target)
+    (warning,) = [r.getMessage() for r in caplog.records if "SPDInv Edit Sampler" in r.getMessage()]
+    assert "'source'" in warning and "SPDInv Invert" in warning
+    caplog.clear()
+    pnp = run_node(pack_nodes.PNPInjection, model=model, feature_fraction=0.8, attention_fraction=0.5).result[0]
+    with caplog.at_level("WARNING"):
+        reconstruct(run_node, pack_nodes, pnp, inv, target, target)
+    assert not [r for r in caplog.records if "SPDInv Edit Sampler" in r.getMessage()]
+
+
 def test_residual_plot_is_an_image(run_node, pack_nodes, scene):
     model, _, latent, source, _ = scene
     ddim, _ = invert(run_node, pack_nodes, model, source, latent, method="ddim", steps=4)
