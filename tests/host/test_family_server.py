@@ -21,7 +21,8 @@ from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host import factory
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
-RESOLUTION = 64
+RESOLUTION = 128
+"""16×16 latent: the local-blend maps at 1/32 of the image are 4×4 (at 64 px they would be 2×2, all one block)."""
 RECONSTRUCTION_STEPS = (10, 20)
 EDIT_STEPS = 10
 CHECKPOINTS = {"sdxl": factory.sdxl_checkpoint_path, "sd2-v": factory.sd2_checkpoint_path}

@@ -1,0 +1,288 @@
+"""Lay out the shipped workflows in ComfyUI's real frontend and save them the way the frontend saves them.
+
+    COMFYUI_PATH=~/ComfyUI python tools/layout_workflows.py [--chromium /usr/bin/chromium] [STEM ...]
+
+For each ``workflows/<stem>.json`` (all by default), in a ``main.py --cpu`` server with the pack and the
+frontend in headless Chromium (Debian's ``chromium`` driven by the ``playwright`` package):
+
+1. nodes that kept a default title get one that says what they hold ("Decode edit", "Save attention maps");
+2. a Note with the three things to change is added (once);
+3. nodes are placed in columns by link depth, at the size the frontend computes for their widgets (images
+   get room to show), with gaps, and the view is fitted to a 1920×1080 screen below the menus;
+4. the graph is saved as the frontend serialises it, its API twin ``tests/workflows/<stem>_api.json`` is what
+   the frontend would queue (``graphToPrompt``), and a screenshot becomes the template thumbnail
+   ``workflows/<stem>.jpg``.
+
+A developer tool: the nodes never import it. ``tests/host/test_frontend.py`` checks the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: import ``tools`` as a package so relative imports work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import tools  # noqa: F401
+
+    __package__ = "tools"
+
+from .comfy_server import ComfyServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREEN = (1920, 1080)
+MARGINS = {"left": 70, "top": 110, "right": 30, "bottom": 50}
+"""Screen space kept free for the frontend's side bar, menus and canvas controls."""
+NOTICES = (400, 240)
+"""Width and bottom edge (screen px) of the top-right corner where the frontend shows its notices (missing
+models...): columns reaching into it start below it."""
+MIN_SCALE = 0.6
+"""Below this zoom the frontend draws nodes without their text (LiteGraph's low-quality threshold)."""
+GAP = (40, 30)
+MAX_COLUMN = (SCREEN[1] - 160) / 0.7
+"""Tallest column (graph units) before it wraps into a second one: the screen's height at zoom 0.7."""
+"""Horizontal gap between columns and vertical gap between nodes, in graph units."""
+TITLE = 30
+"""LiteGraph's title bar height: node positions are the body's top-left corner."""
+THUMBNAIL_WIDTH = 640
+
+NOTES = {
+    "p2p": "Edit a photo with SPDInv + Prompt-to-Prompt\n\n1. Photo: load your photo.\n2. Source prompt: describe "
+           "the photo as it is.\n3. Prompt-to-Prompt, target_text: the same sentence with the change (and the "
+           "changed word in blend/reweight).\n\nThen Run. Saved: the edit, reconstruction | edit, attention maps.",
+    "masactrl": "Edit a photo with SPDInv + MasaCtrl (pose, action, layout changes)\n\n1. Photo: load your photo.\n"
+                "2. Source prompt: describe the photo as it is.\n3. Target prompt: the same subject doing something "
+                "else.\n\nThen Run. Saved: the edit, reconstruction | edit.",
+    "pnp": "Edit a photo with SPDInv + Plug-and-Play (style, material, appearance)\n\n1. Photo: load your photo.\n"
+           "2. Source prompt: describe the photo as it is.\n3. Target prompt: what it should look like.\n\n"
+           "Then Run. Saved: the edit, photo | edit. Color fix: Ctrl+B.",
+    "elite": "Put an object from another image into a photo (SPDInv + ELITE)\n\n1. Photo and Reference image: your "
+             "photo, and the object for *.\n2. Source prompt: describe the photo as it is.\n3. Target prompt: use * "
+             "for the object, e.g. 'a photo of a white *'.\n\nNeeds ELITE's global_mapper.pt in models/elite.",
+    "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n1. Photo: load your photo.\n"
+                      "2. Source prompt: describe the photo as it is.\n3. Steps (SPDInv inversion): the same on both "
+                      "inversions.\n\nThen Run. Saved: both reconstructions and the residual plot.",
+}
+
+
+def note_text(stem: str) -> str:
+    for key, text in NOTES.items():
+        if key in stem:
+            return text
+    raise KeyError(f"no Note text for {stem}")
+
+
+def save_title(prefix: str) -> str:
+    """Title of a SaveImage node from its filename prefix."""
+    for marker, title in (("_vs_edit", "Save {} | edit"), ("attention_maps", "Save attention maps"),
+                          ("residual_plot", "Save residual plot"), ("ddim_reconstruction", "Save DDIM reconstruction"),
+                          ("spdinv_reconstruction", "Save SPDInv reconstruction")):
+        if marker in prefix:
+            return title.format("photo" if "photo_vs" in prefix else "reconstruction")
+    return "Save edit"
+
+
+def name_default_titles(workflow: dict, object_info: dict) -> None:
+    """Give nodes without a title one that tells them apart (two VAE Decodes, three Save Images)."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    origin = {link[0]: (link[1], link[2]) for link in workflow["links"]}
+    for node in workflow["nodes"]:
+        if node.get("title"):
+            continue
+        kind = node["type"]
+        if kind == "SaveImage":
+            node["title"] = save_title(node["widgets_values"][0])
+        elif kind == "VAEEncode":
+            node["title"] = "Encode photo"
+        elif kind == "VAEDecode":
+            src, slot = origin[node["inputs"][0]["link"]]
+            outputs = object_info[nodes[src]["type"]]["output_name"]
+            what = {"edited": "edit"}.get(outputs[slot], outputs[slot])
+            twins = [n for n in workflow["nodes"] if n["type"] == "VAEDecode" and n is not node
+                     and origin[n["inputs"][0]["link"]][1] == slot]
+            node["title"] = f"Decode {nodes[src].get('title', what)}" if twins else f"Decode {what}"
+        elif kind == "CheckpointLoaderSimple":
+            node["title"] = "Checkpoint"
+
+
+def columns(workflow: dict) -> dict[int, int]:
+    """Column of each node: the longest chain of links leading to it; a node without inputs (loader, prompt)
+    sits just before the first node it feeds."""
+    inputs, consumers = defaultdict(list), defaultdict(list)
+    for link in workflow["links"]:
+        inputs[link[3]].append(link[1])
+        consumers[link[1]].append(link[3])
+    depth: dict[int, int] = {}
+
+    def of(node: int) -> int:
+        if node not in depth:
+            depth[node] = 1 + max((of(src) for src in inputs[node]), default=-1)
+        return depth[node]
+
+    column = {n["id"]: of(n["id"]) for n in workflow["nodes"]}
+    for node in column:
+        if not inputs[node] and consumers[node]:
+            column[node] = max(0, min(column[c] for c in consumers[node]) - 1)
+    return column
+
+
+def place(workflow: dict, sizes: dict[int, list[float]], note_id: int,
+          drop: dict[int, float] | None = None) -> tuple[dict[int, list[float]], dict[int, int]]:
+    """Positions (body top-left) in columns, each column ordered by where its inputs sit and started
+    ``drop[column]`` lower; also each node's column."""
+    column = columns(workflow)
+    column[note_id] = 0
+    inputs = defaultdict(list)
+    for link in workflow["links"]:
+        inputs[link[3]].append(link[1])
+    by_column: dict[int, list[int]] = defaultdict(list)
+    for node, c in column.items():
+        by_column[c].append(node)
+    positions: dict[int, list[float]] = {}
+    x = 0.0
+    for c in sorted(by_column):
+        def rank(node: int) -> tuple:
+            ys = [positions[s][1] for s in inputs[node] if s in positions]
+            return (node != note_id, sum(ys) / len(ys) if ys else 0.0, node)
+
+        top = y = (drop or {}).get(c, 0.0)
+        width = 0.0
+        for node in sorted(by_column[c], key=rank):
+            if y > top and y + TITLE + sizes[node][1] > top + MAX_COLUMN:
+                x, y, width = x + width + GAP[0], top, 0.0
+            positions[node] = [x, y + TITLE]
+            y += TITLE + sizes[node][1] + GAP[1]
+            width = max(width, sizes[node][0])
+        x += width + GAP[0]
+    return positions, column
+
+
+def fitted_view(positions: dict[int, list[float]], sizes: dict[int, list[float]]) -> dict[str, Any]:
+    """``extra.ds`` that shows every node (titles included) inside the screen's free area."""
+    left = min(p[0] for p in positions.values())
+    top = min(p[1] - TITLE for p in positions.values())
+    right = max(p[0] + sizes[n][0] for n, p in positions.items())
+    bottom = max(p[1] + sizes[n][1] for n, p in positions.items())
+    width = SCREEN[0] - MARGINS["left"] - MARGINS["right"]
+    height = SCREEN[1] - MARGINS["top"] - MARGINS["bottom"]
+    scale = min(1.0, width / (right - left), height / (bottom - top))
+    return {"scale": scale, "offset": [MARGINS["left"] / scale - left, MARGINS["top"] / scale - top]}
+
+
+PREPARE = """([note]) => {
+    const graph = window.app.graph;
+    let target = graph._nodes.find(n => n.type === 'Note' && n.title === 'Start here');
+    if (!target) {
+        target = LiteGraph.createNode('Note');
+        target.title = 'Start here';
+        graph.add(target);
+    }
+    target.widgets[0].value = note;
+    target.size = [380, 230];
+    const sizes = {};
+    for (const n of graph._nodes) {
+        const need = n.computeSize();
+        const shows = n.type === 'SaveImage' || n.type === 'PreviewImage' || n.type === 'LoadImage';
+        sizes[n.id] = n === target ? [360, 220] : [Math.max(need[0], shows ? 280 : 220),
+                                                    Math.max(need[1], shows ? 280 : 0)];
+    }
+    return {note: target.id, sizes};
+}"""
+
+APPLY = """async ([positions, sizes, ds]) => {
+    const app = window.app, graph = app.graph;
+    for (const n of graph._nodes) {
+        n.pos = positions[n.id];
+        n.size = sizes[n.id];
+    }
+    app.canvas.ds.scale = ds.scale;
+    app.canvas.ds.offset = ds.offset;
+    graph.extra = {...(graph.extra || {}), ds: {scale: ds.scale, offset: ds.offset}};
+    app.canvas.setDirty(true, true);
+    app.canvas.draw(true, true);
+    return {workflow: graph.serialize(), prompt: (await app.graphToPrompt()).output};
+}"""
+
+
+def without_nulls(value: Any) -> Any:
+    """The serialised graph without ``null`` entries (the frontends fill them in; older ones refuse a file
+    that has them), except an input's ``link`` and an output's ``links``, where ``null`` means unconnected."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None or k in ("link", "links")}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def lay_out(page: Any, path: Path, object_info: dict) -> None:
+    workflow = json.loads(path.read_text())
+    name_default_titles(workflow, object_info)
+    page.evaluate("async (w) => { await window.app.loadGraphData(w, true, true, null); }", workflow)
+    page.wait_for_function(f"window.app.graph._nodes.length >= {len(workflow['nodes'])}", timeout=60_000)
+    prepared = page.evaluate(PREPARE, [note_text(path.stem)])
+    sizes = {int(k): v for k, v in prepared["sizes"].items()}
+    prepared["note"] = int(prepared["note"])
+    workflow["nodes"].append({"id": prepared["note"], "type": "Note"})
+    positions, column = place(workflow, sizes, prepared["note"])
+    ds = fitted_view(positions, sizes)
+    for _ in range(2):  # move the columns under the frontend's notices down, then fit again
+        corner = (SCREEN[0] - NOTICES[0]) / ds["scale"] - ds["offset"][0]
+        below = (NOTICES[1] - MARGINS["top"]) / ds["scale"]
+        drop = {column[n]: below for n, p in positions.items() if p[0] + sizes[n][0] > corner}
+        positions, column = place(workflow, sizes, prepared["note"], drop)
+        ds = fitted_view(positions, sizes)
+    if ds["scale"] < MIN_SCALE:
+        print(f"warning: {path.name} fits the screen only at zoom {ds['scale']:.2f}: the frontend draws it "
+              "without text until the user zooms in")
+    saved = page.evaluate(APPLY, [{str(k): v for k, v in positions.items()}, {str(k): v for k, v in sizes.items()},
+                                  ds])
+    time.sleep(1.0)
+    page.keyboard.press("Escape")
+    shot = page.screenshot()
+    path.write_text(json.dumps(without_nulls(saved["workflow"]), indent=1, ensure_ascii=False) + "\n")
+    twin = ROOT / "tests" / "workflows" / f"{path.stem}_api.json"
+    twin.write_text(json.dumps(saved["prompt"], indent=1, ensure_ascii=False) + "\n")
+    from PIL import Image
+
+    with Image.open(io.BytesIO(shot)) as image:
+        thumb = image.convert("RGB")
+        thumb.thumbnail((THUMBNAIL_WIDTH, THUMBNAIL_WIDTH))
+        thumb.save(path.with_suffix(".jpg"), quality=85)
+    print(f"{path.name}: {len(saved['workflow']['nodes'])} nodes, view scale {ds['scale']:.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stems", nargs="*", help="workflow names without .json (default: all)")
+    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout")
+    parser.add_argument("--chromium", default=shutil.which("chromium"), help="Chromium executable")
+    args = parser.parse_args(argv)
+    if not args.comfyui or not args.chromium:
+        parser.error("needs a ComfyUI checkout (--comfyui or $COMFYUI_PATH) and Chromium (--chromium)")
+    from playwright.sync_api import sync_playwright
+
+    paths = [ROOT / "workflows" / f"{s}.json" for s in args.stems] or sorted((ROOT / "workflows").glob("*.json"))
+    with ComfyServer(args.comfyui) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": SCREEN[0], "height": SCREEN[1]})
+        page.goto(server.url)
+        page.wait_for_function("window.app && window.app.graph && window.app.canvas", timeout=180_000)
+        time.sleep(2)
+        page.keyboard.press("Escape")
+        object_info = server.object_info()
+        for path in paths:
+            lay_out(page, path, object_info)
+        browser.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
