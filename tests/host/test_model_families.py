@@ -97,10 +97,11 @@ def test_identity_p2p_edit_is_exact(run_node, pack_nodes, scene):
 
 @pytest.mark.parametrize("mode,target", [("word swap", TARGET), ("refine", "a photo of a fluffy dog")])
 def test_local_blend_keeps_the_source_outside_its_mask(run_node, pack_nodes, scene, mode, target):
-    """Random weights attend almost uniformly: the threshold is high so the mask is neither empty nor full."""
+    """Random weights attend almost uniformly (at threshold 0.99 the random SD2.x's refine mask was full): the
+    threshold is high so the mask is neither empty nor full."""
     name, (model, clip, _, _, inversion) = scene
     patched, source, target_cond = p2p(run_node, pack_nodes, model, clip, target, mode=mode,
-                                       blend_source_words="cat", blend_target_words="dog", blend_threshold=0.99)
+                                       blend_source_words="cat", blend_target_words="dog", blend_threshold=0.999)
     edited, recon, attention = edit(run_node, pack_nodes, patched, inversion, source, target_cond)
     coverage = check_local_blend(edited, recon, attention)
     print(f"\n[host] {name} {mode}: blend mask covers {coverage:.0%} of the latent")
