@@ -47,10 +47,10 @@ def _clip_key(tokens: dict) -> str:
     return "l" if "l" in tokens else next(iter(tokens))
 
 
-def _content_tokens(batches: list, bpe: Any) -> list[tuple[int, int]]:
-    """``(token id, word id)`` between the start and end tokens of one encoder's tokenisation (its own padding
-    ignored: CLIP-L pads with the end token, OpenCLIP-H and CLIP-G with 0)."""
-    out: list[tuple[int, int]] = []
+def _content_ids(batches: list, bpe: Any) -> list[int]:
+    """Token ids between the start and end tokens of one encoder's tokenisation (its own padding ignored:
+    CLIP-L pads with the end token, OpenCLIP-H and CLIP-G with 0)."""
+    ids: list[int] = []
     for batch in batches:
         for position, entry in enumerate(batch):
             token = entry[0]
@@ -61,26 +61,27 @@ def _content_tokens(batches: list, bpe: Any) -> list[tuple[int, int]]:
                                  "their tokens cannot be aligned")
             if token == bpe.end_token:
                 break
-            out.append((token, entry[2] if len(entry) > 2 else 0))
-    return out
-
-
-def _agreed_tokens(clip: Any, text: str) -> list[tuple[int, int]]:
-    """The content tokens of ``text`` with ComfyUI's word ids; with several text encoders (SDXL: CLIP-L and
-    CLIP-G) each tokenisation is read with its own tokenizer and they must agree, since one token position
-    addresses both encoders' features in cross-attention."""
-    tokens = clip.tokenize(text, return_word_ids=True)
-    read = {key: _content_tokens(tokens[key], _bpe_tokenizer(clip, key)) for key in tokens}
-    first = read[_clip_key(tokens)]
-    if any(other != first for other in read.values()):
-        raise ValueError(f"the text encoders ({', '.join(sorted(read))}) split {text!r} into different tokens; "
-                         "the attention engines need one token layout, so simplify the prompt")
-    return first
+            ids.append(token)
+    return ids
 
 
 def token_ids(clip: Any) -> TokenizeFn:
-    """``text -> content token ids`` (no start, end or padding tokens) as ``clip``'s encoder receives them."""
-    return lambda text: [token for token, _ in _agreed_tokens(clip, text)]
+    """``text -> content token ids`` (no start, end or padding tokens) as ``clip``'s encoder receives them.
+
+    With several text encoders (SDXL: CLIP-L and CLIP-G) each tokenisation is read with its own tokenizer and
+    they must agree, since one token position addresses both encoders' features in cross-attention.
+    """
+
+    def tokenize(text: str) -> list[int]:
+        tokens = clip.tokenize(text)
+        ids = {key: _content_ids(tokens[key], _bpe_tokenizer(clip, key)) for key in tokens}
+        first = ids[_clip_key(tokens)]
+        if any(other != first for other in ids.values()):
+            raise ValueError(f"the text encoders ({', '.join(sorted(ids))}) split {text!r} into different tokens; "
+                             "the attention engines need one token layout, so simplify the prompt")
+        return first
+
+    return tokenize
 
 
 def prompt_tokens(clip: Any, text: str) -> PromptTokens:
