@@ -219,26 +219,34 @@ def test_anderson_gives_up_a_map_without_a_fixed_point_before_the_cap():
     assert float(out.residual[0]) == pytest.approx(1.0)
 
 
+LINEAR_SKIP = 0.25
+"""``denoised = c·x``: a denoiser that is all skip connection, with ``c_skip = c``."""
+LINEAR_STEPS = [(10.0, 4.0), (4.0, 1.0)]
+"""``(sigma_b, sigma_a)`` of the first two inversion steps of the grid below."""
+
+
+def linear_denoiser_inversion():
+    """The DDIM inversion of a random batch under ``denoised = c·x`` on the grid 10, 4, 1, 0."""
+    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    denoise = lambda x, sigma: LINEAR_SKIP * x  # noqa: E731
+    return denoise, invert(denoise, x0, torch.tensor([10.0, 4.0, 1.0, 0.0]), InversionSettings(method="ddim"))
+
+
 def test_step_contraction_measures_the_maps_rate():
     """For ``denoised = c·x`` the map's Jacobian is ``(1 - sigma_a/sigma_b)(1 - c)·I`` at every step."""
-    c = 0.25
-    sigmas = torch.tensor([10.0, 4.0, 1.0, 0.0])
-    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    result = invert(lambda x, sigma: c * x, x0, sigmas, InversionSettings(method="ddim"))
-    for step, (sigma_b, sigma_a) in enumerate([(10.0, 4.0), (4.0, 1.0)]):
-        rate = step_contraction(lambda x, sigma: c * x, result, step)
+    c = LINEAR_SKIP
+    denoise, result = linear_denoiser_inversion()
+    for step, (sigma_b, sigma_a) in enumerate(LINEAR_STEPS):
+        rate = step_contraction(denoise, result, step)
         assert torch.allclose(rate, torch.full((2,), (1 - sigma_a / sigma_b) * (1 - c)), rtol=1e-3)
 
 
 def test_relaxation_cancels_the_skip_connections_part_of_the_map():
     """For ``denoised = c·x`` with ``c_skip = c`` the relaxed map is constant: its rate is 0 at every step."""
-    c = 0.25
-    sigmas = torch.tensor([10.0, 4.0, 1.0, 0.0])
-    x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    result = invert(lambda x, sigma: c * x, x0, sigmas, InversionSettings(method="ddim"))
-    for step, (sigma_b, sigma_a) in enumerate([(10.0, 4.0), (4.0, 1.0)]):
-        omega = step_relaxation(sigma_a, sigma_b, c)
-        rate = step_contraction(lambda x, sigma: c * x, result, step, relaxation=omega)
+    denoise, result = linear_denoiser_inversion()
+    for step, (sigma_b, sigma_a) in enumerate(LINEAR_STEPS):
+        omega = step_relaxation(sigma_a, sigma_b, LINEAR_SKIP)
+        rate = step_contraction(denoise, result, step, relaxation=omega)
         assert float(rate.max()) < 1e-3
     assert step_relaxation(1.0, 4.0, 1.0) == 1.0, "eps and flow models (c_skip 1) iterate the plain map"
 

@@ -47,9 +47,9 @@ models...): columns reaching into it start below it."""
 MIN_SCALE = 0.6
 """Below this zoom the frontend draws nodes without their text (LiteGraph's low-quality threshold)."""
 GAP = (40, 30)
+"""Horizontal gap between columns and vertical gap between nodes, in graph units."""
 MAX_COLUMN = (SCREEN[1] - 160) / 0.7
 """Tallest column (graph units) before it wraps into a second one: the screen's height at zoom 0.7."""
-"""Horizontal gap between columns and vertical gap between nodes, in graph units."""
 TITLE = 30
 """LiteGraph's title bar height: node positions are the body's top-left corner."""
 THUMBNAIL_WIDTH = 640
@@ -106,20 +106,26 @@ def name_default_titles(workflow: dict, object_info: dict) -> None:
             src, slot = origin[node["inputs"][0]["link"]]
             outputs = object_info[nodes[src]["type"]]["output_name"]
             what = {"edited": "edit"}.get(outputs[slot], outputs[slot])
-            twins = [n for n in workflow["nodes"] if n["type"] == "VAEDecode" and n is not node
-                     and origin[n["inputs"][0]["link"]][1] == slot]
-            node["title"] = f"Decode {nodes[src].get('title', what)}" if twins else f"Decode {what}"
+            same_slot = [n for n in workflow["nodes"] if n["type"] == "VAEDecode" and n is not node
+                         and origin[n["inputs"][0]["link"]][1] == slot]
+            node["title"] = f"Decode {nodes[src].get('title', what)}" if same_slot else f"Decode {what}"
         elif kind == "CheckpointLoaderSimple":
             node["title"] = "Checkpoint"
+
+
+def linked(workflow: dict) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """``(inputs, consumers)``: the nodes each node reads from, and the nodes that read from it."""
+    inputs, consumers = defaultdict(list), defaultdict(list)
+    for link in workflow["links"]:
+        inputs[link[3]].append(link[1])
+        consumers[link[1]].append(link[3])
+    return inputs, consumers
 
 
 def columns(workflow: dict) -> dict[int, int]:
     """Column of each node: the longest chain of links leading to it; a node without inputs (loader, prompt)
     sits just before the first node it feeds."""
-    inputs, consumers = defaultdict(list), defaultdict(list)
-    for link in workflow["links"]:
-        inputs[link[3]].append(link[1])
-        consumers[link[1]].append(link[3])
+    inputs, consumers = linked(workflow)
     depth: dict[int, int] = {}
 
     def of(node: int) -> int:
@@ -140,9 +146,7 @@ def place(workflow: dict, sizes: dict[int, list[float]], note_id: int,
     ``drop[column]`` lower; also each node's column."""
     column = columns(workflow)
     column[note_id] = 0
-    inputs = defaultdict(list)
-    for link in workflow["links"]:
-        inputs[link[3]].append(link[1])
+    inputs, _ = linked(workflow)
     by_column: dict[int, list[int]] = defaultdict(list)
     for node, c in column.items():
         by_column[c].append(node)
