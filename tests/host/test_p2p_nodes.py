@@ -138,8 +138,10 @@ def test_cond_and_uncond_in_separate_unet_calls_give_the_same_edit(run_node, pac
     """When a batch would not fit in memory ComfyUI runs the cond and uncond batches in separate calls (one
     ``cond_or_uncond`` entry each); the controller must find the same source and target rows."""
     model, clip, _, inversion = photo_scene
+    # Inversion guidance off: its pin mask is a hard threshold, so a flip from batch-size rounding would
+    # change whole pixels and hide what is compared here (with it on: 31.6 dB, here and in CI).
     patched, source, target = p2p(run_node, pack_nodes, model, clip, "a photo of a dog",
-                                  blend_source_words="cat", blend_target_words="dog")
+                                  blend_source_words="cat", blend_target_words="dog", inversion_guidance=False)
     together, _, _ = edit(run_node, pack_nodes, patched, inversion, source, target)
     seen = []
     engine = patched.model_options["transformer_options"]["spdinv_engine"]
