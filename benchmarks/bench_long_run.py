@@ -35,11 +35,12 @@ BASELINE_EDIT = 5
 GROWTH_BAR = 5.0
 """The acceptance bar on that growth, in percent (issue 7)."""
 TARGETS = {
-    "spdinv_p2p_edit": "a photo of a tiger sitting next to a mirror, take {i}",
-    "spdinv_masactrl_edit": "a photo of a cat standing, take {i}",
-    "spdinv_pnp_edit": "a photo of a tiger, take {i}",
+    "p2p": ("SPDInv edit with Prompt to Prompt", "a close-up photo of a tiger, take {i}"),
+    "masactrl": ("SPDInv edit with MasaCtrl", "a close-up photo of a yawning cat, take {i}"),
+    "pnp": ("SPDInv edit with Plug and Play", "a close-up photo of a tiger, take {i}"),
 }
-"""Default target template per workflow: the P2P twin blends and reweights the word "tiger"."""
+"""Shipped workflow and default target template per ``--workflow``: the P2P workflow blends and reweights the
+word "tiger", MasaCtrl's masks read "cat"."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,8 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--python", default=sys.executable, help="interpreter that runs ComfyUI (default: this one)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="SD1.x checkpoint file (default: the random-weight SD1.5 of tests/host/factory.py)")
-    p.add_argument("--workflow", default="spdinv_p2p_edit", choices=sorted(TARGETS),
-                   help="shipped workflow whose API twin (tests/workflows/<name>_api.json) is run")
+    p.add_argument("--workflow", default="p2p", choices=sorted(TARGETS),
+                   help="shipped workflow whose API twin (workflows/api/) is run")
     p.add_argument("--target-template", default=None,
                    help="target prompt with {i} for the edit's number (default: per workflow, see TARGETS)")
     p.add_argument("--edits", type=int, default=50, help="consecutive edits (default 50)")
@@ -99,8 +100,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         ckpt = factory.sd15_checkpoint_path()
     ckpt = Path(ckpt).resolve()
-    twin = json.loads((ROOT / "tests" / "workflows" / f"{args.workflow}_api.json").read_text())
-    template = args.target_template or TARGETS[args.workflow]
+    name, default_template = TARGETS[args.workflow]
+    twin = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    template = args.target_template or default_template
     overrides: dict[str, Any] = {"Resize.width": args.resolution, "Resize.height": args.resolution}
     for node in twin.values():
         if node["class_type"] == "SPDInvInvert":

@@ -9,6 +9,7 @@ from .attention_preview import SPDInvAttentionPreview
 from .color_fix import SPDInvWaveletColorFix
 from .edit_sampler import SPDInvEditSampler
 from .elite import ELITEMapper, ELITEMapperLoader
+from .example_inputs import install_example_inputs
 from .invert import SPDInvInvert
 from .masactrl import MasaCtrlMutualAttention
 from .p2p_control import P2PAttentionControl
@@ -23,4 +24,5 @@ NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, P2PAttention
 class SPDInvExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        install_example_inputs()
         return NODES

@@ -1,13 +1,14 @@
-"""UI -> API workflow conversion and overrides (tools/workflow_api.py), without ComfyUI.
+"""The runner's workflow handling (tools/workflow_api.py) without ComfyUI: UI -> API through comfy-cli (skipped
+without it), the errors when it is missing or a node type is unknown, overrides, and the runner's flags.
 
-The node definitions below are trimmed copies of what ComfyUI 0.3.64 serves at ``/object_info``
-(V1 list combos, V3 ``"COMBO"`` + ``options``, ``input_order``, ``control_after_generate``,
-``image_upload``), so the widget mapping is checked against the real formats.
+The node definitions below are trimmed copies of what ComfyUI 0.3.64 serves at ``/object_info``.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,26 +99,6 @@ OBJECT_INFO: dict[str, Any] = {
         "input": {"required": {"image": [["cat.png", "dog.png"], {"image_upload": True}]}},
         "input_order": {"required": ["image"]},
     },
-    # V3-style node: "COMBO" + options, a combo with control_after_generate (control + filter
-    # widgets), a legacy "noise_seed" INT (control widget by name), forceInput, optional widgets.
-    # input_order deliberately differs from dict order.
-    "V3Node": {
-        "input": {
-            "required": {
-                "mode": ["COMBO", {"options": ["a", "b", "c"], "control_after_generate": True}],
-                "noise_seed": ["INT", {"default": 5}],
-                "latent": ["LATENT", {}],
-                "scale": ["FLOAT", {"default": 1.5, "forceInput": True}],
-            },
-            "optional": {"flag": ["BOOLEAN", {"default": False}], "note": ["STRING", {"default": "hi"}]},
-        },
-        "input_order": {"required": ["latent", "noise_seed", "mode", "scale"], "optional": ["note", "flag"]},
-        "display_name": "V3 node",
-    },
-    "ListNode": {
-        "input": {"required": {"items": ["COMBO", {"options": ["x", "y"], "multiselect": True}]}},
-        "input_order": {"required": ["items"]},
-    },
 }
 
 
@@ -191,7 +172,7 @@ def txt2img() -> dict[str, Any]:
             ["bilinear", 512, 512, "disabled"],
             [sock("samples", "LATENT", 2)],
             [out("LATENT", "LATENT")],
-            mode=wa.MODE_BYPASS,
+            mode=4,  # bypassed
         ),
         node(
             11,
@@ -202,7 +183,7 @@ def txt2img() -> dict[str, Any]:
         node(
             3,
             "KSampler",
-            [42, "randomize", 20, 7.5, "ddim", "ddim_uniform", 1.0],
+            [42, "randomize", 3, 7.5, "ddim", "ddim_uniform", 1.0],  # steps: the frontend keeps the primitive's value
             [
                 sock("model", "MODEL", 1),
                 sock("positive", "CONDITIONING", 4),
@@ -216,7 +197,7 @@ def txt2img() -> dict[str, Any]:
         node(13, "Reroute", None, [sock("", "*", 12)], [out("", "VAE")]),
         node(8, "VAEDecode", None, [sock("samples", "LATENT", 7), sock("vae", "VAE", 13)], [out("IMAGE", "IMAGE")]),
         node(9, "SaveImage", ["final"], [sock("images", "IMAGE", 9)]),
-        node(14, "SaveImage", ["muted"], [sock("images", "IMAGE", 14)], mode=wa.MODE_NEVER),
+        node(14, "SaveImage", ["muted"], [sock("images", "IMAGE", 14)], mode=2),  # muted
         node(15, "Note", ["remember the milk"]),
         node(16, "MarkdownNote", ["# docs"]),
     ]
@@ -239,212 +220,48 @@ def txt2img() -> dict[str, Any]:
     return {"last_node_id": 16, "last_link_id": 14, "nodes": nodes, "links": links, "version": 0.4}
 
 
+def txt2img_api() -> dict[str, Any]:
+    """What the frontend queues for :func:`txt2img` (``graphToPrompt``)."""
+    def entry(class_type: str, inputs: dict[str, Any], title: str) -> dict[str, Any]:
+        return {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
+
+    return {
+        "4": entry("CheckpointLoaderSimple", {"ckpt_name": "a.safetensors"}, "Load Checkpoint"),
+        "6": entry("CLIPTextEncode", {"text": "a tiger", "clip": ["4", 1]}, "Target prompt"),
+        "7": entry("CLIPTextEncode", {"text": "a cat", "clip": ["4", 1]}, "Source prompt"),
+        "5": entry("EmptyLatentImage", {"width": 64, "height": 48, "batch_size": 1}, "EmptyLatentImage"),
+        "3": entry("KSampler", {"seed": 42, "steps": 3, "cfg": 7.5, "sampler_name": "ddim",
+                                "scheduler": "ddim_uniform", "denoise": 1.0, "model": ["4", 0],
+                                "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}, "KSampler"),
+        "8": entry("VAEDecode", {"samples": ["3", 0], "vae": ["4", 2]}, "VAEDecode"),
+        "9": entry("SaveImage", {"filename_prefix": "final", "images": ["8", 0]}, "SaveImage"),
+    }
+
+
 # ----------------------------------------------------------------------------------- conversion
 
 
-def test_full_workflow_converts_like_the_frontend() -> None:
+def test_comfy_cli_converts_a_workflow_like_the_frontend() -> None:
+    pytest.importorskip("comfy_cli.workflow_to_api", reason="UI-format workflows are converted by comfy-cli")
     conv = wa.ui_to_api(txt2img(), OBJECT_INFO)
-    p = conv.prompt
-    assert set(p) == {"4", "6", "7", "5", "3", "8", "9"}  # no muted/bypassed/virtual nodes
-    assert p["3"]["class_type"] == "KSampler"
-    assert p["3"]["inputs"] == {
-        "seed": 42,
-        "steps": 3,
-        "cfg": 7.5,
-        "sampler_name": "ddim",
-        "scheduler": "ddim_uniform",
-        "denoise": 1.0,
-        "model": ["4", 0],
-        "positive": ["6", 0],
-        "negative": ["7", 0],
-        "latent_image": ["5", 0],  # through the bypassed LatentUpscale
-    }
-    assert p["8"]["inputs"] == {"samples": ["3", 0], "vae": ["4", 2]}  # through two reroutes
-    assert p["4"]["inputs"] == {"ckpt_name": "a.safetensors"}
-    assert p["5"]["inputs"] == {"width": 64, "height": 48, "batch_size": 1}
-    assert p["9"]["inputs"] == {"filename_prefix": "final", "images": ["8", 0]}
-    assert conv.titles["6"] == "Target prompt" and p["6"]["_meta"]["title"] == "Target prompt"
-    assert conv.titles["4"] == "Load Checkpoint"  # no UI title: the display name
-    assert conv.titles["5"] == "EmptyLatentImage"  # no display name either: the class type
-    assert conv.warnings == []
+    strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa: E731
+    # no muted/bypassed/virtual nodes; links through the bypassed upscale and two reroutes; the primitive's value
+    assert strip(conv.prompt) == strip(txt2img_api())
+    assert conv.titles["6"] == "Target prompt" and conv.titles["7"] == "Source prompt"
 
 
-def test_control_after_generate_value_is_skipped_only_when_present() -> None:
-    info = OBJECT_INFO["KSampler"]
-    expected = {"seed": 1, "steps": 2, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 0.5}
-    for values in (
-        [1, "fixed", 2, 3.0, "euler", "normal", 0.5],
-        [1, True, 2, 3.0, "euler", "normal", 0.5],  # very old workflows saved a bool there
-        [1, 2, 3.0, "euler", "normal", 0.5],  # saved before the control widget existed
-    ):
-        assert wa.map_widget_values(info, values) == expected, values
+def test_comfy_cli_missing_is_named_with_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "comfy_cli.workflow_to_api", None)
+    with pytest.raises(wa.WorkflowError, match=r"pip install comfy-cli.*workflows/api/.*Export \(API\)"):
+        wa.ui_to_api(txt2img(), OBJECT_INFO)
 
 
-def test_v3_combo_control_filter_legacy_seed_force_input_and_input_order() -> None:
-    specs = wa.widget_specs(OBJECT_INFO["V3Node"])
-    assert [(s.name, s.type, s.controls) for s in specs] == [
-        ("noise_seed", "INT", 1),
-        ("mode", "COMBO", 2),
-        ("note", "STRING", 0),
-        ("flag", "BOOLEAN", 0),
-    ]  # input_order, not dict order; latent and forceInput scale are sockets
-    values = [7, "increment", "b", "randomize", "", "text", True]
-    assert wa.map_widget_values(OBJECT_INFO["V3Node"], values) == {
-        "noise_seed": 7,
-        "mode": "b",
-        "note": "text",
-        "flag": True,
-    }
-
-
-def test_upload_widget_value_is_not_sent() -> None:
-    wf = {
-        "nodes": [
-            node(1, "LoadImage", ["dog.png", "image"], outputs=[out("IMAGE", "IMAGE"), out("MASK", "MASK")]),
-            node(2, "SaveImage", ["x"], [sock("images", "IMAGE", 1)]),
-        ],
-        "links": [[1, 1, 0, 2, 0, "IMAGE"]],
-    }
-    p = wa.ui_to_api(wf, OBJECT_INFO).prompt
-    assert p["1"]["inputs"] == {"image": "dog.png"}
-    assert [s.name for s in wa.widget_specs(OBJECT_INFO["LoadImage"])] == ["image", "upload"]
-
-
-def test_missing_widget_values_get_defaults_with_a_warning() -> None:
-    wf = {"nodes": [node(1, "EmptyLatentImage", [64]), node(2, "V3Node", [])], "links": []}
-    conv = wa.ui_to_api(wf, OBJECT_INFO)
-    assert conv.prompt["1"]["inputs"] == {"width": 64, "height": 512, "batch_size": 1}
-    assert conv.prompt["2"]["inputs"] == {"noise_seed": 5, "mode": "a", "note": "hi", "flag": False}
-    assert any("'height'" in w and "node 1" in w for w in conv.warnings)
-
-
-def test_dict_widget_values_and_list_values() -> None:
-    wf = {
-        "nodes": [
-            node(1, "EmptyLatentImage", {"width": 8, "height": 16, "batch_size": 2, "junk": 1}),
-            node(2, "ListNode", [["x", "y"]]),
-        ],
-        "links": [],
-    }
-    p = wa.ui_to_api(wf, OBJECT_INFO).prompt
-    assert p["1"]["inputs"] == {"width": 8, "height": 16, "batch_size": 2}
-    assert p["2"]["inputs"] == {"items": {"__value__": ["x", "y"]}}  # a bare list would read as a link
-
-
-def test_converted_widget_linked_to_a_node_becomes_a_link() -> None:
-    wf = {
-        "nodes": [
-            node(1, "V3Node", [1, "fixed", "a", "fixed", "", "n", False], outputs=[out("INT", "INT")]),
-            node(2, "EmptyLatentImage", [8, 8, 1], [sock("width", "INT", 1, widget=True)]),
-        ],
-        "links": [{"id": 1, "origin_id": 1, "origin_slot": 0, "target_id": 2, "target_slot": 0, "type": "INT"}],
-    }
-    p = wa.ui_to_api(wf, OBJECT_INFO).prompt  # object-form links, as subgraph-era frontends save them
-    assert p["2"]["inputs"] == {"width": ["1", 0], "height": 8, "batch_size": 1}
-
-
-def test_links_from_muted_nodes_are_dropped_and_bypass_falls_back_to_type_match() -> None:
-    nodes = [
-        node(1, "EmptyLatentImage", [8, 8, 1], outputs=[out("LATENT", "LATENT")], mode=wa.MODE_NEVER),
-        node(2, "VAEDecode", None, [sock("samples", "LATENT", 1), sock("vae", "VAE", None)], [out("IMAGE", "IMAGE")]),
-        node(3, "EmptyLatentImage", [8, 8, 1], outputs=[out("LATENT", "LATENT")]),
-        # bypassed node whose output 0 is LATENT but input 0 is MODEL: the first LATENT input is used
-        node(
-            4,
-            "KSampler",
-            [1, "fixed", 2, 3.0, "euler", "normal", 1.0],
-            [
-                sock("model", "MODEL", None),
-                sock("positive", "CONDITIONING", None),
-                sock("negative", "CONDITIONING", None),
-                sock("latent_image", "LATENT", 2),
-            ],
-            [out("LATENT", "LATENT")],
-            mode=wa.MODE_BYPASS,
-        ),
-        node(5, "VAEDecode", None, [sock("samples", "LATENT", 3), sock("vae", "VAE", None)], [out("IMAGE", "IMAGE")]),
-    ]
-    links = [[1, 1, 0, 2, 0, "LATENT"], [2, 3, 0, 4, 3, "LATENT"], [3, 4, 0, 5, 0, "LATENT"]]
-    p = wa.ui_to_api({"nodes": nodes, "links": links}, OBJECT_INFO).prompt
-    assert set(p) == {"2", "3", "5"}
-    assert p["2"]["inputs"] == {}
-    assert p["5"]["inputs"] == {"samples": ["3", 0]}
-
-
-def test_subgraph_is_flattened_with_colon_ids() -> None:
-    sg_id = "0b0e6c1c-0000-4000-8000-000000000001"
-    subgraph = {
-        "id": sg_id,
-        "name": "encode",
-        "inputNode": {"id": -10},
-        "outputNode": {"id": -20},
-        "inputs": [
-            {"name": "clip", "type": "CLIP", "linkIds": [1]},
-            {"name": "text", "type": "STRING", "linkIds": [2]},
-        ],
-        "outputs": [{"name": "CONDITIONING", "type": "CONDITIONING", "linkIds": [3]}],
-        "nodes": [
-            node(
-                1,
-                "CLIPTextEncode",
-                ["inner text"],
-                [sock("clip", "CLIP", 1), sock("text", "STRING", 2, True)],
-                [out("CONDITIONING", "CONDITIONING")],
-                title="Inner",
-            )
-        ],
-        "links": [
-            {"id": 1, "origin_id": -10, "origin_slot": 0, "target_id": 1, "target_slot": 0, "type": "CLIP"},
-            {"id": 2, "origin_id": -10, "origin_slot": 1, "target_id": 1, "target_slot": 1, "type": "STRING"},
-            {"id": 3, "origin_id": 1, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "CONDITIONING"},
-        ],
-    }
-    wf = {
-        "nodes": [
-            node(
-                4,
-                "CheckpointLoaderSimple",
-                ["a.safetensors"],
-                outputs=[out("MODEL", "MODEL"), out("CLIP", "CLIP"), out("VAE", "VAE")],
-            ),
-            node(20, sg_id, ["promoted text"], [sock("clip", "CLIP", 1)], [out("CONDITIONING", "CONDITIONING")]),
-            node(
-                3,
-                "KSampler",
-                [1, "fixed", 2, 3.0, "euler", "normal", 1.0],
-                [sock("model", "MODEL", 2), sock("positive", "CONDITIONING", 3)],
-                [out("LATENT", "LATENT")],
-            ),
-        ],
-        "links": [[1, 4, 1, 20, 0, "CLIP"], [2, 4, 0, 3, 0, "MODEL"], [3, 20, 0, 3, 1, "CONDITIONING"]],
-        "definitions": {"subgraphs": [subgraph]},
-    }
-    conv = wa.ui_to_api(wf, OBJECT_INFO)
-    assert set(conv.prompt) == {"4", "20:1", "3"}
-    assert conv.prompt["20:1"]["inputs"] == {"text": "promoted text", "clip": ["4", 1]}
-    assert conv.prompt["3"]["inputs"]["positive"] == ["20:1", 0]
-    assert conv.titles["20:1"] == "Inner"
-    wf["nodes"][1]["widgets_values"] = []  # no promoted value saved: the inner widget keeps its own
-    assert wa.ui_to_api(wf, OBJECT_INFO).prompt["20:1"]["inputs"]["text"] == "inner text"
-
-
-def test_unknown_node_types_and_group_nodes_are_reported_together() -> None:
-    wf = {
-        "nodes": [node(1, "NoSuchNode", [1]), node(2, "workflow>MyGroup", []), node(3, "SaveImage", ["x"])],
-        "links": [],
-    }
-    with pytest.raises(wa.WorkflowError) as err:
-        wa.ui_to_api(wf, OBJECT_INFO)
-    msg = str(err.value)
-    assert "node 1 (NoSuchNode)" in msg and "unknown node type 'NoSuchNode'" in msg
-    assert "node 2 (workflow>MyGroup)" in msg and "group node" in msg
-
-
-def test_dangling_link_is_a_warning() -> None:
-    wf = {"nodes": [node(2, "VAEDecode", None, [sock("samples", "LATENT", 99)])], "links": []}
-    conv = wa.ui_to_api(wf, OBJECT_INFO)
-    assert conv.prompt["2"]["inputs"] == {}
-    assert "dangling link 99" in conv.warnings[0]
+def test_unknown_node_types_are_named_before_conversion() -> None:
+    pytest.importorskip("comfy_cli.workflow_to_api", reason="UI-format workflows are converted by comfy-cli")
+    workflow = txt2img()
+    workflow["nodes"].append(node(20, "NoSuchNode", [1]))
+    with pytest.raises(wa.WorkflowError, match="node types the server does not know: NoSuchNode"):
+        wa.ui_to_api(workflow, OBJECT_INFO)
 
 
 def test_api_format_passes_through_with_titles() -> None:
@@ -464,12 +281,22 @@ def test_api_format_passes_through_with_titles() -> None:
         wa.to_api({"1": {"inputs": {}}})
 
 
+def test_every_shipped_workflow_has_its_api_twin_beside_it() -> None:
+    shipped = wa.shipped_workflows()
+    assert len(shipped) >= 5
+    for ui in shipped:
+        twin = wa.api_twin(ui)
+        assert twin.is_file(), f"{ui.name}: no API twin at {twin}"
+        assert wa.is_ui_workflow(json.loads(ui.read_text()))
+        assert not wa.is_ui_workflow(json.loads(twin.read_text()))
+
+
 # ------------------------------------------------------------------------------------ overrides
 
 
 @pytest.fixture()
 def prompt() -> dict[str, Any]:
-    return wa.ui_to_api(txt2img(), OBJECT_INFO).prompt
+    return txt2img_api()
 
 
 def test_parse_overrides_values() -> None:
@@ -539,7 +366,7 @@ def test_set_input_where_matches_title_substring(prompt: dict[str, Any]) -> None
 
 def test_runner_build_prompt_convenience_flags() -> None:
     conv = run_workflow.build_prompt(
-        txt2img(),
+        txt2img_api(),
         OBJECT_INFO,
         checkpoint_name="b.safetensors",
         source_prompt="a photo of a cat",
@@ -551,7 +378,7 @@ def test_runner_build_prompt_convenience_flags() -> None:
     assert p["7"]["inputs"]["text"] == "a photo of a cat" and p["6"]["inputs"]["text"] == "a photo of a tiger"
     assert p["3"]["inputs"]["cfg"] == 1.0
     with pytest.raises(wa.OverrideError, match="--image: no matching LoadImage"):
-        run_workflow.build_prompt(txt2img(), OBJECT_INFO, image_name="cat.png")
+        run_workflow.build_prompt(txt2img_api(), OBJECT_INFO, image_name="cat.png")
     api = copy.deepcopy(p)
     for entry in api.values():
         entry.pop("_meta")

@@ -9,7 +9,7 @@ frontend in headless Chromium (Debian's ``chromium`` driven by the ``playwright`
 2. a Note with the three things to change is added (once);
 3. nodes are placed in columns by link depth, at the size the frontend computes for their widgets (images
    get room to show), with gaps, and the view is fitted to a 1920×1080 screen below the menus;
-4. the graph is saved as the frontend serialises it, its API twin ``tests/workflows/<stem>_api.json`` is what
+4. the graph is saved as the frontend serialises it, its API twin ``workflows/api/<stem>.json`` is what
    the frontend would queue (``graphToPrompt``), and a screenshot becomes the template thumbnail
    ``workflows/<stem>.jpg``.
 
@@ -54,22 +54,24 @@ TITLE = 30
 """LiteGraph's title bar height: node positions are the body's top-left corner."""
 THUMBNAIL_WIDTH = 640
 
+PHOTO = "1. Photo: load your photo (the example is a CC0 photo of a cat).\n"
+SOURCE = "2. Source prompt: describe the photo as it is.\n"
 NOTES = {
-    "p2p": "Edit a photo with SPDInv + Prompt-to-Prompt\n\n1. Photo: load your photo.\n2. Source prompt: describe "
-           "the photo as it is.\n3. Prompt-to-Prompt, target_text: the same sentence with the change (and the "
-           "changed word in blend/reweight).\n\nThen Run. Saved: the edit, reconstruction | edit, attention maps.",
-    "masactrl": "Edit a photo with SPDInv + MasaCtrl (pose, action, layout changes)\n\n1. Photo: load your photo.\n"
-                "2. Source prompt: describe the photo as it is.\n3. Target prompt: the same subject doing something "
-                "else.\n\nThen Run. Saved: the edit, reconstruction | edit.",
-    "pnp": "Edit a photo with SPDInv + Plug-and-Play (style, material, appearance)\n\n1. Photo: load your photo.\n"
-           "2. Source prompt: describe the photo as it is.\n3. Target prompt: what it should look like.\n\n"
-           "Then Run. Saved: the edit, photo | edit. Color fix: Ctrl+B.",
-    "elite": "Put an object from another image into a photo (SPDInv + ELITE)\n\n1. Photo and Reference image: your "
-             "photo, and the object for *.\n2. Source prompt: describe the photo as it is.\n3. Target prompt: use * "
-             "for the object, e.g. 'a photo of a white *'.\n\nNeeds ELITE's global_mapper.pt in models/elite.",
-    "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n1. Photo: load your photo.\n"
-                      "2. Source prompt: describe the photo as it is.\n3. Steps (SPDInv inversion): the same on both "
-                      "inversions.\n\nThen Run. Saved: both reconstructions and the residual plot.",
+    "Prompt to Prompt": "Edit a photo with SPDInv + Prompt-to-Prompt\n\n" + PHOTO + SOURCE
+                        + "3. Prompt-to-Prompt, target_text: the same sentence with the change (and the changed word "
+                          "in blend/reweight).\n\nThen Run. Saved: the edit, reconstruction | edit, attention maps.",
+    "MasaCtrl": "Edit a photo with SPDInv + MasaCtrl (pose, action, layout changes)\n\n" + PHOTO + SOURCE
+                + "3. Target prompt: the same subject doing something else.\n\nThen Run. Saved: the edit, "
+                  "reconstruction | edit.",
+    "Plug and Play": "Edit a photo with SPDInv + Plug-and-Play (style, material, appearance)\n\n" + PHOTO + SOURCE
+                     + "3. Target prompt: what it should look like.\n\nThen Run. Saved: the edit, photo | edit. "
+                       "Color fix: Ctrl+B.",
+    "ELITE": "Put an object from another image into a photo (SPDInv + ELITE)\n\n1. Photo and Reference image: your "
+             "photo, and the object for *.\n" + SOURCE + "3. Target prompt: use * for the object, e.g. 'a photo of "
+             "a white *'.\n\nNeeds ELITE's global_mapper.pt in models/elite.",
+    "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE
+                      + "3. Steps (SPDInv inversion): the same on both inversions.\n\nThen Run. Saved: both "
+                        "reconstructions and the residual plot.",
 }
 
 
@@ -229,7 +231,8 @@ def without_nulls(value: Any) -> Any:
 def lay_out(page: Any, path: Path, object_info: dict) -> None:
     workflow = json.loads(path.read_text())
     name_default_titles(workflow, object_info)
-    page.evaluate("async (w) => { await window.app.loadGraphData(w, true, true, null); }", workflow)
+    page.evaluate("async ([w, name]) => { await window.app.loadGraphData(w, true, true, name); }",
+                  [workflow, path.stem])
     page.wait_for_function(f"window.app.graph._nodes.length >= {len(workflow['nodes'])}", timeout=60_000)
     prepared = page.evaluate(PREPARE, [note_text(path.stem)])
     sizes = {int(k): v for k, v in prepared["sizes"].items()}
@@ -252,7 +255,7 @@ def lay_out(page: Any, path: Path, object_info: dict) -> None:
     page.keyboard.press("Escape")
     shot = page.screenshot()
     path.write_text(json.dumps(without_nulls(saved["workflow"]), indent=1, ensure_ascii=False) + "\n")
-    twin = ROOT / "tests" / "workflows" / f"{path.stem}_api.json"
+    twin = ROOT / "workflows" / "api" / path.name
     twin.write_text(json.dumps(saved["prompt"], indent=1, ensure_ascii=False) + "\n")
     from PIL import Image
 
@@ -276,14 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     paths = [ROOT / "workflows" / f"{s}.json" for s in args.stems] or sorted((ROOT / "workflows").glob("*.json"))
     with ComfyServer(args.comfyui) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": SCREEN[0], "height": SCREEN[1]})
-        page.goto(server.url)
-        page.wait_for_function("window.app && window.app.graph && window.app.canvas", timeout=180_000)
-        time.sleep(2)
-        page.keyboard.press("Escape")
         object_info = server.object_info()
-        for path in paths:
+        for path in paths:  # a fresh page each: one tab in the thumbnail, named after the workflow
+            page = browser.new_page(viewport={"width": SCREEN[0], "height": SCREEN[1]})
+            page.goto(server.url)
+            page.wait_for_function("window.app && window.app.graph && window.app.canvas", timeout=180_000)
+            time.sleep(2)
+            page.keyboard.press("Escape")
             lay_out(page, path, object_info)
+            page.close()
         browser.close()
     return 0
 

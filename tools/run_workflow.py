@@ -1,15 +1,17 @@
 """Run a ComfyUI workflow headlessly with this node pack loaded, and collect its output images.
 
-    python tools/run_workflow.py workflows/edit.json --comfyui ~/ComfyUI \\
+    python tools/run_workflow.py "workflows/api/SPDInv edit with Prompt to Prompt.json" --comfyui ~/ComfyUI \\
         --checkpoint ~/models/sd15.safetensors --image cat.png \\
         --source-prompt "a cat" --target-prompt "a tiger" --set "KSampler.steps=20" --out out/
 
 Starts a private ComfyUI server (``tools/comfy_server.py``) with the checkpoint's folder registered,
-copies the image into its input directory, converts the workflow (UI or API format) with
-``tools/workflow_api.py``, applies the overrides, runs it, and copies the images into ``--out``
-(same file names; existing files are overwritten). Exits non-zero with the error on failure.
+copies the image into its input directory (without ``--image`` the shipped workflows use the pack's example
+photo), applies the overrides, runs it, and copies the images into ``--out`` (same file names; existing files
+are overwritten). Exits non-zero with the error on failure. API-format files run as they are; a UI-format
+workflow is converted by comfy-cli (``pip install comfy-cli``; see ``tools/workflow_api.py``).
 
-Also usable as a library: :func:`build_prompt` and :func:`run_workflow`. Standard library only.
+Also usable as a library: :func:`build_prompt` and :func:`run_workflow`. Standard library only, apart from
+comfy-cli for UI-format files.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .workflow_api import (  # noqa: E402
     parse_overrides,
     set_input_where,
     to_api,
+    ui_converter,
 )
 
 
@@ -53,7 +56,6 @@ class RunResult:
     prompt: dict[str, Any]
     prompt_id: str
     history: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -185,6 +187,8 @@ def run_workflow(
     """
     t0 = time.monotonic()
     data = load_workflow(workflow) if isinstance(workflow, (str, os.PathLike)) else dict(workflow)
+    if is_ui_workflow(data):
+        ui_converter()  # refuse before a server starts when comfy-cli is missing
     folders: dict[str, list[str]] = {}
 
     def model_name(value: str | os.PathLike[str] | None, kind: str) -> str | None:
@@ -234,7 +238,7 @@ def run_workflow(
         t_done = time.monotonic()
         images = copy_outputs(server.output_images(history), server, Path(out_dir))
     timings = {"server_start_s": t_ready - t0, "run_s": t_done - t_submit, "total_s": time.monotonic() - t0}
-    return RunResult(images, conv.prompt, prompt_id, history, conv.warnings, timings)
+    return RunResult(images, conv.prompt, prompt_id, history, timings)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -310,8 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ComfyServerError, WorkflowError, OverrideError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for w in result.warnings:
-        print(f"warning: {w}", file=sys.stderr)
     for path in result.images:
         print(path)
     if not result.images:

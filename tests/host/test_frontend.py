@@ -13,19 +13,20 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from spdinv_pack.tools.comfy_server import DEFAULT_PACK_NAME
+from spdinv_pack.tools.workflow_api import api_twin, shipped_workflows
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs the playwright package")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="the browser test needs Chromium (Debian: chromium)")
 
-ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = shipped_workflows()
 VIEWPORT = {"width": 1920, "height": 1080}
 """A common desktop screen."""
 
@@ -107,7 +108,7 @@ def drop(page, path: Path, nodes: int) -> None:
 
 
 def thumbnail_found(server, stem: str) -> bool:
-    url = f"{server.url}/api/workflow_templates/{DEFAULT_PACK_NAME}/{stem}.jpg"
+    url = f"{server.url}/api/workflow_templates/{DEFAULT_PACK_NAME}/{urllib.parse.quote(stem)}.jpg"
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
             return response.status == 200
@@ -118,7 +119,7 @@ def thumbnail_found(server, stem: str) -> bool:
 @pytest.mark.parametrize("ui_path", WORKFLOWS, ids=lambda p: p.stem)
 def test_the_workflow_opens_cleanly_in_the_frontend(server, page, ui_path, tmp_path_factory):
     workflow = json.loads(ui_path.read_text())
-    twin = json.loads((ROOT / "tests" / "workflows" / f"{ui_path.stem}_api.json").read_text())
+    twin = json.loads(api_twin(ui_path).read_text())
     drop(page, ui_path, len(workflow["nodes"]))
     seen = page.evaluate(MEASURE)
     queued, expected = strip(seen["output"]), strip(twin)

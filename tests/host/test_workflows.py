@@ -1,8 +1,9 @@
 """Every shipped workflow runs in a real ComfyUI server (``main.py --cpu``) with the pack loaded.
 
-Each UI-format workflow in ``workflows/`` has an API-format twin in ``tests/workflows/``; the UI file
-converted with the server's ``/object_info`` must equal its twin, and the twin must execute. Runs are
-kept small (64x64 image, few steps) so the suite stays quick on CPU.
+Each UI-format workflow in ``workflows/`` has an API-format twin in ``workflows/api/`` (the frontend's own
+``graphToPrompt`` output, checked in ``test_frontend.py``); comfy-cli's conversion of the UI file with the
+server's ``/object_info`` must equal it too, and the twin must execute on the example photo the pack puts
+into the input folder. Runs are kept small (64x64 image, few steps) so the suite stays quick on CPU.
 """
 
 from __future__ import annotations
@@ -18,15 +19,25 @@ from PIL import Image
 
 from spdinv_pack.tools.comfy_server import ExecutionError, PromptValidationError
 from spdinv_pack.tools.run_workflow import build_prompt
-from spdinv_pack.tools.workflow_api import to_api
+from spdinv_pack.tools.workflow_api import WORKFLOWS as SHIPPED
+from spdinv_pack.tools.workflow_api import api_twin, shipped_workflows, to_api
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+WORKFLOWS = shipped_workflows()
 SMALL = {"Resize.width": 64, "Resize.height": 64}
+P2P = SHIPPED / "SPDInv edit with Prompt to Prompt.json"
+MASACTRL = SHIPPED / "SPDInv edit with MasaCtrl.json"
+PNP = SHIPPED / "SPDInv edit with Plug and Play.json"
+ELITE = SHIPPED / "SPDInv edit with ELITE.json"
+RECONSTRUCTION = SHIPPED / "SPDInv reconstruction vs DDIM.json"
 
 
-def twin_of(ui_path: Path) -> Path:
-    return ROOT / "tests" / "workflows" / f"{ui_path.stem}_api.json"
+def api_prompt(ui_path: Path) -> dict:
+    return json.loads(api_twin(ui_path).read_text())
+
+
+def needs_comfy_cli() -> None:
+    pytest.importorskip("comfy_cli.workflow_to_api", reason="UI-format workflows are converted by comfy-cli")
 
 
 def small_overrides(prompt: dict, mapper_name: str | None = None) -> dict:
@@ -44,7 +55,7 @@ def small_overrides(prompt: dict, mapper_name: str | None = None) -> dict:
 def test_every_workflow_has_an_api_twin():
     assert WORKFLOWS, "no workflows shipped"
     for ui in WORKFLOWS:
-        assert twin_of(ui).is_file(), f"{ui.name} has no API twin at {twin_of(ui)}"
+        assert api_twin(ui).is_file(), f"{ui.name} has no API twin at {api_twin(ui)}"
 
 
 def test_workflows_are_listed_in_the_template_browser(server):
@@ -54,29 +65,32 @@ def test_workflows_are_listed_in_the_template_browser(server):
 
 
 @pytest.mark.parametrize("ui_path", WORKFLOWS, ids=lambda p: p.stem)
-def test_ui_workflow_equals_its_api_twin(server, ui_path):
+def test_comfy_cli_converts_each_ui_workflow_to_its_api_twin(server, ui_path):
+    needs_comfy_cli()
     converted = to_api(json.loads(ui_path.read_text()), server.object_info()).prompt
-    twin = json.loads(twin_of(ui_path).read_text())
     strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa: E731
-    assert strip(converted) == strip(twin)
+    assert strip(converted) == strip(api_prompt(ui_path))
 
 
 def checkpoint_for(ui_path: Path, request: pytest.FixtureRequest) -> Path:
     """The random checkpoint of the workflow's family: SDXL-class for ``*sdxl*`` workflows, else SD1.5."""
-    return request.getfixturevalue("sdxl_checkpoint_path" if "sdxl" in ui_path.stem else "sd15_checkpoint_path")
+    return request.getfixturevalue("sdxl_checkpoint_path" if "SDXL" in ui_path.stem else "sd15_checkpoint_path")
 
 
 @pytest.mark.parametrize("ui_path", WORKFLOWS, ids=lambda p: p.stem)
-def test_api_twin_executes(server, ui_path, photo_file, clip_vision_path, elite_mapper_path_global, request):
-    twin = json.loads(twin_of(ui_path).read_text())
-    image = server.upload_image(photo_file)
-    uses_clip_vision = any(n["class_type"] == "CLIPVisionLoader" for n in twin.values())
-    prompt = build_prompt(twin, server.object_info(), checkpoint_name=checkpoint_for(ui_path, request).name,
-                          image_name=image, clip_vision_name=clip_vision_path.name if uses_clip_vision else None,
-                          overrides=small_overrides(twin, elite_mapper_path_global.name)).prompt
+def test_api_twin_executes_on_the_example_photo(server, ui_path, clip_vision_path, elite_mapper_path_global,
+                                                request):
+    api = api_prompt(ui_path)
+    photos = {n["inputs"]["image"] for n in api.values() if n["class_type"] == "LoadImage"}
+    assert photos == {"spdinv_example_cat.png"}
+    assert (server.input_dir / "spdinv_example_cat.png").is_file(), "the pack puts the example photo in place"
+    uses_clip_vision = any(n["class_type"] == "CLIPVisionLoader" for n in api.values())
+    prompt = build_prompt(api, server.object_info(), checkpoint_name=checkpoint_for(ui_path, request).name,
+                          clip_vision_name=clip_vision_path.name if uses_clip_vision else None,
+                          overrides=small_overrides(api, elite_mapper_path_global.name)).prompt
     history = server.run(prompt, timeout=1800)
     images = server.output_images(history)
-    saves = [n for n in twin.values() if n["class_type"] == "SaveImage"]
+    saves = [n for n in api.values() if n["class_type"] == "SaveImage"]
     assert len(images) == len(saves)
     for path in images:
         with Image.open(path) as im:
@@ -84,17 +98,17 @@ def test_api_twin_executes(server, ui_path, photo_file, clip_vision_path, elite_
     assert server.running
 
 
-@pytest.mark.parametrize("stem,prompts,expected", [
-    ("spdinv_reconstruction", ["--source-prompt", "a photo of a dog"], ["spdinv_reconstruction", "residual_plot"]),
-    ("spdinv_p2p_edit", ["--source-prompt", "a photo of a dog", "--target-prompt", "a photo of a cat"],
+@pytest.mark.parametrize("ui,prompts,expected", [
+    (RECONSTRUCTION, ["--source-prompt", "a photo of a dog"], ["spdinv_reconstruction", "residual_plot"]),
+    (P2P, ["--source-prompt", "a photo of a dog", "--target-prompt", "a photo of a cat"],
      ["spdinv_p2p_edit", "spdinv_p2p_reconstruction_vs_edit", "p2p_attention_maps"]),
 ], ids=["reconstruction", "p2p"])
 def test_headless_runner_runs_a_shipped_workflow_from_the_command_line(comfyui_path, sd15_checkpoint_path,
-                                                                       photo_file, tmp_path, stem, prompts,
-                                                                       expected):
-    ui = ROOT / "workflows" / f"{stem}.json"
-    sets = [f"{k}={v}" for k, v in small_overrides(json.loads(twin_of(ui).read_text())).items()]
-    if stem == "spdinv_p2p_edit":
+                                                                       photo_file, tmp_path, ui, prompts, expected):
+    """The UI file itself, converted by comfy-cli inside the runner."""
+    needs_comfy_cli()
+    sets = [f"{k}={v}" for k, v in small_overrides(api_prompt(ui)).items()]
+    if ui == P2P:
         sets += ["Prompt-to-Prompt.blend_source_words=dog", "Prompt-to-Prompt.blend_target_words=cat",
                  "Prompt-to-Prompt.reweight=cat:2.0"]
     cmd = [sys.executable, str(ROOT / "tools" / "run_workflow.py"), str(ui), "--comfyui", str(comfyui_path),
@@ -110,7 +124,7 @@ def test_headless_runner_runs_a_shipped_workflow_from_the_command_line(comfyui_p
 
 
 def test_changing_only_the_target_prompt_reuses_the_cached_inversion(server, photo_file, sd15_checkpoint_path):
-    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_p2p_edit.json").read_text())
+    twin = api_prompt(P2P)
     image = server.upload_image(photo_file)
     invert_id = next(i for i, n in twin.items() if n["class_type"] == "SPDInvInvert")
 
@@ -130,10 +144,10 @@ def test_changing_only_the_target_prompt_reuses_the_cached_inversion(server, pho
 @pytest.mark.parametrize("settings", [
     {"Prompt-to-Prompt.mode": "word swap", "Prompt-to-Prompt.reweight": ""},
     {"Prompt-to-Prompt.mode": "refine", "Prompt-to-Prompt.reweight": ""},
-    {"Prompt-to-Prompt.mode": "refine", "Prompt-to-Prompt.reweight": "tiger:2.0, mirror:0.5"},
+    {"Prompt-to-Prompt.mode": "refine", "Prompt-to-Prompt.reweight": "tiger:2.0, photo:0.5"},
 ], ids=["word-swap", "refine", "reweight"])
 def test_p2p_workflow_runs_in_each_mode_with_local_blend(server, photo_file, sd15_checkpoint_path, settings):
-    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_p2p_edit.json").read_text())
+    twin = api_prompt(P2P)
     image = server.upload_image(photo_file)
     prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
                           overrides={**small_overrides(twin), **settings}).prompt
@@ -146,13 +160,13 @@ def test_p2p_workflow_runs_in_each_mode_with_local_blend(server, photo_file, sd1
 
 @pytest.mark.parametrize("settings,match", [
     ({"Prompt-to-Prompt.blend_target_words": "horse"}, "blend_target_words: .*horse"),
-    ({"Prompt-to-Prompt.mode": "word swap", "Prompt-to-Prompt.target_text": "a photo of a big tiger"},
+    ({"Prompt-to-Prompt.mode": "word swap", "Prompt-to-Prompt.target_text": "a close-up photo of a big tiger"},
      "target_text: .*refine"),
     ({"Prompt-to-Prompt.reweight": "tiger=2"}, "reweight: .*word:factor"),
 ], ids=["blend-word", "swap-count", "reweight-format"])
 def test_bad_p2p_input_fails_the_prompt_and_the_server_keeps_serving(server, photo_file, sd15_checkpoint_path,
                                                                      settings, match):
-    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_p2p_edit.json").read_text())
+    twin = api_prompt(P2P)
     image = server.upload_image(photo_file)
     prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
                           overrides={**small_overrides(twin), **settings}).prompt
@@ -165,7 +179,7 @@ def test_bad_p2p_input_fails_the_prompt_and_the_server_keeps_serving(server, pho
 
 
 def masactrl_prompt(server, photo_file, sd15_checkpoint_path, settings: dict) -> dict:
-    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_masactrl_edit.json").read_text())
+    twin = api_prompt(MASACTRL)
     image = server.upload_image(photo_file)
     return build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
                         overrides={**small_overrides(twin), **settings}).prompt
@@ -196,7 +210,8 @@ def test_bad_masactrl_input_fails_the_prompt_and_the_server_keeps_serving(server
 
 
 def test_pnp_workflow_runs_with_the_color_fix_enabled(server, photo_file, sd15_checkpoint_path):
-    ui = json.loads((ROOT / "workflows" / "spdinv_pnp_edit.json").read_text())
+    needs_comfy_cli()
+    ui = json.loads(PNP.read_text())
     fix = next(n for n in ui["nodes"] if n["type"] == "SPDInvWaveletColorFix")
     assert fix["mode"] == 4, "the colour fix ships bypassed"
     fix["mode"] = 0
@@ -212,7 +227,7 @@ def test_pnp_workflow_runs_with_the_color_fix_enabled(server, photo_file, sd15_c
 
 def test_pnp_fraction_out_of_range_is_refused_by_validation_and_the_server_keeps_serving(
         server, photo_file, sd15_checkpoint_path):
-    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_pnp_edit.json").read_text())
+    twin = api_prompt(PNP)
     image = server.upload_image(photo_file)
     prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name, image_name=image,
                           overrides={**small_overrides(twin), "Plug-and-Play.feature_fraction": 1.5}).prompt
@@ -224,7 +239,7 @@ def test_pnp_fraction_out_of_range_is_refused_by_validation_and_the_server_keeps
 
 def test_bad_elite_text_fails_the_prompt_and_the_server_keeps_serving(server, photo_file, sd15_checkpoint_path,
                                                                       clip_vision_path, elite_mapper_path_global):
-    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_elite_edit.json").read_text())
+    twin = api_prompt(ELITE)
     image = server.upload_image(photo_file)
 
     def prompt(target: str) -> dict:
@@ -241,7 +256,7 @@ def test_bad_elite_text_fails_the_prompt_and_the_server_keeps_serving(server, ph
 def test_a_missing_elite_mapper_file_is_refused_when_queued(server, photo_file, sd15_checkpoint_path,
                                                             clip_vision_path):
     """HTTP 400 at queue time naming mapper_name, before any node ran (ComfyUI 0.3.x does not check V3 combos)."""
-    twin = json.loads(twin_of(ROOT / "workflows" / "spdinv_elite_edit.json").read_text())
+    twin = api_prompt(ELITE)
     prompt = build_prompt(twin, server.object_info(), checkpoint_name=sd15_checkpoint_path.name,
                           image_name=server.upload_image(photo_file), clip_vision_name=clip_vision_path.name,
                           overrides=small_overrides(twin, "no_such_mapper.pt")).prompt
