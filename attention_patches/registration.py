@@ -12,12 +12,21 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ..spdinv.branches import Chunks
 from .attention_math import Attend, LayerAttention, Replacement
 from .engine import EditEngine, step_of
 from .unet_layers import TransformerLayer, transformer_layers
 
 ENGINE_KEY = "spdinv_engine"
 """``transformer_options`` key holding the engine that the patches of this model belong to."""
+SHARED_SOURCE_KEY = "spdinv_shared_source"
+"""``transformer_options`` key the edit sampler sets (True) on a UNet call whose unconditional chunks carry
+target rows only (:class:`~..spdinv.branches.Chunks`)."""
+
+
+def call_chunks(options: dict) -> Chunks:
+    """The CFG chunks of the UNet call whose ``transformer_options`` are ``options``."""
+    return Chunks(options.get("cond_or_uncond", [0]), bool(options.get(SHARED_SOURCE_KEY, False)))
 
 
 def engine_of(model_patcher: Any) -> Any | None:
@@ -43,7 +52,7 @@ class AttentionPatch:
         shape = extra_options["activations_shape"]
         method = self.engine.self_attention if self.kind == "attn1" else self.engine.cross_attention
         attention = LayerAttention(_host_attention(self.attend, extra_options), self.inner, extra_options)
-        return method(q, k, v, extra_options["n_heads"], step_of(extra_options), extra_options["cond_or_uncond"],
+        return method(q, k, v, extra_options["n_heads"], step_of(extra_options), call_chunks(extra_options),
                       self.layer, (shape[-2], shape[-1]), attention)
 
 
@@ -60,7 +69,7 @@ class FeatureTapWrapper:
         options = kwargs.get("transformer_options", args[5] if len(args) > 5 else {})
         engine = options.get(ENGINE_KEY)
         taps = engine.feature_taps() if hasattr(engine, "feature_taps") else {}
-        step, chunks = step_of(options), options.get("cond_or_uncond", [0])
+        step, chunks = step_of(options), call_chunks(options)
         handles = []
         try:
             for path, rewrite in taps.items():

@@ -45,6 +45,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="UNet compute dtype through core ModelComputeDtype (default: as ComfyUI loads it)")
     p.add_argument("--resolutions", type=int, nargs="+", default=[128], help="image sides in pixels (default 128)")
     p.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50], help="DDIM steps (default 10 20 50)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1],
+                   help="images inverted and edited together (default 1); each image is a different latent")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per row; the median is reported")
     p.add_argument("--methods", type=inv.parse_method, nargs="+", default=None, metavar="SPEC",
                    help=f"inversion rows as in bench_inversion.py, plus repeats=N for a slow row\n"
@@ -73,23 +75,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 class UNetCalls:
-    """Counts calls of the diffusion model and the rows they carried, through a forward pre-hook that is
-    removed on exit (benchmark instrumentation only; the pack itself never hooks a model this way)."""
+    """Counts calls of the diffusion model and the rows they carried, forward and backward, through hooks
+    that are removed on exit (benchmark instrumentation only; the pack itself never hooks a model this way).
+
+    ``row_evals``: a row is one image-prompt pair in a UNet call; a backward counts as two evaluations."""
 
     def __init__(self, model_patcher: Any):
         self.module = model_patcher.model.diffusion_model
-        self.calls = self.rows = 0
+        self.calls = self.rows = self.backward_rows = 0
+
+    @property
+    def row_evals(self) -> int:
+        return self.rows + 2 * self.backward_rows
 
     def __enter__(self) -> UNetCalls:
         def count(_module: torch.nn.Module, args: tuple) -> None:
             self.calls += 1
             self.rows += int(args[0].shape[0])
 
-        self.handle = self.module.register_forward_pre_hook(count)
+        def count_backward(_module: torch.nn.Module, grad_output: tuple) -> None:
+            self.backward_rows += int(grad_output[0].shape[0])
+
+        self.handles = [self.module.register_forward_pre_hook(count),
+                        self.module.register_full_backward_pre_hook(count_backward)]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
+        for handle in self.handles:
+            handle.remove()
+
+
+def method_name(settings: dict[str, Any]) -> str:
+    """``ddim``, or ``spdinv/<solver>`` (the JSON's ``method``)."""
+    return settings["method"] if settings["method"] != "spdinv" else f"spdinv/{settings['solver']}"
+
+
+def reference_row_evals(steps: int, images: int) -> int:
+    """UNet rows of the paper's DDIM + P2P pipeline: ``steps`` for the inversion plus 4 a step for the edit
+    (two prompts, each with CFG), per image."""
+    return 5 * steps * images
 
 
 class EditBench(inv.Bench):
@@ -119,11 +143,13 @@ class EditBench(inv.Bench):
 
     def pipeline(self, spec: inv.MethodSpec, steps: int) -> dict[str, Any]:
         """Invert then edit once, timing each part; returns the times, the inversion and the outputs."""
-        t_inv, (inversion, _noise) = self._timed(lambda: self.invert(spec, steps))
+        with UNetCalls(self.model) as inverting:
+            t_inv, (inversion, _noise) = self._timed(lambda: self.invert(spec, steps))
         with UNetCalls(self.model) as calls:
             t_edit, (edited, recon) = self._timed(lambda: self.edit(inversion))
         return {"invert_s": t_inv, "edit_s": t_edit, "inversion": inversion, "edited": edited, "recon": recon,
-                "edit_calls": calls.calls, "edit_rows": calls.rows}
+                "edit_calls": calls.calls, "edit_rows": calls.rows, "invert_row_evals": inverting.row_evals,
+                "edit_row_evals": calls.row_evals}
 
     def row(self, spec: inv.MethodSpec, steps: int) -> dict[str, Any]:
         from spdinv_pack.spdinv.metrics import latent_psnr
@@ -142,8 +168,19 @@ class EditBench(inv.Bench):
         residual = self.remeasure(last["inversion"])[:, 0]
         totals = [r["invert_s"] + r["edit_s"] for r in runs]
         fwd, bwd = int(result.forwards.sum()), int(result.backwards.sum())
+        images = int(self.latent["samples"].shape[0])
+        row_evals = last["invert_row_evals"] + last["edit_row_evals"]
         return {
-            "method": spec.label,
+            "method": method_name(result.settings.to_dict()),
+            "label": spec.label,
+            "steps": steps,
+            "batch": images,
+            "unet_row_evals": row_evals,
+            "invert_row_evals": last["invert_row_evals"],
+            "edit_row_evals": last["edit_row_evals"],
+            "reference_row_evals": reference_row_evals(steps, images),
+            "row_evals_vs_reference": row_evals / reference_row_evals(steps, images),
+            "images_per_minute": 60 * images / statistics.median(totals),
             "settings": result.settings.to_dict(),
             "repeats": repeats,
             "total_s": totals,
@@ -164,13 +201,20 @@ class EditBench(inv.Bench):
             "per_step_forwards": result.forwards.flip(0).tolist(),
         }
 
+    def batch_latent(self, resolution: int, batch: int) -> dict[str, torch.Tensor]:
+        """``batch`` different latents at ``resolution``: the first as ``make_latent`` gives it, the others
+        mirrored and scaled, so no two images are equal."""
+        first = self.make_latent(resolution)["samples"]
+        others = [first.flip(-1 - (i % 2)) * (1 - 0.1 * i) for i in range(1, batch)]
+        return {"samples": torch.cat([first, *others])}
+
     def label(self) -> str:
         return f"{self.latent['samples'].shape[-1] * 8}px"
 
     def run_all(self) -> dict[str, Any]:
         tables = []
-        for resolution in self.args.resolutions:
-            self.latent = self.make_latent(resolution)
+        for resolution, batch in ((r, b) for r in self.args.resolutions for b in self.args.batches):
+            self.latent = self.batch_latent(resolution, batch)
             for steps in self.args.steps:
                 rows = [self.row(spec, steps) for spec in self.args.methods]
                 ddim = next((r for r in rows if r["settings"]["method"] == "ddim"), None)
@@ -181,14 +225,18 @@ class EditBench(inv.Bench):
                     r["psnr_gain_db"] = r["recon_psnr_db"] - ddim["recon_psnr_db"] if ddim else None
                     r["passes_vs_adamw"] = r["invert_passes"] / adamw["invert_passes"] if adamw else None
                 shape = list(self.latent["samples"].shape)
-                tables.append({"resolution": resolution, "steps": steps, "latent_shape": shape, "rows": rows})
+                tables.append({"resolution": resolution, "steps": steps, "batch": batch, "latent_shape": shape,
+                               "rows": rows})
         meta = self.meta()
-        meta.update(resolutions=self.args.resolutions, steps=self.args.steps, dtype=self.args.dtype,
+        meta.update(resolutions=self.args.resolutions, steps=self.args.steps, batches=self.args.batches,
+                    dtype=self.args.dtype,
                     target_prompt=self.args.target_prompt, blend=self.args.blend, cfg=self.args.cfg,
                     inversion_guidance=self.args.inversion_guidance)
         for key in ("resolution", "latent_shape", "warmup_steps"):
             meta.pop(key, None)
-        return {"benchmark": "spdinv-edit", "format": 1, "meta": meta, "tables": tables}
+        flat = [{"resolution": t["resolution"], **{k: v for k, v in r.items() if k != "per_step_forwards"}}
+                for t in tables for r in t["rows"]]
+        return {"benchmark": "spdinv-edit", "format": 2, "meta": meta, "rows": flat, "tables": tables}
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -212,19 +260,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         n = t["steps"]
         lines += [
             "",
-            f"## {t['resolution']}², {n} steps",
+            f"## {t['resolution']}², {n} steps, batch {t.get('batch', 1)}",
             "",
-            "| inversion | total s | × ddim | invert s | edit s | invert UNet fwd / bwd "
-            f"| × adamw passes | edit UNet calls (rows) | steps < δ={delta} | max residual | recon PSNR dB "
-            "| vs ddim dB | peak mem MiB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| inversion | total s | × ddim | images/min | UNet row evals | × DDIM+P2P rows | invert s | edit s "
+            f"| invert UNet fwd / bwd | × adamw passes | edit UNet calls (rows) | steps < δ={delta} | max residual "
+            "| recon PSNR dB | vs ddim dB | peak mem MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in t["rows"]:
             def opt(v: float | None, fmt: str) -> str:
                 return "–" if v is None else format(v, fmt)
 
             lines.append(
-                f"| {r['method']} | {r['median_s']:.2f} | {opt(r['time_vs_ddim'], '.2f')} | {r['invert_median_s']:.2f} "
+                f"| {r.get('label', r['method'])} | {r['median_s']:.2f} | {opt(r['time_vs_ddim'], '.2f')} "
+                f"| {r['images_per_minute']:.2f} | {r['unet_row_evals']} | {r['row_evals_vs_reference']:.2f} "
+                f"| {r['invert_median_s']:.2f} "
                 f"| {r['edit_median_s']:.2f} | {r['invert_forwards']} / {r['invert_backwards']} "
                 f"| {opt(r['passes_vs_adamw'], '.3f')} | {r['edit_unet_calls']} ({r['edit_unet_rows']}) "
                 f"| {r['steps_under_delta']}/{n} | {r['residual_max']:.2e} | {r['recon_psnr_db']:.2f} "
@@ -248,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dev = inv.slug(m["device"]) if m["device_kind"] == "cuda" else "cpu-" + inv.slug(inv.cpu_model())
         res = "_".join(map(str, args.resolutions))
         steps = "_".join(map(str, args.steps))
-        out = inv.ROOT / "benchmarks" / "results" / f"edit-{dev}-{res}-{steps}"
+        batches = "" if args.batches == [1] else "-b" + "_".join(map(str, args.batches))
+        out = inv.ROOT / "benchmarks" / "results" / f"edit-{dev}-{res}-{steps}{batches}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(inv.json_safe(report), indent=1, allow_nan=False) + "\n")
     out.with_suffix(".md").write_text(text)

@@ -16,6 +16,7 @@ import latent_preview
 import torch
 
 from ..spdinv.edit_loop import BranchPredictor
+from .shared_source import SharedSourceRows, can_share_source
 
 Routine = Callable[..., tuple[torch.Tensor, Any]]
 """``routine(guider, extra_args, noise, latent_image, sigmas, progress) -> (latent, output)``."""
@@ -54,11 +55,16 @@ def denoiser(guider: comfy.samplers.CFGGuider, extra_args: dict) -> Callable[[to
     return denoise
 
 
-def branch_predictor(guider: comfy.samplers.CFGGuider, extra_args: dict) -> BranchPredictor:
+def branch_predictor(guider: comfy.samplers.CFGGuider, extra_args: dict, share_source: bool = True
+                     ) -> BranchPredictor:
     """The core's ``predict(x, sigma, with_uncond)``: conditional and unconditional denoised predictions of
     the guider's ``positive``/``negative`` conds in one ``calc_cond_batch`` (patches, wrappers, ControlNets
-    and other cond extras apply as in any sampler); the core's guidance rule mixes them."""
+    and other cond extras apply as in any sampler); the core's guidance rule mixes them. With
+    ``share_source`` (and a model that allows it) the calls leave out the source's unconditional rows
+    (:mod:`.shared_source`)."""
     model_options = extra_args["model_options"]
+    if share_source and can_share_source(model_options):
+        model_options = {**model_options, "model_function_wrapper": SharedSourceRows()}
 
     def predict(x: torch.Tensor, sigma: float, with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         comfy.model_management.throw_exception_if_processing_interrupted()
