@@ -12,6 +12,7 @@ here only; the tests never time anything. See ``benchmarks/README.md`` for what 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -26,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ TUNABLE: dict[str, Callable[[str], Any]] = {
     "measure_residual": lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()],
 }
 """SPDInvInvert inputs a method spec may set as ``key=value``."""
+SOLVER_KNOBS: dict[str, Callable[[str], Any]] = {"memory": int, "damping": float, "warm_start": str, "relax": (
+    lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()])}
+"""Anderson settings the node does not expose; a spec may set them for its runs (solver tuning)."""
 MIB = 2**20
 
 
@@ -72,6 +76,8 @@ class MethodSpec:
     inputs: dict[str, Any]
     repeats: int | None = None
     """Timed runs of this row, where it should differ from ``--repeats`` (a slow row)."""
+    knobs: dict[str, Any] = field(default_factory=dict)
+    """``SOLVER_KNOBS`` set for this row's runs."""
 
 
 def parse_method(text: str) -> MethodSpec:
@@ -98,18 +104,21 @@ def parse_method(text: str) -> MethodSpec:
             raise argparse.ArgumentTypeError(f"{text!r}: solver must be one of {SOLVERS}")
         inputs["solver"] = solver
     repeats = None
+    knobs: dict[str, Any] = {}
     for tok in tokens[1:]:
         key, eq, value = tok.partition("=")
         if key == "repeats" and eq and value.isdigit() and int(value) > 0:
             repeats = int(value)
             continue
-        if not eq or key not in TUNABLE:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected key=value with key in {sorted(TUNABLE)}, got {tok!r}")
+        parsers = {**TUNABLE, **SOLVER_KNOBS}
+        if not eq or key not in parsers:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected key=value with key in {sorted(parsers)}, "
+                                             f"got {tok!r}")
         try:
-            inputs[key] = TUNABLE[key](value)
+            (knobs if key in SOLVER_KNOBS else inputs)[key] = parsers[key](value)
         except (ValueError, KeyError):
             raise argparse.ArgumentTypeError(f"{text!r}: bad value for {key}: {value!r}") from None
-    return MethodSpec(" ".join(tokens), inputs, repeats)
+    return MethodSpec(" ".join(tokens), inputs, repeats, knobs)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -377,9 +386,18 @@ class Bench:
         return time.perf_counter() - t0, out
 
     def invert(self, spec: MethodSpec, steps: int) -> Any:
-        """One SPDInvInvert node call; returns (inversion payload, noise LATENT)."""
-        return self.run_node(self.invert_node, model=self.model, source=self.source, latent=self.latent,
-                             steps=steps, **spec.inputs).result
+        """One SPDInvInvert node call; returns (inversion payload, noise LATENT). A spec's solver knobs are
+        the defaults of the node's ``InversionSettings`` for this call only."""
+        import spdinv_pack.nodes.invert as node_module
+
+        settings_type = node_module.InversionSettings
+        if spec.knobs:
+            node_module.InversionSettings = functools.partial(settings_type, **spec.knobs)
+        try:
+            return self.run_node(self.invert_node, model=self.model, source=self.source, latent=self.latent,
+                                 steps=steps, **spec.inputs).result
+        finally:
+            node_module.InversionSettings = settings_type
 
     def remeasure(self, inversion: Any) -> torch.Tensor:
         """Fixed-point residual of every stored step, one UNet forward each, through a CFGGuider at CFG 1

@@ -8,11 +8,12 @@ import torch
 from comfy_api.latest import io
 
 from ..spdinv.inversion import METHODS, SOLVERS, InversionSettings, invert
-from ..spdinv.schedules import validate_sampling_grid
+from ..spdinv.schedules import reference_sigmas, validate_sampling_grid
 from .branch_conditioning import at_photo_size
 from .comfy_bridge import denoiser, input_scale_of, make_weights_autograd_safe, run_in_guider, skip_of
 from .inversion_type import Inversion, InversionPayload, check_latent_channels
 
+GRIDS = ("ddim_uniform", "reference")
 DEFAULT_SOLVER = "anderson"
 DEFAULT_REL_TOL = 0.01
 """Chosen by benchmarks/bench_inversion.py (see README, Performance)."""
@@ -60,7 +61,12 @@ class SPDInvInvert(io.ComfyNode):
                                  tooltip="For method ddim: spend one extra UNet pass per step to record the "
                                          "fixed-point residual (for the residual plot)."),
                 io.Sigmas.Input("sigmas", optional=True,
-                                tooltip="Optional custom sampling grid (descending, ending at 0); overrides steps."),
+                                tooltip="Optional custom sampling grid (descending, ending at 0); overrides steps "
+                                        "and grid."),
+                io.Combo.Input("grid", options=list(GRIDS), default="ddim_uniform", optional=True,
+                               tooltip="ddim_uniform: ComfyUI's DDIM grid (timesteps 981 ... 1 for 50 steps). "
+                                       "reference: the official SPDInv code's (980 ... 0), for the paper's "
+                                       "procedure."),
             ],
             outputs=[
                 Inversion.Output(display_name="inversion",
@@ -73,7 +79,7 @@ class SPDInvInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, source, latent, steps, method, solver, max_iters, lr, delta, rel_tol,
-                measure_residual, sigmas=None) -> io.NodeOutput:
+                measure_residual, sigmas=None, grid="ddim_uniform") -> io.NodeOutput:
         settings = InversionSettings(method=method, solver=solver, max_iters=max_iters, lr=lr, delta=delta,
                                      rel_tol=rel_tol, measure_ddim_residual=measure_residual)
         samples = latent["samples"]
@@ -81,8 +87,9 @@ class SPDInvInvert(io.ComfyNode):
             raise ValueError(f"latent: expected an image latent [B, C, H, W], got shape {tuple(samples.shape)}")
         check_latent_channels(model, samples, "latent")
         if sigmas is None:
-            sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "ddim_uniform",
-                                                     steps).cpu()
+            sampling = model.get_model_object("model_sampling")
+            sigmas = (reference_sigmas(sampling.sigmas.float().cpu(), steps) if grid == "reference" else
+                      comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", steps).cpu())
         else:
             sigmas = sigmas.detach().float().cpu()
             try:

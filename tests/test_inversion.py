@@ -20,7 +20,12 @@ from spdinv_pack.spdinv.inversion import (
 )
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.spdinv.sampling import ddim_sample
-from spdinv_pack.spdinv.schedules import ddim_uniform_sigmas, sd_train_sigmas
+from spdinv_pack.spdinv.schedules import (
+    ddim_uniform_sigmas,
+    reference_sigmas,
+    sd_train_sigmas,
+    validate_sampling_grid,
+)
 
 from toy_model import ToyDenoiser, ToyVDenoiser, toy_latent, v_skip
 
@@ -46,6 +51,15 @@ def test_ddim_uniform_grid_matches_comfyui_timesteps():
     grid50 = ddim_uniform_sigmas(train, 50)
     assert torch.allclose(grid50[:-1], torch.stack([train[t] for t in range(981, 0, -20)]))
     assert abs(float(train[0]) - 0.0292) < 1e-3 and abs(float(train[-1]) - 14.6146) < 1e-3
+
+
+def test_reference_grid_is_the_official_codes_timesteps_980_to_0():
+    train = sd_train_sigmas()
+    grid = reference_sigmas(train, 50)
+    assert grid.shape == (51,) and float(grid[-1]) == 0.0
+    assert torch.equal(grid[:-1], torch.stack([train[t] for t in range(980, -1, -20)]))
+    validate_sampling_grid(grid)
+    assert torch.equal(reference_sigmas(train, 10)[:-1], torch.stack([train[t] for t in range(900, -1, -100)]))
 
 
 @pytest.mark.parametrize("solver", ["anderson", "adamw"])

@@ -57,6 +57,12 @@ THUMBNAIL_WIDTH = 640
 PHOTO = "1. Photo: load your photo (the example is a CC0 photo of a cat).\n"
 SOURCE = "2. Source prompt: describe the photo as it is.\n"
 NOTES = {
+    "paper procedure": "The SPDInv paper's exact procedure (ECCV 2024, official code's defaults)\n\nInversion: AdamW "
+                       "through the UNet, K 25, lr 1e-3, delta 5e-6 alone (rel_tol 0), 50 steps on the official "
+                       "grid (980 ... 0). P2P: refine, reweight x2, local blend from the edited maps, ProxEdit "
+                       "and inversion guidance, CFG 7.5. Slow: AdamW backpropagates through the UNet at "
+                       "every iteration.\n\n"
+                       + PHOTO + SOURCE + "3. target_text: the change.",
     "Prompt to Prompt": "Edit a photo with SPDInv + Prompt-to-Prompt\n\n" + PHOTO + SOURCE
                         + "3. Prompt-to-Prompt, target_text: the same sentence with the change (and the changed word "
                           "in blend/reweight).\n\nThen Run. Saved: the edit, reconstruction | edit, attention maps.",

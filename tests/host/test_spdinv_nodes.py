@@ -39,6 +39,20 @@ def test_spdinv_inverts_and_reconstructs_better_than_ddim(run_node, pack_nodes, 
     assert psnr_spd > psnr_ddim + 10
 
 
+def test_the_reference_grid_is_the_official_codes_timesteps_and_reconstructs(run_node, pack_nodes, scene):
+    """grid=reference: timesteps 900, 800, ..., 0 at 10 steps (ComfyUI's ddim_uniform: 901 ... 1), then 0."""
+    model, _, _, source, _ = scene
+    latent = {"samples": sd_like_latent(64)}
+    spd, _ = invert(run_node, pack_nodes, model, source, latent, grid="reference")
+    train = model.get_model_object("model_sampling").sigmas.float().cpu()
+    expected = torch.cat([train[list(range(900, -1, -100))], torch.zeros(1)])
+    assert torch.equal(spd.result.sigmas, expected)
+    _, recon = reconstruct(run_node, pack_nodes, model, spd, source)
+    psnr = latent_psnr(recon["samples"], latent["samples"])
+    print(f"\n[host] reference grid: {spd.result.steps_under_delta()}/{STEPS} steps under delta, {psnr:.1f} dB")
+    assert spd.result.steps_under_delta() >= math.ceil(0.9 * STEPS) and psnr > 30
+
+
 def test_adamw_runs_autograd_after_a_lora_and_leaves_the_model_intact(run_node, pack_nodes, scene, sd15_lora,
                                                                        comfy_env):
     _, _, latent, source, _ = scene
