@@ -16,6 +16,8 @@ import latent_preview
 import torch
 
 from ..spdinv.edit_loop import BranchPredictor
+from ..spdinv.inversion import Denoiser
+from .row_selection import OnlyItems
 from .shared_source import SharedSourceRows, can_share_source
 
 Routine = Callable[..., tuple[torch.Tensor, Any]]
@@ -45,12 +47,18 @@ class RoutineSampler(comfy.samplers.Sampler):
         return latent
 
 
-def denoiser(guider: comfy.samplers.CFGGuider, extra_args: dict) -> Callable[[torch.Tensor, float], torch.Tensor]:
-    """``denoise(x, sigma)``: the guider's CFG prediction (all of ComfyUI's CFG hooks and wrappers)."""
+def denoiser(guider: comfy.samplers.CFGGuider, extra_args: dict) -> Denoiser:
+    """``denoise(x, sigma, items=None)``: the guider's CFG prediction (all of ComfyUI's CFG hooks and wrappers);
+    with ``items`` the UNet evaluates only those photos' rows (:class:`.row_selection.OnlyItems`)."""
 
-    def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def denoise(x: torch.Tensor, sigma: float, items: torch.Tensor | None = None) -> torch.Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        return guider(x, x.new_full((x.shape[0],), sigma), **extra_args)
+        args = extra_args
+        if items is not None:
+            options = args["model_options"]
+            wrapper = OnlyItems(items, options.get("model_function_wrapper"))
+            args = {**args, "model_options": {**options, "model_function_wrapper": wrapper}}
+        return guider(x, x.new_full((x.shape[0],), sigma), **args)
 
     return denoise
 

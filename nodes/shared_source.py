@@ -22,6 +22,7 @@ import torch
 
 from ..attention_patches.registration import ENGINE_KEY, SHARED_SOURCE_KEY, AttentionPatch
 from ..spdinv.branches import COND, BranchLayout
+from .row_selection import take_rows
 
 
 def can_share_source(model_options: Mapping[str, Any]) -> bool:
@@ -41,18 +42,6 @@ def can_share_source(model_options: Mapping[str, Any]) -> bool:
     return True
 
 
-def _take(value: Any, keep: torch.Tensor, rows: int) -> Any:
-    """``value`` with only the ``keep`` rows where it is per-row (a tensor of ``rows`` rows, or a control's
-    dict and lists of those); anything else as it is."""
-    if isinstance(value, torch.Tensor):
-        return value[keep.to(value.device)] if value.dim() > 0 and value.shape[0] == rows else value
-    if isinstance(value, dict):
-        return {k: _take(v, keep, rows) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_take(v, keep, rows) for v in value]
-    return value
-
-
 class SharedSourceRows:
     """``model_function_wrapper(apply_model, args)`` that runs a two-chunk call without the unconditional
     chunks' source rows (see the module docstring)."""
@@ -68,9 +57,9 @@ class SharedSourceRows:
                 else torch.arange(full.chunk(i).start + full.images, full.chunk(i).stop)
                 for i, kind in enumerate(full.chunks)]
         keep = torch.cat(kept)
-        call = {k: _take(v, keep, rows) for k, v in c.items() if k != "transformer_options"}
+        call = {k: take_rows(v, keep, rows) for k, v in c.items() if k != "transformer_options"}
         call["transformer_options"] = {**c.get("transformer_options", {}), SHARED_SOURCE_KEY: True}
-        computed = apply_model(x[keep.to(x.device)], _take(t, keep, rows), **call)
+        computed = apply_model(x[keep.to(x.device)], take_rows(t, keep, rows), **call)
         out = computed.new_empty((rows, *computed.shape[1:]))
         out[keep.to(out.device)] = computed
         for i, kind in enumerate(full.chunks):

@@ -26,8 +26,12 @@ import torch
 from .ddim import eps_from_denoised
 from .schedules import validate_sampling_grid, vp_input_scale
 
-Denoiser = Callable[[torch.Tensor, float], torch.Tensor]
-"""``denoise(x, sigma) -> denoised``: the model's clean-latent prediction for ``x`` at ``sigma``."""
+Denoiser = Callable[..., torch.Tensor]
+"""``denoise(x, sigma, items=None) -> denoised``: the model's clean-latent prediction for ``x`` at ``sigma``.
+
+``items`` (a bool mask over the batch, passed only when some items of a batch have converged) names the rows
+whose predictions the solver will read; a denoiser may skip the others, returning any finite value there, so
+a batch's converged photos stop costing UNet rows."""
 
 SkipScale = Callable[[float], float]
 """``c_skip(sigma)``: the weight of ``x`` in the model's denoised prediction (1 for eps and flow models,
@@ -155,10 +159,19 @@ class _FixedPointMap:
     def __init__(self, denoise: Denoiser, x_a: torch.Tensor, sigma_a: float, sigma_b: float, scale_b: float):
         self.denoise, self.x_a, self.sigma_a, self.sigma_b, self.scale_b = denoise, x_a, sigma_a, sigma_b, scale_b
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``f(z)``; with ``items`` (bool, per batch item) only those rows are evaluated and the others are
+        returned as ``z`` (zero residual)."""
         x = z / self.scale_b
-        eps = eps_from_denoised(x, self.denoise(x, self.sigma_b).float(), self.sigma_b)
-        return self.scale_b * (self.x_a + (self.sigma_b - self.sigma_a) * eps)
+        if items is None or bool(items.all()):
+            denoised = self.denoise(x, self.sigma_b)
+        else:
+            denoised = self.denoise(x, self.sigma_b, items=items)
+        eps = eps_from_denoised(x, denoised.float(), self.sigma_b)
+        mapped = self.scale_b * (self.x_a + (self.sigma_b - self.sigma_a) * eps)
+        if items is None:
+            return mapped
+        return torch.where(items.view(-1, *([1] * (z.dim() - 1))), mapped, z)
 
     def eps_of(self, mapped: torch.Tensor) -> torch.Tensor:
         """The eps that produced ``mapped = f(z)``, recovered without a UNet pass."""
@@ -203,7 +216,8 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
     Anderson and its pair is kept (it carries curvature information), but the safeguard restarts an item
     from its best iterate, without history and with half the mixing factor, when its residual blows up
     (more than ``BLOWUP`` times its best, or non-finite) or its best has not improved for ``PATIENCE``
-    evaluations, and stops an item that stalls through ``MAX_RESTARTS`` restarts. The accepted latent is
+    evaluations, and stops an item that stalls through ``MAX_RESTARTS`` restarts. Converged items are left out
+    of later evaluations (:data:`Denoiser`'s ``items``). The accepted latent is
     each item's best iterate, whose residual was measured by the same evaluation that produced the next
     proposal, so the stopping test costs no extra forward.
     """
@@ -243,7 +257,7 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
             step = step - correction.view_as(z).to(z.dtype)
         active = (~done).view(view)
         z_new = torch.where(active, z + step, z)
-        r_new = f(z_new) - z_new
+        r_new = f(z_new, ~done) - z_new
         evals += 1
         res_new = mean_square(r_new)
         finite = torch.isfinite(res_new)
@@ -280,7 +294,8 @@ def _adamw(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> 
     stop after the step whose pre-step loss fell below the threshold (that step is still applied).
 
     Gradients are taken with ``torch.autograd.grad`` with respect to the latent only, so no weight gradient
-    is ever accumulated. Items of a batch are independent: a converged item stops moving.
+    is ever accumulated. Items of a batch are independent: a converged item stops moving and is left out of
+    later evaluations.
     """
     batch = z0.shape[0]
     shape4 = (-1, *([1] * (z0.dim() - 1)))
@@ -295,7 +310,7 @@ def _adamw(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> 
         nonfinite = False
         for k in range(settings.max_iters):
             with torch.enable_grad():
-                res_items = mean_square(z - f(z))
+                res_items = mean_square(z - f(z, ~done))
                 (grad,) = torch.autograd.grad(res_items.sum(), z)
             res_items = res_items.detach()
             iters = k + 1

@@ -163,7 +163,7 @@ def test_anderson_safeguard_recovers_from_a_diverging_map():
     """On f(z) = -1.5 z + c plain iteration diverges; the safeguard damps it back to the fixed point."""
     c = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
 
-    def f(z: torch.Tensor) -> torch.Tensor:
+    def f(z: torch.Tensor, _items: torch.Tensor | None = None) -> torch.Tensor:
         return -1.5 * z + c
 
     settings = InversionSettings(memory=0, max_iters=40, delta=1e-10)
@@ -178,7 +178,7 @@ def test_anderson_keeps_the_last_finite_iterate_when_the_map_blows_up():
     c = torch.ones(1, 4, 2, 2)
     calls = {"n": 0}
 
-    def f(z: torch.Tensor) -> torch.Tensor:
+    def f(z: torch.Tensor, _items: torch.Tensor | None = None) -> torch.Tensor:
         calls["n"] += 1
         return torch.full_like(z, math.nan) if calls["n"] == 2 else 0.5 * z + c
 
@@ -216,6 +216,28 @@ def test_batch_items_are_inverted_independently():
     assert torch.allclose(both.latents[:, 1:], single.latents, atol=1e-5)
 
 
+@pytest.mark.parametrize("solver", ["anderson", "adamw"])
+def test_a_converged_batch_item_is_left_out_of_later_evaluations(solver):
+    """A batch of an easy photo (small latent: near its fixed point at once) and a hard one costs the rows of
+    the two inverted alone, not the hard one's passes times the batch; the results are those of the lone runs
+    (AdamW's latents only to its own precision: its first step divides each gradient by its magnitude plus
+    1e-8, which turns the batch's last-bit differences in near-zero gradients into visible ones)."""
+    latents = torch.cat([0.05 * toy_latent(seed=3), 2.0 * toy_latent(seed=4)])
+    settings = (InversionSettings(delta=1e-5, max_iters=12) if solver == "anderson" else
+                InversionSettings(solver="adamw", lr=0.05, delta=1e-4, max_iters=12))
+    sigmas = ddim_uniform_sigmas(ToyDenoiser().train_sigmas, 5)
+    together, alone = ToyDenoiser(), [ToyDenoiser(), ToyDenoiser()]
+    both = invert(together, latents, sigmas, settings)
+    singles = [invert(model, latents[i:i + 1], sigmas, settings) for i, model in enumerate(alone)]
+    assert singles[0].forwards.sum() < singles[1].forwards.sum()
+    assert together.forwards == max(model.forwards for model in alone)
+    assert together.rows == sum(model.rows for model in alone)
+    for i, single in enumerate(singles):
+        assert torch.allclose(both.residual[:, i:i + 1], single.residual, rtol=1e-3)
+        if solver == "anderson":
+            assert torch.allclose(both.latents[:, i:i + 1], single.latents, atol=1e-5)
+
+
 def test_settings_are_validated_with_the_input_named():
     with pytest.raises(ValueError, match="solver"):
         InversionSettings(solver="newton")
@@ -228,7 +250,7 @@ def test_settings_are_validated_with_the_input_named():
 def test_anderson_gives_up_a_map_without_a_fixed_point_before_the_cap():
     """f(z) = z + c never reaches a fixed point; the stall rule stops it well before K evaluations."""
     c = torch.ones(1, 4, 2, 2)
-    out = _anderson(lambda z: z + c, torch.zeros_like(c), InversionSettings(max_iters=100, delta=1e-12))
+    out = _anderson(lambda z, _items=None: z + c, torch.zeros_like(c), InversionSettings(max_iters=100, delta=1e-12))
     assert out.iterations < 30
     assert float(out.residual[0]) == pytest.approx(1.0)
 

@@ -38,19 +38,31 @@ class ToyEpsNet(nn.Module):
 
 
 class ToyDenoiser:
-    """Callable ``denoise(x, sigma) -> denoised`` that also counts its forward passes."""
+    """Callable ``denoise(x, sigma, items=None) -> denoised`` that counts its forward passes and the batch rows
+    it evaluated; with ``items`` it evaluates only those rows (the others come back as ``x``), as the pack's
+    ComfyUI denoiser does."""
 
     def __init__(self, net: ToyEpsNet | None = None):
         self.net = net or ToyEpsNet()
         self.train_sigmas = sd_train_sigmas()
         self.log_sigmas = self.train_sigmas.log()
         self.forwards = 0
+        self.rows = 0
 
     def timestep(self, sigma: float) -> torch.Tensor:
         return (self.log_sigmas - math.log(sigma)).abs().argmin().float()
 
-    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma: float, items: torch.Tensor | None = None) -> torch.Tensor:
         self.forwards += 1
+        if items is not None:
+            out = x.clone()
+            out[items] = self(x[items], sigma)
+            self.forwards -= 1
+            return out
+        self.rows += x.shape[0]
+        return self.predict(x, sigma)
+
+    def predict(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         z = x / math.sqrt(1.0 + sigma * sigma)
         t = self.timestep(sigma).expand(x.shape[0])
         return x - sigma * self.net(z, t)
@@ -71,8 +83,7 @@ def v_skip(sigma: float) -> float:
 class ToyVDenoiser(ToyDenoiser):
     """The same net read as a v-prediction, as ComfyUI's ``V_PREDICTION`` sampling does (sigma_data 1)."""
 
-    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        self.forwards += 1
+    def predict(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         norm = math.sqrt(1.0 + sigma * sigma)
         t = self.timestep(sigma).expand(x.shape[0])
         return v_skip(sigma) * x - sigma / norm * self.net(x / norm, t)

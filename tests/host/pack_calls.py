@@ -23,6 +23,24 @@ def inverted_photo(comfy_env, checkpoint, run_node, pack_nodes, text: str, size:
     return model, clip, latent, source, inversion
 
 
+class RowCount:
+    """Rows of every diffusion-model call while it is installed (a forward pre-hook)."""
+
+    def __init__(self, model):
+        self.rows = 0
+        self.module = model.get_model_object("diffusion_model")
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_pre_hook(self.count)
+        return self
+
+    def count(self, _module, args):
+        self.rows += int(args[0].shape[0])
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
 def invert(run_node, pack_nodes, model, source, latent, **kw):
     settings = dict(steps=STEPS, method="spdinv", solver="anderson", max_iters=25, lr=1e-3, delta=5e-6,
                     rel_tol=0.0, measure_residual=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.pack_calls import P2P_DEFAULTS, edit, engine_model, inverted_photo
+from spdinv_pack.tests.host.pack_calls import P2P_DEFAULTS, RowCount, edit, engine_model, inverted_photo
 
 SOURCE, TARGET, STEPS = "a photo of a cat", "a photo of a dog", 4
 
@@ -14,24 +14,6 @@ SOURCE, TARGET, STEPS = "a photo of a cat", "a photo of a dog", 4
 @pytest.fixture(scope="module")
 def scene(comfy_env, sd15, run_node, pack_nodes):
     return inverted_photo(comfy_env, sd15, run_node, pack_nodes, SOURCE, 64, STEPS)
-
-
-class RowCount:
-    """Rows of every diffusion-model call while it is installed (a forward pre-hook)."""
-
-    def __init__(self, model):
-        self.rows = 0
-        self.module = model.get_model_object("diffusion_model")
-
-    def __enter__(self):
-        self.handle = self.module.register_forward_pre_hook(self.count)
-        return self
-
-    def count(self, _module, args):
-        self.rows += int(args[0].shape[0])
-
-    def __exit__(self, *exc):
-        self.handle.remove()
 
 
 def edit_counted(run_node, pack_nodes, model, inversion, source, target, **kw):
