@@ -45,8 +45,9 @@ TUNABLE: dict[str, Callable[[str], Any]] = {
     "measure_residual": lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()],
 }
 """SPDInvInvert inputs a method spec may set as ``key=value``."""
-SOLVER_KNOBS: dict[str, Callable[[str], Any]] = {"memory": int, "damping": float, "warm_start": str, "relax": (
-    lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()])}
+SOLVER_KNOBS: dict[str, Callable[[str], Any]] = {
+    "memory": int, "damping": float, "warm_start": str, "min_progress": float,
+    "relax": lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()]}
 """Anderson settings the node does not expose; a spec may set them for its runs (solver tuning)."""
 MIB = 2**20
 

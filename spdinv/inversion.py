@@ -49,6 +49,8 @@ PATIENCE = 3
 """Anderson restarts an item whose best residual has not improved for this many evaluations."""
 MAX_RESTARTS = 3
 """Anderson gives an item up (keeping its best iterate) after this many restarts: it has stalled."""
+PROGRESS_WINDOW = 4
+"""Evaluations over which Anderson's ``min_progress`` is measured."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,12 @@ class InversionSettings:
     """For ``method="ddim"``: spend one extra forward per step to record the residual."""
     relax: bool = True
     """Anderson: relax each step by :func:`step_relaxation` (False: iterate the plain map, for comparison)."""
+    min_progress: float = 2.0
+    """Anderson: stop a step whose best residual fell by less than this factor over the last
+    ``PROGRESS_WINDOW`` evaluations (1 = off: only the stall rule and K stop it). A step that converges does so
+    far faster; this bounds the work of steps that cannot reach delta (few-step grids, latents unlike a VAE's).
+    On random SD1.5 (4 steps, the random VAE's latents) it cut 84 UNet passes to 52 for 1.7 of 19.7 dB gained
+    over DDIM; on SD-like latents at 4, 8 and 20 steps it changed nothing."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,6 +101,8 @@ class InversionSettings:
             raise ValueError(f"memory must be >= 0, got {self.memory}")
         if not 0 < self.damping <= 1:
             raise ValueError(f"damping must be in (0, 1], got {self.damping}")
+        if not self.min_progress >= 1:
+            raise ValueError(f"min_progress must be >= 1, got {self.min_progress}")
         if self.warm_start not in WARM_STARTS:
             raise ValueError(f"warm_start must be one of {WARM_STARTS}, got {self.warm_start!r}")
 
@@ -239,6 +249,7 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
     hist_dr: list[torch.Tensor] = []
     valid_from = torch.zeros(batch, dtype=torch.long, device=z.device)
     stale = torch.zeros(batch, dtype=torch.long, device=z.device)
+    best_history = [best_res.clone()]
     evals = 1
     while not bool(done.all()) and evals < settings.max_iters:
         step = beta.view(view).to(z.dtype) * r
@@ -285,6 +296,9 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
             valid_from = torch.where(restart, torch.full_like(valid_from, len(hist_dz)), valid_from)
         z, r, res = z_new, r_new, torch.where(done, res, res_new)
         done = done | (best_res < thr) | (beta < mixing * 0.5**MAX_RESTARTS)
+        best_history.append(best_res.clone())
+        if settings.min_progress > 1 and len(best_history) > PROGRESS_WINDOW:
+            done = done | (best_res * settings.min_progress > best_history[-1 - PROGRESS_WINDOW])
     return _StepOutcome(best_z, best_res, guess_res, evals, evals, 0, best_z + best_r, nonfinite)
 
 

@@ -255,6 +255,24 @@ def test_anderson_gives_up_a_map_without_a_fixed_point_before_the_cap():
     assert float(out.residual[0]) == pytest.approx(1.0)
 
 
+def test_anderson_stops_a_step_whose_residual_no_longer_falls_fast_enough():
+    """A map evaluated with noise (as a UNet in low precision is): its residual has a floor near 1e-6, so it
+    soon stops falling by 2x in 4 evaluations and the step stops there instead of wandering on towards K,
+    at a residual about as good as the wandering finds."""
+    c = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    noise = torch.Generator().manual_seed(1)
+
+    def f(z: torch.Tensor, _items: torch.Tensor | None = None) -> torch.Tensor:
+        return 0.5 * z + c + 1e-3 * torch.randn(z.shape, generator=noise)
+
+    bounded = _anderson(f, torch.zeros_like(c), InversionSettings(max_iters=60, delta=1e-12))
+    unbounded = _anderson(f, torch.zeros_like(c), InversionSettings(max_iters=60, delta=1e-12, min_progress=1.0))
+    assert bounded.iterations < unbounded.iterations
+    assert float(bounded.residual[0]) < 10 * float(unbounded.residual[0])
+    with pytest.raises(ValueError, match="min_progress"):
+        InversionSettings(min_progress=0.5)
+
+
 LINEAR_SKIP = 0.25
 """``denoised = c·x``: a denoiser that is all skip connection, with ``c_skip = c``."""
 LINEAR_STEPS = [(10.0, 4.0), (4.0, 1.0)]
@@ -292,16 +310,18 @@ ZSNR_SIGMAS = torch.tensor([4500.0, 14.6, 6.0, 2.5, 1.0, 0.4, 0.0])
 
 
 def test_v_prediction_terminal_step_converges_in_two_passes_relaxed():
-    """The terminal step's plain map contracts at 0.997: plain iteration (memory 0) spends the 25-pass cap and
-    stays above its tolerance; relaxed, it meets it in 2 passes. Anderson copes either way (nearly linear
-    there), but relaxed needs fewer passes in all."""
+    """The terminal step's plain map contracts at 0.997: plain iteration (memory 0, without the progress bound)
+    spends the 25-pass cap and stays above its tolerance (with the bound it gives up after 5); relaxed, it meets
+    it in 2 passes. Anderson copes either way (nearly linear there), but relaxed needs fewer passes in all."""
     model = ToyVDenoiser()
     x0 = toy_latent()
     runs = {}
     for memory in (0, 3):
         for relax in (False, True):
-            settings = InversionSettings(rel_tol=0.01, memory=memory, relax=relax)
+            settings = InversionSettings(rel_tol=0.01, memory=memory, relax=relax, min_progress=1.0)
             runs[memory, relax] = invert(model, x0, ZSNR_SIGMAS, settings, skip=v_skip)
+    bounded = invert(model, x0, ZSNR_SIGMAS, InversionSettings(rel_tol=0.01, memory=0, relax=False), skip=v_skip)
+    assert int(bounded.forwards[0]) == 5
     assert 0.99 < float(step_contraction(model, runs[0, False], 0)[0]) < 1.0
     plain, relaxed = runs[0, False], runs[0, True]
     threshold = 0.01 * float(plain.guess_residual[0, 0])
