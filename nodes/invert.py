@@ -67,6 +67,11 @@ class SPDInvInvert(io.ComfyNode):
                                tooltip="ddim_uniform: ComfyUI's DDIM grid (timesteps 981 ... 1 for 50 steps). "
                                        "reference: the official SPDInv code's (980 ... 0), for the paper's "
                                        "procedure."),
+                io.Float.Input("dci_rate", default=0.0, min=0.0, max=10.0, step=0.1, round=False, optional=True,
+                               tooltip="spdinv only: DCI's correction (Dual-Conditional Inversion, 2025), which "
+                                       "pulls each step's noise prediction towards the clean latent by this much "
+                                       "(its code: 1.0, with the adamw solver's paper settings). 0 = plain "
+                                       "SPDInv."),
             ],
             outputs=[
                 Inversion.Output(display_name="inversion",
@@ -79,9 +84,9 @@ class SPDInvInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, source, latent, steps, method, solver, max_iters, lr, delta, rel_tol,
-                measure_residual, sigmas=None, grid="ddim_uniform") -> io.NodeOutput:
+                measure_residual, sigmas=None, grid="ddim_uniform", dci_rate=0.0) -> io.NodeOutput:
         settings = InversionSettings(method=method, solver=solver, max_iters=max_iters, lr=lr, delta=delta,
-                                     rel_tol=rel_tol, measure_ddim_residual=measure_residual)
+                                     rel_tol=rel_tol, measure_ddim_residual=measure_residual, dci_rate=dci_rate)
         samples = latent["samples"]
         if samples.ndim != 4:
             raise ValueError(f"latent: expected an image latent [B, C, H, W], got shape {tuple(samples.shape)}")

@@ -13,6 +13,8 @@ def _series(payload, color) -> Series:
     r = payload.result
     s = r.settings
     label = "ddim" if s.method == "ddim" else f"spdinv/{s.solver}"
+    if s.method != "ddim" and s.dci_rate:
+        label += f" + DCI {s.dci_rate:g}"
     label += f" ({r.steps_under_delta()}/{r.steps} under delta, {int(r.forwards.sum())} fwd)"
     # Per-step arrays are stored along the sampling grid; plot in inversion order (low sigma first).
     worst = r.residual.max(dim=1).values.flip(0).numpy()

@@ -77,6 +77,11 @@ class InversionSettings:
     """For ``method="ddim"``: spend one extra forward per step to record the residual."""
     relax: bool = True
     """Anderson: relax each step by :func:`step_relaxation` (False: iterate the plain map, for comparison)."""
+    dci_rate: float = 0.0
+    """DCI's correction (Dual-Conditional Inversion, arXiv 2506.02560): each eps the map evaluates is pulled
+    towards the clean latent, ``eps + dci_rate * (z0 - eps) / ||z0 - eps||`` (a step of ``dci_rate`` down the
+    gradient of ``||z0 - eps||``, the norm over each photo's whole latent), so the solvers find the corrected
+    fixed point. Its code uses 1.0 with the paper's AdamW settings; 0 = off (plain SPDInv)."""
     min_progress: float = 2.0
     """Anderson: stop a step whose best residual fell by less than this factor over the last
     ``PROGRESS_WINDOW`` evaluations (1 = off: only the stall rule and K stop it). A step that converges does so
@@ -101,6 +106,8 @@ class InversionSettings:
             raise ValueError(f"memory must be >= 0, got {self.memory}")
         if not 0 < self.damping <= 1:
             raise ValueError(f"damping must be in (0, 1], got {self.damping}")
+        if not self.dci_rate >= 0:
+            raise ValueError(f"dci_rate must be >= 0, got {self.dci_rate}")
         if not self.min_progress >= 1:
             raise ValueError(f"min_progress must be >= 1, got {self.min_progress}")
         if self.warm_start not in WARM_STARTS:
@@ -163,11 +170,21 @@ class _StepOutcome:
     """An evaluation gave NaN/Inf; the solver kept its last finite iterate."""
 
 
-class _FixedPointMap:
-    """``f(z) = s_b * (x_a + (sigma_b - sigma_a) * eps(z / s_b, sigma_b))`` on the VP scale of ``sigma_b``."""
+def dci_corrected(eps: torch.Tensor, anchor: torch.Tensor, rate: float) -> torch.Tensor:
+    """``eps - rate * grad_eps ||anchor - eps||`` per batch item: a step of length ``rate`` towards ``anchor``."""
+    gap = anchor - eps
+    norm = gap.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (eps.dim() - 1)))
+    return eps + rate * gap / norm
 
-    def __init__(self, denoise: Denoiser, x_a: torch.Tensor, sigma_a: float, sigma_b: float, scale_b: float):
+
+class _FixedPointMap:
+    """``f(z) = s_b * (x_a + (sigma_b - sigma_a) * eps(z / s_b, sigma_b))`` on the VP scale of ``sigma_b``, with
+    eps DCI-corrected towards ``anchor`` when ``dci_rate`` is set."""
+
+    def __init__(self, denoise: Denoiser, x_a: torch.Tensor, sigma_a: float, sigma_b: float, scale_b: float,
+                 anchor: torch.Tensor | None = None, dci_rate: float = 0.0):
         self.denoise, self.x_a, self.sigma_a, self.sigma_b, self.scale_b = denoise, x_a, sigma_a, sigma_b, scale_b
+        self.anchor, self.dci_rate = anchor, dci_rate
 
     def __call__(self, z: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """``f(z)``; with ``items`` (bool, per batch item) only those rows are evaluated and the others are
@@ -178,6 +195,8 @@ class _FixedPointMap:
         else:
             denoised = self.denoise(x, self.sigma_b, items=items)
         eps = eps_from_denoised(x, denoised.float(), self.sigma_b)
+        if self.dci_rate and self.anchor is not None:
+            eps = dci_corrected(eps, self.anchor, self.dci_rate)
         mapped = self.scale_b * (self.x_a + (self.sigma_b - self.sigma_a) * eps)
         if items is None:
             return mapped
@@ -394,6 +413,9 @@ def invert(
     solve = _ddim if settings.method == "ddim" else _SOLVERS[settings.solver]
     anderson = settings.method == "spdinv" and settings.solver == "anderson"
     warm = anderson and settings.warm_start != "reference"
+    spd = settings.method == "spdinv"
+    anchor = x0 * input_scale(grid[-1])
+    """The clean latent on the model's input scale: DCI's reference for its correction."""
     x = x0
     eps_accepted: torch.Tensor | None = None
     """The eps measured at the previous step's accepted latent (for the warm start)."""
@@ -402,7 +424,7 @@ def invert(
         i = n - 1 - j
         sigma_a, sigma_b = grid[i + 1], grid[i]
         scale_b = input_scale(sigma_b)
-        f = _FixedPointMap(denoise, x, sigma_a, sigma_b, scale_b)
+        f = _FixedPointMap(denoise, x, sigma_a, sigma_b, scale_b, anchor, settings.dci_rate if spd else 0.0)
         if warm and eps_accepted is not None:
             z0 = scale_b * (x + (sigma_b - sigma_a) * eps_accepted)
             guess_forwards = 0

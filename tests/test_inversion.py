@@ -13,8 +13,10 @@ from spdinv_pack.spdinv.inversion import (
     _adamw,
     _anderson,
     _FixedPointMap,
+    dci_corrected,
     fixed_point_residual,
     invert,
+    mean_square,
     step_contraction,
     step_relaxation,
 )
@@ -25,6 +27,7 @@ from spdinv_pack.spdinv.schedules import (
     reference_sigmas,
     sd_train_sigmas,
     validate_sampling_grid,
+    vp_input_scale,
 )
 
 from toy_model import ToyDenoiser, ToyVDenoiser, toy_latent, v_skip
@@ -338,3 +341,36 @@ def test_eps_models_invert_unrelaxed():
     relaxed = invert(model, toy_latent(), sigmas, InversionSettings())
     plain = invert(model, toy_latent(), sigmas, InversionSettings(relax=False))
     assert torch.equal(relaxed.latents, plain.latents)
+
+
+def test_dci_correction_is_a_step_down_the_gradient_of_the_distance_to_the_clean_latent():
+    gen = torch.Generator().manual_seed(5)
+    eps, anchor = torch.randn(2, 4, 6, 6, generator=gen), torch.randn(2, 4, 6, 6, generator=gen)
+    probe = eps.clone().requires_grad_(True)
+    (grads,) = torch.autograd.grad((anchor - probe).flatten(1).norm(dim=1).sum(), probe)
+    assert torch.allclose(dci_corrected(eps, anchor, 0.7), eps - 0.7 * grads, atol=1e-6)
+    assert torch.allclose((dci_corrected(eps, anchor, 0.7) - eps).flatten(1).norm(dim=1), torch.tensor(0.7))
+
+
+@pytest.mark.parametrize("solver", ["anderson", "adamw"])
+def test_dci_inversion_solves_the_corrected_fixed_point(solver):
+    """With dci_rate the solvers meet the corrected map's fixed point (a different trajectory from SPDInv's;
+    re-measured for Anderson, whose accepted latent is the one measured); at 0 the inversion is plain SPDInv's
+    to the bit."""
+    model = ToyDenoiser()
+    x0 = toy_latent()
+    sigmas = ddim_uniform_sigmas(model.train_sigmas, 5)
+    extra = {} if solver == "anderson" else {"lr": 0.02, "max_iters": 40}
+    dci = invert(model, x0, sigmas, InversionSettings(solver=solver, dci_rate=0.5, delta=1e-6, **extra))
+    plain = invert(model, x0, sigmas, InversionSettings(solver=solver, delta=1e-6, **extra))
+    off = invert(model, x0, sigmas, InversionSettings(solver=solver, delta=1e-6, dci_rate=0.0, **extra))
+    assert torch.equal(off.latents, plain.latents)
+    assert latent_psnr(dci.noise, plain.noise) < 60
+    for i in range(dci.steps if solver == "anderson" else 0):  # adamw moves on after its last measured loss
+        f = _FixedPointMap(model, dci.latents[i + 1], float(sigmas[i + 1]), float(sigmas[i]),
+                           vp_input_scale(float(sigmas[i])), x0, 0.5)
+        z = dci.latents[i] * vp_input_scale(float(sigmas[i]))
+        assert float(mean_square(f(z) - z)) < 1.2 * float(dci.residual[i, 0]) + 1e-9
+    assert float(dci.residual.max()) < 1e-4
+    with pytest.raises(ValueError, match="dci_rate"):
+        InversionSettings(dci_rate=-1.0)

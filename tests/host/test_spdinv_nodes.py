@@ -53,6 +53,21 @@ def test_the_reference_grid_is_the_official_codes_timesteps_and_reconstructs(run
     assert spd.result.steps_under_delta() >= math.ceil(0.9 * STEPS) and psnr > 30
 
 
+def test_dci_rate_solves_the_corrected_fixed_point_and_is_labelled(run_node, pack_nodes, scene):
+    """dci_rate on the node: another trajectory than plain SPDInv's, its steps under delta, named on the plot."""
+    model, _, _, source, _ = scene
+    latent = {"samples": sd_like_latent(64)}
+    plain, _ = invert(run_node, pack_nodes, model, source, latent, steps=4)
+    dci, _ = invert(run_node, pack_nodes, model, source, latent, steps=4, dci_rate=1.0)
+    assert dci.result.settings.dci_rate == 1.0
+    psnr = latent_psnr(dci.result.noise, plain.result.noise)
+    print(f"\n[host] DCI 1.0: {dci.result.steps_under_delta()}/4 steps under delta, noise vs SPDInv's {psnr:.1f} dB")
+    assert dci.result.steps_under_delta() == 4 and psnr < 60
+    from spdinv_pack.nodes.residual_plot import _series
+
+    assert "DCI 1" in _series(dci, (0, 0, 0)).label
+
+
 def test_adamw_runs_autograd_after_a_lora_and_leaves_the_model_intact(run_node, pack_nodes, scene, sd15_lora,
                                                                        comfy_env):
     _, _, latent, source, _ = scene
