@@ -42,6 +42,7 @@ TUNABLE: dict[str, Callable[[str], Any]] = {
     "lr": float,
     "delta": float,
     "rel_tol": float,
+    "dci_rate": float,
     "measure_residual": lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()],
 }
 """SPDInvInvert inputs a method spec may set as ``key=value``."""
