@@ -183,21 +183,24 @@ def at_photo_size(cond: list, latent: torch.Tensor, model: Any) -> list:
             for t, meta in cond]
 
 
-def edit_conditioning(source: list, target: list, negative: list | None, rows: int) -> tuple[list, list]:
+def edit_conditioning(source: list, target: list, negative: list | None, rows: int, guided_source: bool = False
+                      ) -> tuple[list, list]:
     """``(positive, negative)`` of the edit sampler: ``[source, target]`` and ``[source, negative]`` (the
-    negative defaults to the source prompt, the paper's recipe).
+    negative defaults to the source prompt, the paper's recipe), or ``[negative, negative]`` for a
+    ``guided_source`` (the source branch guided against the negative too).
 
     A branch's control marked ``control_apply_to_uncond`` also acts on that branch's negative when the
     negative has none. When both sides carry the same controls they share one :class:`BranchControl`, so
     ComfyUI still batches cond and uncond into one UNet call.
     """
     negative = source if negative is None else negative
+    source_uncond = "negative" if guided_source else "source"
     metas = {name: _entry(name, cond, rows)[1] for name, cond in
              (("source", source), ("target", target), ("negative", negative))}
     cond_controls = [metas["source"].get("control"), metas["target"].get("control")]
     uncond_controls = [
         metas[own].get("control") or (metas[pos].get("control") if metas[pos].get("control_apply_to_uncond") else None)
-        for own, pos in (("source", "source"), ("negative", "target"))
+        for own, pos in ((source_uncond, "source"), ("negative", "target"))
     ]
     cond_control = BranchControl(cond_controls) if any(c is not None for c in cond_controls) else None
     if all(a is b for a, b in zip(cond_controls, uncond_controls, strict=True)):
@@ -205,4 +208,5 @@ def edit_conditioning(source: list, target: list, negative: list | None, rows: i
     else:
         uncond_control = BranchControl(uncond_controls) if any(c is not None for c in uncond_controls) else None
     return (stack_branches([("source", source), ("target", target)], rows, cond_control),
-            stack_branches([("source", source), ("negative", negative)], rows, uncond_control))
+            stack_branches([(source_uncond, source if source_uncond == "source" else negative),
+                            ("negative", negative)], rows, uncond_control))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.samplers
 import torch
 from comfy_api.latest import io
@@ -9,6 +11,7 @@ from comfy_api.latest import io
 from ..attention_patches.registration import engine_of
 from ..spdinv.edit_loop import run_edit
 from ..spdinv.guidance import EditRecipe
+from ..spdinv.inversion_methods import SOURCE_GUIDANCE, edit_recipe, protocol_of
 from .attention_preview import AttentionMaps, AttentionRecord
 from .branch_conditioning import at_photo_size, edit_conditioning
 from .comfy_bridge import branch_predictor, run_in_guider
@@ -38,7 +41,14 @@ class SPDInvEditSampler(io.ComfyNode):
                                        "edit, lower if the background drifts."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="Negative for the target branch. Default: the source prompt, as "
-                                              "the paper's P2P recipe does (it steers away from the original)."),
+                                              "the paper's P2P recipe does (it steers away from the original). "
+                                              "Needed (the empty prompt) where the source branch is guided: "
+                                              "direct_inversion, or source_guidance 'like target'."),
+                io.Combo.Input("source_guidance", options=list(SOURCE_GUIDANCE), default="exact", optional=True,
+                               tooltip="exact: the source branch runs at CFG 1 on its own prompt, as the "
+                                       "inversion did, so it retraces it. like target: at this CFG against the "
+                                       "negative, as the paper's DDIM + P2P baseline (and direct_inversion, "
+                                       "which sets it) does."),
             ],
             outputs=[
                 io.Latent.Output(display_name="edited", tooltip="The target branch."),
@@ -50,22 +60,33 @@ class SPDInvEditSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, inversion, source, target, cfg, negative=None) -> io.NodeOutput:
+    def execute(cls, model, inversion, source, target, cfg, negative=None, source_guidance="exact"
+                ) -> io.NodeOutput:
         inversion.check_model(model, "model")
+        proto = protocol_of(inversion.method, source_guidance)
+        if proto.guided and negative is None:
+            raise ValueError(f"negative: the source branch is guided ({inversion.method} inversion, source_guidance "
+                             f"'{source_guidance}'), against the negative prompt; connect the empty prompt "
+                             "(CLIPTextEncode with no text), as the reference does")
+        if proto.source_is_negative and negative is not None:
+            logging.warning("SPDInv Edit Sampler: negative_prompt inversion edits with the source prompt as the "
+                            "negative; the connected 'negative' is not used")
+            negative = None
         result = inversion.result
         rows = result.noise.shape[0]
         engine = engine_of(model)
-        recipe = engine.recipe if engine is not None else EditRecipe()
+        recipe = edit_recipe(engine.recipe if engine is not None else EditRecipe(), proto, cfg)
         if not recipe.source_from_inversion:
             inversion.warn_if_other_source(source)
         guider = comfy.samplers.CFGGuider(model)
         source, target, negative = (None if c is None else at_photo_size(c, inversion.source_latent, model)
                                     for c in (source, target, negative))
-        guider.set_conds(*edit_conditioning(source, target, negative, rows))
+        guider.set_conds(*edit_conditioning(source, target, negative, rows, guided_source=proto.guided))
         timesteps = model.get_model_object("model_sampling").timestep(result.sigmas[:-1].float()).tolist()
 
         def routine(guider, extra_args, start, _latent, grid, progress):
-            edit = run_edit(branch_predictor(guider, extra_args), result.latents, grid, recipe, cfg, timesteps,
+            predict = branch_predictor(guider, extra_args, share_source=not proto.guided)
+            edit = run_edit(predict, result.latents, grid, recipe, cfg, timesteps,
                             engine_step=None if engine is None else engine.after_step, progress=progress,
                             device=start.device)
             return torch.cat([edit.reconstruction, edit.edited]), edit

@@ -70,13 +70,16 @@ class InversionPayload:
     """:func:`weights_fingerprint` of the model inverted with."""
     source_fingerprint: tuple = field(repr=False, default=())
     """:func:`conditioning_fingerprint` of the source prompt inverted with."""
+    method: str = "spdinv"
+    """The inversion method chosen on the node (:data:`~..spdinv.inversion_methods.INVERSION_METHODS`); the edit
+    sampler treats the source branch as it asks."""
 
     @classmethod
     def create(cls, result: InversionResult, source_latent: torch.Tensor, model_patcher: Any,
-               source: Any = None) -> InversionPayload:
+               source: Any = None, method: str = "spdinv") -> InversionPayload:
         base = model_patcher.model
         return cls(result, source_latent, type(base).__name__, weakref.ref(base), weights_fingerprint(model_patcher),
-                   conditioning_fingerprint(source))
+                   conditioning_fingerprint(source), method)
 
     def warn_if_other_source(self, source: Any) -> bool:
         """Log one warning (and return True) when ``source`` is not the prompt the inversion used: the source

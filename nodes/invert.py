@@ -7,7 +7,8 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..spdinv.inversion import METHODS, SOLVERS, InversionSettings, invert
+from ..spdinv.inversion import SOLVERS, InversionSettings, invert
+from ..spdinv.inversion_methods import INVERSION_METHODS, protocol_of
 from ..spdinv.schedules import reference_sigmas, validate_sampling_grid
 from .branch_conditioning import at_photo_size
 from .comfy_bridge import denoiser, input_scale_of, make_weights_autograd_safe, run_in_guider, skip_of
@@ -37,9 +38,13 @@ class SPDInvInvert(io.ComfyNode):
                 io.Int.Input("steps", default=50, min=1, max=1000,
                              tooltip="DDIM steps (ddim_uniform grid). Use the same number in the edit sampler: "
                                      "it reads the grid from the inversion."),
-                io.Combo.Input("method", options=list(METHODS), default="spdinv",
+                io.Combo.Input("method", options=list(INVERSION_METHODS), default="spdinv",
                                tooltip="spdinv: fixed-point inversion (faithful reconstructions). ddim: plain "
-                                       "DDIM inversion (fast, drifts)."),
+                                       "DDIM inversion (fast, drifts). For comparison, as in the paper's table "
+                                       "(both invert with DDIM): negative_prompt edits with the source prompt as "
+                                       "every negative; direct_inversion (PnPInversion) guides both branches "
+                                       "against the edit sampler's negative (connect the empty prompt) and keeps "
+                                       "the source branch on the inversion's latents."),
                 io.Combo.Input("solver", options=list(SOLVERS), default=DEFAULT_SOLVER,
                                tooltip="anderson: forward-only Anderson-accelerated fixed-point iteration, each "
                                        "step warm-started from the previous one (about 2-3 UNet passes a step). "
@@ -58,7 +63,7 @@ class SPDInvInvert(io.ComfyNode):
                                        "with many steps (at 50 the DDIM guess mostly meets it already); 0.01 "
                                        "makes the reconstruction far better there (README, Performance)."),
                 io.Boolean.Input("measure_residual", default=True,
-                                 tooltip="For method ddim: spend one extra UNet pass per step to record the "
+                                 tooltip="For the DDIM methods: spend one extra UNet pass per step to record the "
                                          "fixed-point residual (for the residual plot)."),
                 io.Sigmas.Input("sigmas", optional=True,
                                 tooltip="Optional custom sampling grid (descending, ending at 0); overrides steps "
@@ -85,8 +90,9 @@ class SPDInvInvert(io.ComfyNode):
     @classmethod
     def execute(cls, model, source, latent, steps, method, solver, max_iters, lr, delta, rel_tol,
                 measure_residual, sigmas=None, grid="ddim_uniform", dci_rate=0.0) -> io.NodeOutput:
-        settings = InversionSettings(method=method, solver=solver, max_iters=max_iters, lr=lr, delta=delta,
-                                     rel_tol=rel_tol, measure_ddim_residual=measure_residual, dci_rate=dci_rate)
+        settings = InversionSettings(method=protocol_of(method).trajectory, solver=solver, max_iters=max_iters,
+                                     lr=lr, delta=delta, rel_tol=rel_tol, measure_ddim_residual=measure_residual,
+                                     dci_rate=dci_rate)
         samples = latent["samples"]
         if samples.ndim != 4:
             raise ValueError(f"latent: expected an image latent [B, C, H, W], got shape {tuple(samples.shape)}")
@@ -104,7 +110,7 @@ class SPDInvInvert(io.ComfyNode):
         guider = comfy.samplers.CFGGuider(model)
         guider.set_conds(at_photo_size(source, samples, model), [])
         guider.set_cfg(1.0)
-        needs_grad = method == "spdinv" and solver == "adamw"
+        needs_grad = settings.method == "spdinv" and solver == "adamw"
 
         def routine(guider, extra_args, _start, x0, grid, progress):
             if needs_grad:
@@ -116,5 +122,5 @@ class SPDInvInvert(io.ComfyNode):
 
         noise, result = run_in_guider(guider, routine, torch.zeros_like(samples), samples, sigmas, len(sigmas) - 1)
         result = result.to(comfy.model_management.intermediate_device())
-        payload = InversionPayload.create(result, samples, model, source)
+        payload = InversionPayload.create(result, samples, model, source, method)
         return io.NodeOutput(payload, {"samples": noise})

@@ -12,7 +12,7 @@ from .inversion_type import Inversion
 def _series(payload, color) -> Series:
     r = payload.result
     s = r.settings
-    label = "ddim" if s.method == "ddim" else f"spdinv/{s.solver}"
+    label = payload.method if s.method == "ddim" else f"spdinv/{s.solver}"
     if s.method != "ddim" and s.dci_rate:
         label += f" + DCI {s.dci_rate:g}"
     label += f" ({r.steps_under_delta()}/{r.steps} under delta, {int(r.forwards.sum())} fwd)"
