@@ -17,6 +17,8 @@ import torch
 
 from ..spdinv.edit_loop import BranchPredictor
 from ..spdinv.inversion import Denoiser
+from ..spdinv.null_text import NullDenoiser
+from .null_embedding import NullEmbedding
 from .row_selection import OnlyItems
 from .shared_source import SharedSourceRows, can_share_source
 
@@ -63,15 +65,35 @@ def denoiser(guider: comfy.samplers.CFGGuider, extra_args: dict) -> Denoiser:
     return denoise
 
 
-def branch_predictor(guider: comfy.samplers.CFGGuider, extra_args: dict, share_source: bool = True
-                     ) -> BranchPredictor:
+def null_denoiser(guider: comfy.samplers.CFGGuider, extra_args: dict) -> NullDenoiser:
+    """``uncond(x, sigma, embedding)``: the model on the guider's ``negative`` conds with ``embedding`` as their
+    text (:class:`.null_embedding.NullEmbedding`), differentiable in ``embedding``."""
+    model_options = extra_args["model_options"]
+
+    def uncond(x: torch.Tensor, sigma: float, embedding: torch.Tensor) -> torch.Tensor:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        wrapper = NullEmbedding(lambda _sigma: embedding, model_options.get("model_function_wrapper"))
+        options = {**model_options, "model_function_wrapper": wrapper}
+        _, out = comfy.samplers.calc_cond_batch(guider.inner_model, [None, guider.conds.get("negative")], x,
+                                                x.new_full((x.shape[0],), sigma), options)
+        return out
+
+    return uncond
+
+
+def branch_predictor(guider: comfy.samplers.CFGGuider, extra_args: dict, share_source: bool = True,
+                     null_embedding: Callable[[float], torch.Tensor] | None = None) -> BranchPredictor:
     """The core's ``predict(x, sigma, with_uncond)``: conditional and unconditional denoised predictions of
     the guider's ``positive``/``negative`` conds in one ``calc_cond_batch`` (patches, wrappers, ControlNets
     and other cond extras apply as in any sampler); the core's guidance rule mixes them. With
     ``share_source`` (and a model that allows it) the calls leave out the source's unconditional rows
-    (:mod:`.shared_source`)."""
+    (:mod:`.shared_source`). ``null_embedding(sigma)`` puts null-text inversion's tuned embeddings into the
+    unconditional rows."""
     model_options = extra_args["model_options"]
-    if share_source and can_share_source(model_options):
+    if null_embedding is not None:
+        wrapper = NullEmbedding(null_embedding, model_options.get("model_function_wrapper"))
+        model_options = {**model_options, "model_function_wrapper": wrapper}
+    elif share_source and can_share_source(model_options):
         model_options = {**model_options, "model_function_wrapper": SharedSourceRows()}
 
     def predict(x: torch.Tensor, sigma: float, with_uncond: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -16,6 +16,7 @@ from .attention_preview import AttentionMaps, AttentionRecord
 from .branch_conditioning import at_photo_size, edit_conditioning
 from .comfy_bridge import branch_predictor, run_in_guider
 from .inversion_type import Inversion
+from .null_embedding import step_lookup
 
 
 class SPDInvEditSampler(io.ComfyNode):
@@ -43,12 +44,13 @@ class SPDInvEditSampler(io.ComfyNode):
                                       tooltip="Negative for the target branch. Default: the source prompt, as "
                                               "the paper's P2P recipe does (it steers away from the original). "
                                               "Needed (the empty prompt) where the source branch is guided: "
-                                              "direct_inversion, or source_guidance 'like target'."),
+                                              "null_text and direct_inversion, or source_guidance 'like "
+                                              "target'."),
                 io.Combo.Input("source_guidance", options=list(SOURCE_GUIDANCE), default="exact", optional=True,
                                tooltip="exact: the source branch runs at CFG 1 on its own prompt, as the "
                                        "inversion did, so it retraces it. like target: at this CFG against the "
-                                       "negative, as the paper's DDIM + P2P baseline (and direct_inversion, "
-                                       "which sets it) does."),
+                                       "negative, as the paper's DDIM + P2P baseline (and null_text and "
+                                       "direct_inversion, which set it) does."),
             ],
             outputs=[
                 io.Latent.Output(display_name="edited", tooltip="The target branch."),
@@ -72,6 +74,10 @@ class SPDInvEditSampler(io.ComfyNode):
             logging.warning("SPDInv Edit Sampler: negative_prompt inversion edits with the source prompt as the "
                             "negative; the connected 'negative' is not used")
             negative = None
+        null_text = inversion.null_text
+        if null_text is not None and abs(null_text.cfg - cfg) > 1e-6:
+            logging.warning(f"SPDInv Edit Sampler: the null-text embeddings were tuned for CFG {null_text.cfg:g} "
+                            f"but cfg is {cfg:g}; the source branch will not retrace the inversion exactly")
         result = inversion.result
         rows = result.noise.shape[0]
         engine = engine_of(model)
@@ -85,7 +91,8 @@ class SPDInvEditSampler(io.ComfyNode):
         timesteps = model.get_model_object("model_sampling").timestep(result.sigmas[:-1].float()).tolist()
 
         def routine(guider, extra_args, start, _latent, grid, progress):
-            predict = branch_predictor(guider, extra_args, share_source=not proto.guided)
+            tuned = None if null_text is None else step_lookup(result.sigmas, null_text.embeddings.to(start.device))
+            predict = branch_predictor(guider, extra_args, share_source=not proto.guided, null_embedding=tuned)
             edit = run_edit(predict, result.latents, grid, recipe, cfg, timesteps,
                             engine_step=None if engine is None else engine.after_step, progress=progress,
                             device=start.device)

@@ -56,6 +56,15 @@ def check_latent_channels(model_patcher: Any, samples: torch.Tensor, input_name:
                          f"VAE of the checkpoint you invert with)")
 
 
+@dataclass(frozen=True)
+class NullText:
+    """Null-text inversion's tuned negative embeddings, ``[steps, photos, tokens, width]`` (step 0 = the noise's),
+    and the CFG they were tuned for."""
+
+    embeddings: torch.Tensor
+    cfg: float
+
+
 @dataclass
 class InversionPayload:
     """An inversion plus what is needed to check it is used with a matching model and latent."""
@@ -73,13 +82,15 @@ class InversionPayload:
     method: str = "spdinv"
     """The inversion method chosen on the node (:data:`~..spdinv.inversion_methods.INVERSION_METHODS`); the edit
     sampler treats the source branch as it asks."""
+    null_text: NullText | None = None
+    """``null_text`` inversion's tuned embeddings."""
 
     @classmethod
     def create(cls, result: InversionResult, source_latent: torch.Tensor, model_patcher: Any,
-               source: Any = None, method: str = "spdinv") -> InversionPayload:
+               source: Any = None, method: str = "spdinv", null_text: NullText | None = None) -> InversionPayload:
         base = model_patcher.model
         return cls(result, source_latent, type(base).__name__, weakref.ref(base), weights_fingerprint(model_patcher),
-                   conditioning_fingerprint(source), method)
+                   conditioning_fingerprint(source), method, null_text)
 
     def warn_if_other_source(self, source: Any) -> bool:
         """Log one warning (and return True) when ``source`` is not the prompt the inversion used: the source

@@ -9,10 +9,18 @@ from comfy_api.latest import io
 
 from ..spdinv.inversion import SOLVERS, InversionSettings, invert
 from ..spdinv.inversion_methods import INVERSION_METHODS, protocol_of
+from ..spdinv.null_text import NullTextSettings, optimise_null_text
 from ..spdinv.schedules import reference_sigmas, validate_sampling_grid
 from .branch_conditioning import at_photo_size
-from .comfy_bridge import denoiser, input_scale_of, make_weights_autograd_safe, run_in_guider, skip_of
-from .inversion_type import Inversion, InversionPayload, check_latent_channels
+from .comfy_bridge import (
+    denoiser,
+    input_scale_of,
+    make_weights_autograd_safe,
+    null_denoiser,
+    run_in_guider,
+    skip_of,
+)
+from .inversion_type import Inversion, InversionPayload, NullText, check_latent_channels
 
 GRIDS = ("ddim_uniform", "reference")
 DEFAULT_SOLVER = "anderson"
@@ -42,7 +50,9 @@ class SPDInvInvert(io.ComfyNode):
                                tooltip="spdinv: fixed-point inversion (faithful reconstructions). ddim: plain "
                                        "DDIM inversion (fast, drifts). For comparison, as in the paper's table "
                                        "(both invert with DDIM): negative_prompt edits with the source prompt as "
-                                       "every negative; direct_inversion (PnPInversion) guides both branches "
+                                       "every negative; null_text tunes the empty prompt's embedding per step "
+                                       "(connect it as negative here and in the edit sampler); direct_inversion "
+                                       "(PnPInversion) guides both branches "
                                        "against the edit sampler's negative (connect the empty prompt) and keeps "
                                        "the source branch on the inversion's latents."),
                 io.Combo.Input("solver", options=list(SOLVERS), default=DEFAULT_SOLVER,
@@ -77,6 +87,13 @@ class SPDInvInvert(io.ComfyNode):
                                        "pulls each step's noise prediction towards the clean latent by this much "
                                        "(its code: 1.0, with the adamw solver's paper settings). 0 = plain "
                                        "SPDInv."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="null_text only: the empty prompt (CLIPTextEncode with no text), "
+                                              "whose embedding it tunes step by step. Connect the same one as the "
+                                              "edit sampler's negative."),
+                io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1, round=0.01, optional=True,
+                               tooltip="null_text only: the guidance the edit will use (the tuned embeddings "
+                                       "make the source retrace the inversion at this CFG; reference 7.5)."),
             ],
             outputs=[
                 Inversion.Output(display_name="inversion",
@@ -89,7 +106,12 @@ class SPDInvInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, source, latent, steps, method, solver, max_iters, lr, delta, rel_tol,
-                measure_residual, sigmas=None, grid="ddim_uniform", dci_rate=0.0) -> io.NodeOutput:
+                measure_residual, sigmas=None, grid="ddim_uniform", dci_rate=0.0, negative=None, cfg=7.5
+                ) -> io.NodeOutput:
+        tune_null = protocol_of(method).tuned_null
+        if tune_null and negative is None:
+            raise ValueError("negative: null_text inversion tunes the empty prompt's embedding; connect "
+                             "CLIPTextEncode with no text (and the same to the edit sampler's negative)")
         settings = InversionSettings(method=protocol_of(method).trajectory, solver=solver, max_iters=max_iters,
                                      lr=lr, delta=delta, rel_tol=rel_tol, measure_ddim_residual=measure_residual,
                                      dci_rate=dci_rate)
@@ -108,19 +130,28 @@ class SPDInvInvert(io.ComfyNode):
             except ValueError as e:
                 raise ValueError(f"sigmas: {e}") from None
         guider = comfy.samplers.CFGGuider(model)
-        guider.set_conds(at_photo_size(source, samples, model), [])
+        guider.set_conds(at_photo_size(source, samples, model),
+                         at_photo_size(negative, samples, model) if tune_null else [])
         guider.set_cfg(1.0)
-        needs_grad = settings.method == "spdinv" and solver == "adamw"
+        needs_grad = (settings.method == "spdinv" and solver == "adamw") or tune_null
 
         def routine(guider, extra_args, _start, x0, grid, progress):
             if needs_grad:
                 make_weights_autograd_safe(guider.inner_model)
             sampling = guider.inner_model.model_sampling
-            result = invert(denoiser(guider, extra_args), x0, grid.float(), settings,
-                            input_scale=input_scale_of(sampling), callback=progress, skip=skip_of(sampling))
-            return result.noise, result
+            scale = input_scale_of(sampling)
+            result = invert(denoiser(guider, extra_args), x0, grid.float(), settings, input_scale=scale,
+                            callback=progress, skip=skip_of(sampling))
+            nulls = None
+            if tune_null:
+                nulls = optimise_null_text(denoiser(guider, extra_args), null_denoiser(guider, extra_args),
+                                           result.latents, grid.float(), negative[0][0].to(x0.device),
+                                           NullTextSettings(cfg=cfg), input_scale=scale, callback=progress)
+            return result.noise, (result, nulls)
 
-        noise, result = run_in_guider(guider, routine, torch.zeros_like(samples), samples, sigmas, len(sigmas) - 1)
+        noise, (result, nulls) = run_in_guider(guider, routine, torch.zeros_like(samples), samples, sigmas,
+                                               len(sigmas) - 1)
         result = result.to(comfy.model_management.intermediate_device())
-        payload = InversionPayload.create(result, samples, model, source, method)
+        payload = InversionPayload.create(result, samples, model, source, method,
+                                          None if nulls is None else NullText(nulls.embeddings.cpu(), cfg))
         return io.NodeOutput(payload, {"samples": noise})

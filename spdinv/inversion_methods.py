@@ -8,6 +8,9 @@ source branch:
   retraces the inversion); the target's negative is the source prompt unless another is given.
 - ``negative_prompt`` (negative-prompt inversion, Miyake et al. 2023): DDIM inversion with the source prompt
   as the negative of both branches, always, which makes the source branch guidance-free like the inversion.
+- ``null_text`` (null-text inversion, Mokady et al. CVPR 2023; :mod:`.null_text`): the negative prompt's
+  embedding tuned per step so that the source branch, guided at the edit's CFG against it, retraces the
+  inversion; both branches use the tuned embeddings as their negative.
 - ``direct_inversion`` (PnPInversion, Ju et al. ICLR 2024): both branches at the edit's CFG against the
   negative (the null prompt in the reference), the source branch set to the inversion's latent before every
   step. The reference adds each step's gap to the inversion latent to the source after the step, which puts
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 from .guidance import EditRecipe
 
-INVERSION_METHODS = ("spdinv", "ddim", "negative_prompt", "direct_inversion")
+INVERSION_METHODS = ("spdinv", "ddim", "negative_prompt", "null_text", "direct_inversion")
 SOURCE_GUIDANCE = ("exact", "like target")
 
 
@@ -40,12 +43,15 @@ class SourceProtocol:
     """The source prompt is the negative of both branches, whatever negative is connected."""
     replay: bool = False
     """The source rows are set to the inversion's latent before every step."""
+    tuned_null: bool = False
+    """The inversion tunes the negative's embedding per step (null-text); the edit uses them."""
 
 
 PROTOCOLS = {
     "spdinv": SourceProtocol("spdinv"),
     "ddim": SourceProtocol("ddim"),
     "negative_prompt": SourceProtocol("ddim", source_is_negative=True),
+    "null_text": SourceProtocol("ddim", guided=True, tuned_null=True),
     "direct_inversion": SourceProtocol("ddim", guided=True, replay=True),
 }
 

@@ -79,7 +79,9 @@ def optimise_null_text(
     batch = trajectory.shape[1]
     emb = null.detach().float().expand(batch, *null.shape[1:]).clone()
     x = trajectory[0].float()
-    embeddings, losses, iterations = [], torch.zeros(steps, batch), torch.zeros(steps, dtype=torch.long)
+    embeddings: list[torch.Tensor] = []
+    losses: list[torch.Tensor] = []
+    iterations: list[int] = []
     for i in range(steps):
         sigma, nxt = grid[i], grid[i + 1]
         scale = input_scale(nxt)
@@ -87,9 +89,12 @@ def optimise_null_text(
         with torch.no_grad():
             cond_i = cond(x, sigma).float()
         with torch.inference_mode(False), torch.enable_grad():
+            x, cond_i, target = x.clone(), cond_i.clone(), target.clone()  # normal tensors, savable for backward
             emb = emb.detach().clone().requires_grad_(True)
             opt = torch.optim.Adam([emb], lr=settings.lr * (1.0 - i / 100.0))
             done = torch.zeros(batch, dtype=torch.bool, device=emb.device)
+            last = torch.full((batch,), float("nan"), device=emb.device)
+            used = 0
             for j in range(settings.inner_steps):
                 prev = ddim_step(x, _guided(cond_i, uncond(x, sigma, emb).float(), settings.cfg), sigma, nxt)
                 per_item = (prev * scale - target).square().flatten(1).mean(dim=1)
@@ -99,15 +104,17 @@ def optimise_null_text(
                 opt.step()
                 with torch.no_grad():
                     emb.copy_(torch.where(done.view(-1, 1, 1), frozen, emb))
-                losses[i] = torch.where(done, losses[i].to(done.device), per_item.detach()).cpu()
-                iterations[i] = j + 1
+                last = torch.where(done, last, per_item.detach())
+                used = j + 1
                 done = done | (per_item.detach() < settings.epsilon + i * 2e-5)
                 if bool(done.all()):
                     break
         emb = emb.detach()
         embeddings.append(emb.clone())
+        losses.append(last.cpu())
+        iterations.append(used)
         with torch.no_grad():
             x = ddim_step(x, _guided(cond_i, uncond(x, sigma, emb).float(), settings.cfg), sigma, nxt)
         if callback is not None:
             callback(i, steps, x)
-    return NullTextResult(torch.stack(embeddings), losses, iterations)
+    return NullTextResult(torch.stack(embeddings), torch.stack(losses), torch.tensor(iterations))
