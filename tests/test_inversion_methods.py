@@ -31,9 +31,11 @@ def null_guided_predictor(model: ToyDenoiser, calls: list):
 
 
 def test_each_method_inverts_with_the_trajectory_it_names_and_guides_the_source_as_its_reference():
-    assert set(INVERSION_METHODS) == {"spdinv", "ddim", "negative_prompt", "direct_inversion"}
+    assert set(INVERSION_METHODS) == {"spdinv", "ddim", "negative_prompt", "null_text", "direct_inversion"}
     assert protocol_of("spdinv").trajectory == "spdinv"
-    assert {protocol_of(m).trajectory for m in ("ddim", "negative_prompt", "direct_inversion")} == {"ddim"}
+    assert {protocol_of(m).trajectory for m in INVERSION_METHODS if m != "spdinv"} == {"ddim"}
+    nti = protocol_of("null_text")
+    assert nti.guided and nti.tuned_null and not nti.replay
     direct = protocol_of("direct_inversion")
     assert direct.guided and direct.replay and not direct.source_is_negative
     assert protocol_of("negative_prompt").source_is_negative and not protocol_of("negative_prompt").guided
