@@ -105,9 +105,14 @@ class UNetCalls:
             handle.remove()
 
 
-def method_name(settings: dict[str, Any]) -> str:
-    """``ddim``, or ``spdinv/<solver>`` (the JSON's ``method``)."""
-    return settings["method"] if settings["method"] != "spdinv" else f"spdinv/{settings['solver']}"
+def method_name(inversion: Any, spec: inv.MethodSpec) -> str:
+    """The JSON's ``method``: ``spdinv/<solver>`` (``+dci`` with DCI's correction), or the DDIM method's name
+    (``ddim/like_target`` for the paper's DDIM baseline)."""
+    settings = inversion.result.settings
+    if settings.method == "spdinv":
+        return f"spdinv/{settings.solver}" + ("+dci" if settings.dci_rate else "")
+    guided = spec.edit.get("source_guidance") == "like target" and inversion.method == "ddim"
+    return inversion.method + ("/like_target" if guided else "")
 
 
 def reference_row_evals(steps: int, images: int) -> int:
@@ -135,10 +140,16 @@ class EditBench(inv.Bench):
             inversion_guidance=args.inversion_guidance,
         ).result
 
-    def edit(self, inversion: Any) -> tuple[Any, Any]:
-        """One SPDInvEditSampler call on the P2P model; (edited, reconstruction) LATENTs."""
+    def edit(self, inversion: Any, spec: inv.MethodSpec) -> tuple[Any, Any]:
+        """One SPDInvEditSampler call on the P2P model; (edited, reconstruction) LATENTs. A guided source
+        (null_text, direct_inversion, ``source_guidance=like_target``) is guided against the empty prompt."""
+        from spdinv_pack.spdinv.inversion_methods import protocol_of
+
+        extra = dict(spec.edit)
+        if protocol_of(inversion.method, extra.get("source_guidance", "exact")).guided:
+            extra["negative"] = self.null
         out = self.run_node(self.edit_node, model=self.p2p_model, inversion=inversion, source=self.p2p_source,
-                            target=self.p2p_target, cfg=self.args.cfg).result
+                            target=self.p2p_target, cfg=self.args.cfg, **extra).result
         return out[0], out[1]
 
     def pipeline(self, spec: inv.MethodSpec, steps: int) -> dict[str, Any]:
@@ -146,7 +157,7 @@ class EditBench(inv.Bench):
         with UNetCalls(self.model) as inverting:
             t_inv, (inversion, _noise) = self._timed(lambda: self.invert(spec, steps))
         with UNetCalls(self.model) as calls:
-            t_edit, (edited, recon) = self._timed(lambda: self.edit(inversion))
+            t_edit, (edited, recon) = self._timed(lambda: self.edit(inversion, spec))
         return {"invert_s": t_inv, "edit_s": t_edit, "inversion": inversion, "edited": edited, "recon": recon,
                 "edit_calls": calls.calls, "edit_rows": calls.rows, "invert_row_evals": inverting.row_evals,
                 "edit_row_evals": calls.row_evals}
@@ -171,7 +182,7 @@ class EditBench(inv.Bench):
         images = int(self.latent["samples"].shape[0])
         row_evals = last["invert_row_evals"] + last["edit_row_evals"]
         return {
-            "method": method_name(result.settings.to_dict()),
+            "method": method_name(last["inversion"], spec),
             "label": spec.label,
             "steps": steps,
             "batch": images,
@@ -217,7 +228,7 @@ class EditBench(inv.Bench):
             self.latent = self.batch_latent(resolution, batch)
             for steps in self.args.steps:
                 rows = [self.row(spec, steps) for spec in self.args.methods]
-                ddim = next((r for r in rows if r["settings"]["method"] == "ddim"), None)
+                ddim = next((r for r in rows if r["method"] == "ddim"), None)
                 adamw = next((r for r in rows if r["settings"]["solver"] == "adamw"
                               and r["settings"]["method"] == "spdinv"), None)
                 for r in rows:

@@ -80,25 +80,32 @@ class MethodSpec:
     """Timed runs of this row, where it should differ from ``--repeats`` (a slow row)."""
     knobs: dict[str, Any] = field(default_factory=dict)
     """``SOLVER_KNOBS`` set for this row's runs."""
+    edit: dict[str, Any] = field(default_factory=dict)
+    """SPDInvEditSampler inputs of this row (``source_guidance``), for ``bench_edit.py``."""
 
 
 def parse_method(text: str) -> MethodSpec:
-    """Parse ``ddim`` or ``spdinv[/solver] [key=value ...]`` (keys from ``TUNABLE``, or ``repeats``).
+    """Parse ``spdinv[/solver]`` or another SPDInvInvert method (``ddim``, ``negative_prompt``, ``null_text``,
+    ``direct_inversion``), then ``key=value`` items (keys from ``TUNABLE`` and ``SOLVER_KNOBS``, ``repeats``, and
+    for the edit ``source_guidance=exact|like_target``).
 
-    ``ddim`` runs with ``measure_residual=False`` unless told otherwise, so its time is plain DDIM inversion.
+    The DDIM methods run with ``measure_residual=False`` unless told otherwise, so their time is plain DDIM
+    inversion (plus null-text's tuning).
     """
-    from spdinv_pack.spdinv.inversion import METHODS, SOLVERS
+    from spdinv_pack.spdinv.inversion import SOLVERS
+    from spdinv_pack.spdinv.inversion_methods import INVERSION_METHODS, SOURCE_GUIDANCE
 
     tokens = text.split()
     if not tokens:
         raise argparse.ArgumentTypeError("empty method")
     method, _, solver = tokens[0].partition("/")
-    if method not in METHODS:
-        raise argparse.ArgumentTypeError(f"{text!r}: method must be one of {METHODS}")
+    if method not in INVERSION_METHODS:
+        raise argparse.ArgumentTypeError(f"{text!r}: method must be one of {INVERSION_METHODS}")
     inputs: dict[str, Any] = {"method": method}
-    if method == "ddim":
+    edit: dict[str, Any] = {}
+    if method != "spdinv":
         if solver:
-            raise argparse.ArgumentTypeError(f"{text!r}: ddim takes no solver")
+            raise argparse.ArgumentTypeError(f"{text!r}: {method} takes no solver")
         inputs["measure_residual"] = False
     else:
         solver = solver or "anderson"
@@ -112,6 +119,9 @@ def parse_method(text: str) -> MethodSpec:
         if key == "repeats" and eq and value.isdigit() and int(value) > 0:
             repeats = int(value)
             continue
+        if key == "source_guidance" and value.replace("_", " ") in SOURCE_GUIDANCE:
+            edit[key] = value.replace("_", " ")
+            continue
         parsers = {**TUNABLE, **SOLVER_KNOBS}
         if not eq or key not in parsers:
             raise argparse.ArgumentTypeError(f"{text!r}: expected key=value with key in {sorted(parsers)}, "
@@ -120,7 +130,7 @@ def parse_method(text: str) -> MethodSpec:
             (knobs if key in SOLVER_KNOBS else inputs)[key] = parsers[key](value)
         except (ValueError, KeyError):
             raise argparse.ArgumentTypeError(f"{text!r}: bad value for {key}: {value!r}") from None
-    return MethodSpec(" ".join(tokens), inputs, repeats, knobs)
+    return MethodSpec(" ".join(tokens), inputs, repeats, knobs, edit)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -363,6 +373,7 @@ class Bench:
         self.latent = self.make_latent(args.resolution)
         (self.source,) = self.run_node(n.CLIPTextEncode, text=args.prompt, clip=self.clip)
         (self.target,) = self.run_node(n.CLIPTextEncode, text=args.target_prompt, clip=self.clip)
+        (self.null,) = self.run_node(n.CLIPTextEncode, text="", clip=self.clip)
         self.memory_how = PeakMemory(cuda).how
 
     def make_latent(self, resolution: int) -> dict[str, torch.Tensor]:
@@ -395,9 +406,11 @@ class Bench:
         settings_type = node_module.InversionSettings
         if spec.knobs:
             node_module.InversionSettings = functools.partial(settings_type, **spec.knobs)
+        null_text = {"negative": self.null, "cfg": getattr(self.args, "cfg", 7.5)} if spec.inputs[
+            "method"] == "null_text" else {}
         try:
             return self.run_node(self.invert_node, model=self.model, source=self.source, latent=self.latent,
-                                 steps=steps, **spec.inputs).result
+                                 steps=steps, **spec.inputs, **null_text).result
         finally:
             node_module.InversionSettings = settings_type
 
