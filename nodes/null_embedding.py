@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from ..spdinv.branches import COND
-from .row_selection import ModelFunctionWrapper
+from .row_selection import ModelFunctionWrapper, call_through
 
 
 class NullEmbedding:
@@ -41,9 +41,7 @@ class NullEmbedding:
             emb = emb.repeat(1, text.shape[1] // emb.shape[1], 1)
             rows = [emb if k != COND else text[i * per_chunk:(i + 1) * per_chunk] for i, k in enumerate(chunks)]
             args = {**args, "c": {**c, "c_crossattn": torch.cat(rows)}}
-        if self.inner is not None:
-            return self.inner(apply_model, args)
-        return apply_model(args["input"], args["timestep"], **args["c"])
+        return call_through(apply_model, args, self.inner)
 
 
 def step_lookup(sigmas: torch.Tensor, embeddings: torch.Tensor) -> Callable[[float], torch.Tensor]:

@@ -27,6 +27,14 @@ def take_rows(value: Any, keep: torch.Tensor, rows: int) -> Any:
     return value
 
 
+def call_through(apply_model: Callable[..., torch.Tensor], args: dict, inner: ModelFunctionWrapper | None
+                 ) -> torch.Tensor:
+    """Run a wrapped call: through ``inner`` (a wrapper that was already on the model) or the model itself."""
+    if inner is None:
+        return apply_model(args["input"], args["timestep"], **args["c"])
+    return inner(apply_model, args)
+
+
 class OnlyItems:
     """``model_function_wrapper`` that evaluates only the rows of the batch items in ``items`` (a bool mask over
     the photos) and returns zeros (a finite stand-in the caller does not read) in the others.
@@ -40,20 +48,15 @@ class OnlyItems:
         self.items = items.bool().cpu()
         self.inner = inner
 
-    def _apply(self, apply_model: Callable[..., torch.Tensor], args: dict) -> torch.Tensor:
-        if self.inner is None:
-            return apply_model(args["input"], args["timestep"], **args["c"])
-        return self.inner(apply_model, args)
-
     def __call__(self, apply_model: Callable[..., torch.Tensor], args: dict) -> torch.Tensor:
         x, c = args["input"], args["c"]
         rows, photos = x.shape[0], self.items.numel()
         if rows % photos or c.get("control") is not None:
-            return self._apply(apply_model, args)
+            return call_through(apply_model, args, self.inner)
         keep = self.items.repeat(rows // photos).nonzero().flatten()
         sliced = {**args, "input": x[keep.to(x.device)], "timestep": take_rows(args["timestep"], keep, rows),
                   "c": {k: v if k == "transformer_options" else take_rows(v, keep, rows) for k, v in c.items()}}
-        computed = self._apply(apply_model, sliced)
+        computed = call_through(apply_model, sliced, self.inner)
         out = computed.new_zeros((rows, *computed.shape[1:]))
         out[keep.to(out.device)] = computed
         return out
