@@ -1,0 +1,350 @@
+"""PIE-Bench harness: data reading, the metrics against hand computations, summaries, the method graphs.
+
+Metric models are random (no weights can be downloaded); the checks are that each metric is PnPInversion's
+computation on PnPInversion's inputs. LPIPS, DINO and CLIP need torchvision, timm and transformers (present
+in ComfyUI's environment) and skip without them.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.pie_fixture import ENTRIES, box_mask, encode_mask, make_pie_folder
+from tools import pie_bench
+from tools.pie_data import PieDataError, clean_prompt, decode_mask, load_items
+from tools.pie_run import INVERSIONS, RunSettings, blend_settings, edit_prompt, plan_methods
+
+torchmetrics = pytest.importorskip("torchmetrics", reason="pip install torchmetrics (the PIE metrics use it)")
+
+from tools.pie_metrics import (  # noqa: E402
+    COLUMNS,
+    MetricModels,
+    Scorer,
+    load_clip,
+    load_dino,
+    load_edit,
+    load_lpips,
+    summarise,
+    summary_markdown,
+)
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.fixture(scope="module")
+def pie(tmp_path_factory):
+    return make_pie_folder(tmp_path_factory.mktemp("pie"))
+
+
+def photo_pair(seed: int = 0):
+    """A 512² photo and an 'edit' of it: different inside a box, slightly noisy outside."""
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    tgt = src.astype(np.int16) + rng.integers(-6, 7, src.shape)
+    tgt[100:300, 150:350] = rng.integers(0, 256, (200, 200, 3))
+    return Image.fromarray(src), Image.fromarray(np.clip(tgt, 0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_mask_decoding_matches_runs_and_forces_the_border():
+    mask = box_mask(10, 20, 30, 50)
+    decoded = decode_mask(encode_mask(mask))
+    inner = (slice(1, -1), slice(1, -1))
+    assert np.array_equal(decoded[inner], mask[inner])
+    assert decoded[0].all() and decoded[-1].all() and decoded[:, 0].all() and decoded[:, -1].all()
+    tail = decode_mask([512 * 512 - 3, 100])  # a run past the end is clipped, as the reference clips it
+    assert tail.reshape(-1)[-3:].all() and tail.sum() == 4 * 511
+    with pytest.raises(PieDataError, match="odd number"):
+        decode_mask([1, 2, 3])
+
+
+def test_items_have_prompts_without_brackets_and_blend_pairs(pie):
+    items = load_items(pie)
+    assert [i.image_id for i in items] == list(ENTRIES)
+    first = items[0]
+    assert first.source_prompt == "a photo of a cat next to a mirror"
+    assert first.target_prompt == "a photo of a dog next to a mirror"
+    assert first.blended_words == ("cat", "dog") and items[1].blended_words is None
+    assert first.image_path.is_file() and first.relative_path == "1_change_object_80/000000000000.jpg"
+    assert clean_prompt("a [red] [rug]") == "a red rug"
+    assert [i.image_id for i in load_items(pie, categories=["9"])] == ["000000000002"]
+    with pytest.raises(PieDataError, match="--ids"):
+        load_items(pie, ids=["nope"])
+    with pytest.raises(PieDataError, match="mapping_file.json"):
+        load_items(pie / "annotation_images")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def test_background_psnr_mse_are_whole_tensor_and_corrected_ones_background_only():
+    src, tgt = photo_pair()
+    mask = decode_mask(encode_mask(box_mask(90, 140, 310, 360)))
+    values = Scorer(MetricModels()).score(src, tgt, mask, "a photo")
+    a, b = np.asarray(src) / 255.0, np.asarray(tgt) / 255.0
+    keep = (1 - mask)[:, :, None]
+    whole = np.mean((a * keep - b * keep) ** 2)  # the reference: zeroed edit pixels count as matches
+    background = np.sum(((a - b) ** 2) * keep) / (3 * keep.sum())
+    assert values["mse"] == pytest.approx(whole, rel=1e-4)
+    assert values["psnr"] == pytest.approx(10 * math.log10(1 / whole), rel=1e-4)
+    assert values["mse_corrected"] == pytest.approx(background, rel=1e-4)
+    assert values["psnr_corrected"] == pytest.approx(10 * math.log10(1 / background), rel=1e-4)
+    assert values["mse_corrected"] > values["mse"]
+    assert 0 < values["ssim_corrected"] < values["ssim"] < 1  # the zeroed box inflates the reference's SSIM
+    for col in ("structure_distance", "lpips", "lpips_corrected", "clip_whole", "clip_edited"):
+        assert values[col] is None  # no weights given
+
+
+def test_identical_background_scores_perfectly():
+    src, tgt = photo_pair()
+    mask = decode_mask(encode_mask(box_mask(100, 150, 300, 350)))
+    same = np.asarray(src).copy()
+    same[100:300, 150:350] = np.asarray(tgt)[100:300, 150:350]
+    values = Scorer(MetricModels()).score(src, Image.fromarray(same), mask, "a photo")
+    assert values["mse"] == 0 and values["mse_corrected"] == 0
+    assert values["ssim"] == pytest.approx(1.0)
+    # windows of background pixels next to the edit see it: only those keep the corrected SSIM below 1
+    assert 0.99 < values["ssim_corrected"] < 1
+
+
+def test_all_edit_mask_gives_nan_background_and_summary_counts_it():
+    src, tgt = photo_pair()
+    full = decode_mask(encode_mask(np.ones((512, 512), dtype=np.uint8)))
+    nan_row = Scorer(MetricModels()).score(src, tgt, full, "x")
+    assert all(math.isnan(nan_row[c]) for c in ("psnr", "mse", "ssim", "psnr_corrected", "ssim_corrected"))
+    assert nan_row["lpips"] is None  # not NaN: no LPIPS weights were given
+    ok = Scorer(MetricModels()).score(src, tgt, decode_mask(encode_mask(box_mask(0, 0, 256, 512))), "x")
+    rows = [{"image_id": "a", "method": "m", **ok}, {"image_id": "b", "method": "m", **nan_row}]
+    summary = summarise(rows)["m"]
+    assert summary["mse"].count == 1 and summary["mse"].value == pytest.approx(ok["mse"] * 1e4)
+    assert summary["ssim"].value == pytest.approx(ok["ssim"] * 100)
+    assert summary["lpips"] is None
+    table = summary_markdown(summarise(rows), images=2)
+    assert "(n=1)" in table and "| m |" in table and "–" in table
+
+
+def test_edit_that_is_not_square_is_cropped_to_its_last_panel(tmp_path):
+    panels = np.zeros((512, 1024, 3), dtype=np.uint8)
+    panels[:, 512:] = 200
+    Image.fromarray(panels).save(tmp_path / "e.png")
+    edit = load_edit(tmp_path / "e.png")
+    assert edit.size == (512, 512) and np.asarray(edit).min() == 200
+
+
+@pytest.mark.skipif(not has("torchvision"), reason="LPIPS's backbone is torchvision's SqueezeNet (not installed)")
+def test_lpips_equals_torchmetrics_metric_with_the_same_backbone(tmp_path):
+    import torchvision
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    torch.manual_seed(0)
+    backbone = torchvision.models.squeezenet1_1(weights=None)
+    file = tmp_path / "hub" / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    file.parent.mkdir(parents=True)
+    torch.save(backbone.state_dict(), file)
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))  # torchvision finds the file there: the reference class, no download
+    try:
+        reference = LearnedPerceptualImagePatchSimilarity(net_type="squeeze")
+    finally:
+        torch.hub.set_dir(previous)
+    src, tgt = photo_pair(1)
+    mask = decode_mask(encode_mask(box_mask(90, 140, 310, 360)))
+    values = Scorer(MetricModels(lpips=load_lpips(file))).score(src, tgt, mask, "x")
+    keep = (1 - mask)[:, :, None]
+
+    def masked(img):
+        return torch.from_numpy((np.asarray(img) / 255.0 * keep).astype(np.float32)).permute(2, 0, 1)[None]
+
+    expected = float(reference(masked(src) * 2 - 1, masked(tgt) * 2 - 1))
+    assert values["lpips"] == pytest.approx(expected, rel=1e-5)
+    assert values["lpips_corrected"] > 0
+    same = Scorer(MetricModels(lpips=load_lpips(file))).score(src, src, mask, "x")
+    assert same["lpips"] == pytest.approx(0, abs=1e-7) and same["lpips_corrected"] == pytest.approx(0, abs=1e-7)
+
+
+def vit_keys_by_hand(sd: dict, x: torch.Tensor, heads: int) -> torch.Tensor:
+    """The last block's keys of a DINO ViT, written out from the architecture (pre-norm blocks, LN eps 1e-6)."""
+    ln = torch.nn.functional.layer_norm
+    dim = sd["cls_token"].shape[-1]
+    tokens = torch.nn.functional.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"],
+                                        stride=sd["patch_embed.proj.weight"].shape[-1]).flatten(2).transpose(1, 2)
+    h = torch.cat([sd["cls_token"], tokens], 1) + sd["pos_embed"]
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    for i in range(depth):
+        p = f"blocks.{i}."
+        qkv = torch.nn.functional.linear(ln(h, (dim,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-6),
+                                         sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
+        if i == depth - 1:
+            return qkv[0, :, dim:2 * dim]
+        q, k, v = qkv.reshape(1, -1, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim // heads), -1) @ v
+        h = h + torch.nn.functional.linear(att.transpose(1, 2).reshape(1, -1, dim), sd[p + "attn.proj.weight"],
+                                           sd[p + "attn.proj.bias"])
+        m = ln(h, (dim,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], 1e-6)
+        m = torch.nn.functional.gelu(torch.nn.functional.linear(m, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"]))
+        h = h + torch.nn.functional.linear(m, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+    raise AssertionError("no blocks")
+
+
+@pytest.mark.skipif(not (has("timm") and has("torchvision")), reason="DINO is built with timm (not installed)")
+def test_structure_distance_is_mse_of_key_self_similarities(tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+    from torchvision.transforms.functional import normalize, resize
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=224, patch_size=8, embed_dim=128, depth=2, num_heads=2, num_classes=0)
+    sd = {k: v.detach().clone() for k, v in vit.state_dict().items()}
+    torch.save(sd, tmp_path / "dino.pth")
+    src, tgt = photo_pair(2)
+    value = Scorer(MetricModels(dino=load_dino(tmp_path / "dino.pth"))).score(
+        src, tgt, decode_mask(encode_mask(box_mask(0, 0, 10, 10))), "x")["structure_distance"]
+
+    def sim(img):  # 0-255 values, resized without antialiasing, ImageNet-normalised: PnPInversion's input
+        x = torch.from_numpy(np.asarray(img).astype(np.float32)).permute(2, 0, 1)
+        x = normalize(resize(x, [224, 224], antialias=False), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        k = vit_keys_by_hand(sd, x[None], heads=2)
+        return torch.nn.functional.cosine_similarity(k[:, None], k[None], dim=-1, eps=1e-8)
+
+    with torch.no_grad():
+        expected = float(((sim(src) - sim(tgt)) ** 2).mean())
+    assert expected > 0 and value == pytest.approx(expected, rel=1e-3)
+
+
+def tiny_clip(tmp_path):
+    from safetensors.torch import save_file
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=64, intermediate_size=128, num_attention_heads=1, num_hidden_layers=2,
+                 hidden_act="quick_gelu", projection_dim=32)
+    model = CLIPModel(CLIPConfig(text_config=dict(tower, vocab_size=49408, max_position_embeddings=77),
+                                 vision_config=dict(tower, image_size=56, patch_size=14), projection_dim=32)).eval()
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file({k: v for k, v in sd.items() if k.startswith("vision") or k.startswith("visual")},
+              str(tmp_path / "vision.safetensors"))
+    save_file({k: v for k, v in sd.items() if k.startswith("text")}, str(tmp_path / "text.safetensors"))
+    save_file(sd, str(tmp_path / "full.safetensors"))
+    return model
+
+
+@pytest.mark.skipif(not has("transformers"), reason="CLIP is built with transformers (not installed)")
+def test_clip_scores_whole_and_edited_region_against_hand_computation(tmp_path):
+    from transformers import CLIPTokenizer
+
+    model = tiny_clip(tmp_path)
+    vocab = tmp_path / "tok"
+    vocab.mkdir()
+    make_tokenizer_files(vocab)
+    tokenizer_dir = vocab
+    clip = load_clip([tmp_path / "vision.safetensors", tmp_path / "text.safetensors"], tokenizer_dir)
+    full = load_clip([tmp_path / "full.safetensors"], tokenizer_dir)
+    src, tgt = photo_pair(3)
+    mask = decode_mask(encode_mask(box_mask(90, 140, 310, 360)))
+    prompt = "photo of a dog in a park"
+    values = Scorer(MetricModels(clip=clip)).score(src, tgt, mask, prompt)
+    assert Scorer(MetricModels(clip=full)).score(src, tgt, mask, prompt)["clip_whole"] == values["clip_whole"]
+    tok = CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"))
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+
+    def by_hand(img: np.ndarray) -> float:
+        small = np.asarray(Image.fromarray(img).resize((56, 56), Image.BICUBIC), dtype=np.float32) / 255
+        mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
+        pixels = torch.from_numpy(((small - mean) / std).astype(np.float32)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            i = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+            t = model.text_projection(model.text_model(input_ids=ids).pooler_output)
+        return max(100 * float(torch.nn.functional.cosine_similarity(i, t)), 0.0)
+
+    edited = np.uint8(np.asarray(tgt) * np.repeat(mask[:, :, None], 3, 2))
+    assert values["clip_whole"] == pytest.approx(by_hand(np.asarray(tgt)), abs=0.05)
+    assert values["clip_edited"] == pytest.approx(by_hand(edited), abs=0.05)
+    assert values["clip_whole"] > 0 and values["clip_edited"] > 0 and values["clip_whole"] != values["clip_edited"]
+    assert Scorer(MetricModels(clip=clip)).score(src, tgt, mask, "dog")["clip_whole"] == 0  # max(100·cos, 0)
+
+
+def make_tokenizer_files(folder):
+    """A small byte-level BPE vocabulary in CLIP's format (all single characters, a few merges)."""
+    import json
+
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    merges = ["d o", "do g</w>", "p h", "o t", "ph ot", "phot o</w>"]
+    for m in merges:
+        vocab[m.replace(" ", "")] = len(vocab)
+    vocab["<|startoftext|>"] = 49406  # CLIP pools the text at the end token, found by this id
+    vocab["<|endoftext|>"] = 49407
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- the commands
+
+
+def test_metrics_command_writes_rows_summary_and_says_what_is_missing(pie, tmp_path, capsys):
+    edits = tmp_path / "edits"
+    for method, shift in (("a+p2p", 4), ("b+p2p", 12)):
+        (edits / method).mkdir(parents=True)
+        for item in load_items(pie)[:2 if method == "b+p2p" else 3]:
+            img = np.asarray(Image.open(item.image_path)).astype(np.int16) + shift
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(edits / method / f"{item.image_id}.png")
+    code = pie_bench.main(["metrics", "--pie-dir", str(pie), "--edits", str(edits), "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "structure_distance: left empty (no --dino" in printed and "b+p2p: 1 of 3 edits missing" in printed
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv", encoding="utf-8")))
+    assert tuple(rows[0]) == COLUMNS and len(rows) == 5
+    by = {(r["method"], r["image_id"]): r for r in rows}
+    assert by[("a+p2p", "000000000002")]["psnr"] == "nan"  # the all-edit mask
+    assert by[("a+p2p", "000000000000")]["lpips"] == ""  # no --lpips
+    assert float(by[("a+p2p", "000000000000")]["psnr"]) > float(by[("b+p2p", "000000000000")]["psnr"])
+    summary = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "| a+p2p |" in summary and "(n=2)" in summary
+
+
+def test_methods_and_their_graphs_follow_each_rows_protocol(pie):
+    item, refine_item = load_items(pie)[:2]
+    settings = RunSettings(checkpoint="sd.safetensors", steps=50, size=512)
+
+    def node(prompt, cls):
+        return next(n["inputs"] for n in prompt.values() if n["class_type"] == cls)
+
+    ddim = edit_prompt(item, "ddim", "p2p", settings, (512, 512), prefix="p")
+    assert node(ddim, "SPDInvInvert")["method"] == "ddim"
+    assert node(ddim, "SPDInvEditSampler")["source_guidance"] == "like target"
+    assert "negative" in node(ddim, "SPDInvEditSampler")
+    p2p = node(ddim, "P2PAttentionControl")
+    assert (p2p["mode"], p2p["cross_replace"], p2p["blend_source_words"], p2p["reweight"]) == (
+        "word swap", 0.4, "cat", "dog:2.0")
+    assert p2p["proximal_guidance"] is False and p2p["blend_maps"] == "edited"
+    assert not any(n["class_type"] == "ImageScale" for n in ddim.values())
+    paper = edit_prompt(refine_item, "spdinv_paper", "p2p", settings, (512, 512), prefix="p")
+    inv = node(paper, "SPDInvInvert")
+    assert (inv["solver"], inv["rel_tol"], inv["grid"], inv["max_iters"]) == ("adamw", 0.0, "reference", 25)
+    assert "negative" not in node(paper, "SPDInvEditSampler")  # the source prompt, as SPDInv's code
+    assert node(paper, "P2PAttentionControl")["mode"] == "refine"
+    assert node(paper, "P2PAttentionControl")["proximal_guidance"] is True
+    nti = edit_prompt(item, "null_text", "p2p", settings, (512, 512), prefix="p")
+    assert "negative" in node(nti, "SPDInvInvert") and "negative" in node(nti, "SPDInvEditSampler")
+    small = edit_prompt(item, "spdinv", "masactrl", RunSettings(checkpoint="x", size=128), (512, 512), prefix="p")
+    assert [n["inputs"]["width"] for n in small.values() if n["class_type"] == "ImageScale"] == [128, 512]
+    assert set(INVERSIONS) == {"ddim", "spdinv", "spdinv_paper", "spdinv_dci", "negative_prompt", "null_text",
+                               "direct_inversion"}
+    with pytest.raises(ValueError, match="null_text with --engines pnp"):
+        plan_methods(["null_text"], ["pnp"])
+    missing = item.__class__(**{**item.__dict__, "blended_words": ("horse", "dog")})
+    assert blend_settings(missing)[:3] == ("", "", "") and "not in the prompts" in blend_settings(missing)[3]

@@ -1,0 +1,184 @@
+"""PIE-Bench with this pack: edit every item in a headless ComfyUI, then score the edits as PnPInversion does.
+
+    # 1. the edits, resumable (rerun the same command after an interruption: finished edits are kept)
+    python tools/pie_bench.py run --comfyui ~/ComfyUI --python ~/ComfyUI/venv/bin/python --gpu \\
+        --checkpoint ~/ComfyUI/models/checkpoints/sd-v1-4.safetensors --pie-dir ~/PIE-Bench_v1 --out pie_out \\
+        --inversions ddim spdinv spdinv_paper negative_prompt null_text direct_inversion --engines p2p
+
+    # 2. the seven metrics (and the corrected background ones) for every method folder under --edits
+    python tools/pie_bench.py metrics --pie-dir ~/PIE-Bench_v1 --edits pie_out --out pie_out \\
+        --dino dino_vitbase8_pretrain.pth --lpips squeezenet1_1-b8a52dc0.pth \\
+        --clip ~/ComfyUI/models/clip_vision/clip_vision_vit_l.safetensors \\
+               ~/ComfyUI/models/text_encoders/clip_l.safetensors --clip-tokenizer ~/ComfyUI/comfy/sd1_tokenizer
+
+``run`` saves each edit alone as ``<out>/<inversion>+<engine>/<image_id>.png`` (what the methods are:
+``tools/pie_run.py``). ``metrics`` scores any folder laid out that way, whatever made the edits, and writes
+``<out>/metrics.csv`` (one row per image and method) and ``<out>/summary.md`` (the paper's units); a metric
+whose weight file is not given is left empty, and said so. Both take ``--ids`` / ``--categories`` /
+``--limit`` to work on part of the set. ``metrics`` needs torchmetrics (and timm for ``--dino``, transformers
+for ``--clip``; see ``tools/pie_metrics.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import ``tools`` as a package so relative imports work
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import tools  # noqa: F401
+
+    __package__ = "tools"
+
+from .comfy_server import ComfyServer, ComfyServerError  # noqa: E402
+from .pie_data import PieDataError, PieItem, load_items  # noqa: E402
+from .pie_run import ENGINES, INVERSIONS, RunSettings, edit_path, plan_methods, run_edits  # noqa: E402
+
+
+def _items(args: argparse.Namespace) -> list[PieItem]:
+    items = load_items(args.pie_dir, ids=args.ids, categories=args.categories)
+    return items[: args.limit] if args.limit else items
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Edit the chosen items with every chosen method in one ComfyUI server."""
+    methods = plan_methods(args.inversions, args.engines)
+    items = _items(args)
+    checkpoint = Path(args.checkpoint).expanduser()
+    if not checkpoint.is_file():
+        raise ValueError(f"--checkpoint {checkpoint} does not exist")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = RunSettings(checkpoint=checkpoint.name, steps=args.steps, cfg=args.cfg, size=args.size,
+                           cross_replace=args.cross_replace)
+    print(f"{len(items)} items × {len(methods)} methods from {args.pie_dir} into {out}")
+    with ComfyServer(args.comfyui, python=args.python, gpu=args.gpu, checkpoints=[checkpoint.parent],
+                     input_dir=Path(args.pie_dir).expanduser() / "annotation_images", only_this_pack=True,
+                     require_nodes=["SPDInvInvert", "SPDInvEditSampler"]) as server:
+        report = run_edits(server, items, methods, settings, out, timeout=args.timeout)
+    for method, secs in report.seconds.items():
+        print(f"{method}: {len(secs)} edits, median {statistics.median(secs):.1f} s an edit")
+    print(f"done {report.done}, already there {report.skipped}, failed {len(report.failed)}"
+          + (f" (see {out / 'failures.jsonl'}; rerun to retry)" if report.failed else ""))
+    print(f"next: python tools/pie_bench.py metrics --pie-dir {args.pie_dir} --edits {out} --out {out} "
+          "[--dino FILE] [--clip FILE ...] [--lpips FILE]")
+    return 1 if report.failed else 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Score every method folder under --edits against the PIE photos and masks."""
+    from .pie_metrics import (COLUMNS, MetricModels, Scorer, load_clip, load_dino, load_edit, load_lpips,
+                              load_source, summarise, summary_markdown)
+
+    items = _items(args)
+    edits = Path(args.edits)
+    methods = args.methods or sorted(p.name for p in edits.iterdir() if p.is_dir() and any(p.glob("*.png")))
+    if not methods:
+        raise ValueError(f"--edits {edits}: no method folders with .png edits (expected <edits>/<method>/<id>.png)")
+    tokenizer = args.clip_tokenizer or (Path(os.environ["COMFYUI_PATH"]) / "comfy" / "sd1_tokenizer"
+                                        if os.environ.get("COMFYUI_PATH") else None)
+    if args.clip and tokenizer is None:
+        raise ValueError("--clip-tokenizer: name CLIP's tokenizer folder (ComfyUI's comfy/sd1_tokenizer) or set "
+                         "COMFYUI_PATH")
+    models = MetricModels(
+        dino=load_dino(args.dino) if args.dino else None,
+        clip=load_clip(args.clip, tokenizer) if args.clip else None,
+        lpips=load_lpips(args.lpips) if args.lpips else None)
+    for col in models.missing():
+        flag = {"structure_distance": "--dino", "clip_whole": "--clip", "clip_edited": "--clip"}.get(col, "--lpips")
+        print(f"{col}: left empty (no {flag} weight file given)")
+    scorer = Scorer(models)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    missing: dict[str, int] = {}
+    t0 = time.monotonic()
+    for n, item in enumerate(items, 1):
+        source = load_source(item.image_path)
+        mask = item.mask()
+        for method in methods:
+            path = edit_path(edits, method, item.image_id)
+            if not path.is_file():
+                missing[method] = missing.get(method, 0) + 1
+                continue
+            values = scorer.score(source, load_edit(path), mask, item.target_prompt)
+            rows.append({"image_id": item.image_id, "method": method, **values})
+        if n % 25 == 0 or n == len(items):
+            print(f"[{n}/{len(items)}] scored ({time.monotonic() - t0:.0f} s)")
+    for method, count in missing.items():
+        print(f"{method}: {count} of {len(items)} edits missing (not scored)")
+    partial = out / "metrics.csv.partial"
+    with open(partial, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else ("nan" if isinstance(v, float) and math.isnan(v) else v)
+                             for k, v in row.items()})
+    os.replace(partial, out / "metrics.csv")
+    table = summary_markdown(summarise(rows), len(items))
+    (out / "summary.md").write_text(table, encoding="utf-8")
+    print(table)
+    print(f"wrote {out / 'metrics.csv'} ({len(rows)} rows) and {out / 'summary.md'}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pie_bench.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--pie-dir", required=True, help="PIE-Bench folder (mapping_file.json, annotation_images/)")
+        sp.add_argument("--ids", nargs="+", help="only these image ids")
+        sp.add_argument("--categories", nargs="+", help="only these editing_type_id values (0-9)")
+        sp.add_argument("--limit", type=int, default=0, help="only the first N items (after --ids/--categories)")
+
+    r = sub.add_parser("run", help="edit the items with each inversion × engine (resumable)")
+    common(r)
+    r.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout ($COMFYUI_PATH)")
+    r.add_argument("--python", help="interpreter ComfyUI runs with (default: this one)")
+    r.add_argument("--checkpoint", required=True, help="the model file (paper: SD 1.4)")
+    r.add_argument("--out", required=True, help="folder for <method>/<image_id>.png")
+    r.add_argument("--inversions", nargs="+", default=["ddim", "spdinv"], choices=list(INVERSIONS))
+    r.add_argument("--engines", nargs="+", default=["p2p"], choices=list(ENGINES))
+    r.add_argument("--steps", type=int, default=50)
+    r.add_argument("--cfg", type=float, default=7.5)
+    r.add_argument("--size", type=int, default=512, help="working resolution (PIE photos are 512×512)")
+    r.add_argument("--cross-replace", type=float, default=0.4,
+                   help="P2P cross-attention replacement fraction (PIE protocol 0.4; SPDInv's demo 0.8)")
+    r.add_argument("--gpu", action="store_true", help="run ComfyUI on the GPU (default --cpu)")
+    r.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per edit")
+    r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("metrics", help="score <edits>/<method>/<image_id>.png against the photos")
+    common(m)
+    m.add_argument("--edits", required=True, help="folder of method folders")
+    m.add_argument("--out", required=True, help="where metrics.csv and summary.md go")
+    m.add_argument("--methods", nargs="+", help="method folders to score (default: all under --edits)")
+    m.add_argument("--dino", help="DINO ViT-B/8 weights (dino_vitbase8_pretrain.pth) for structure distance")
+    m.add_argument("--clip", nargs="+", help="CLIP ViT-L/14 weights: one full file, or the clip_vision file and "
+                   "a text file with text_projection (ComfyUI's text_encoders/clip_l.safetensors)")
+    m.add_argument("--clip-tokenizer", help="CLIP tokenizer folder (default $COMFYUI_PATH/comfy/sd1_tokenizer)")
+    m.add_argument("--lpips", help="torchvision SqueezeNet 1.1 weights (squeezenet1_1-b8a52dc0.pth) for LPIPS")
+    m.set_defaults(func=cmd_metrics)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (PieDataError, ValueError, ComfyServerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
