@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import comfy.model_management
+import comfy.model_sampling
 import comfy.samplers
 import latent_preview
 import torch
@@ -18,6 +19,7 @@ import torch
 from ..spdinv.edit_loop import BranchPredictor
 from ..spdinv.inversion import Denoiser
 from ..spdinv.null_text import NullDenoiser
+from ..spdinv.schedules import reference_sigmas
 from .null_embedding import NullEmbedding
 from .row_selection import OnlyItems
 from .shared_source import SharedSourceRows, can_share_source
@@ -125,6 +127,29 @@ def run_in_guider(
     sampler = RoutineSampler(routine)
     latent = guider.sample(start, latent_image, sampler, sigmas, callback=callback, disable_pbar=True, seed=0)
     return latent, sampler.output
+
+
+def is_flow(model_sampling: Any) -> bool:
+    """True for rectified-flow models (ComfyUI's ``CONST`` parameterisation: SD3.x, Flux, ...)."""
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
+def sampling_grid(model_sampling: Any, grid: str, steps: int) -> torch.Tensor:
+    """The descending sigma grid (ending at 0) that an inversion runs on, on the CPU.
+
+    ``auto``: ComfyUI's ``ddim_uniform`` for discrete-time models and the model's own schedule (the
+    ``simple`` scheduler, which carries the flow shift and starts at sigma 1, pure noise) for flow models;
+    ``ddim_uniform``, ``simple``: those schedulers; ``reference``: the official SPDInv code's DDIM grid
+    (discrete-time models only).
+    """
+    flow = is_flow(model_sampling)
+    if grid == "reference":
+        if flow:
+            raise ValueError("grid: 'reference' is the official SD code's DDIM grid; a flow model inverts on its own "
+                             "schedule: choose 'auto' (or 'simple')")
+        return reference_sigmas(model_sampling.sigmas.float().cpu(), steps)
+    scheduler = ("simple" if flow else "ddim_uniform") if grid == "auto" else grid
+    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).float().cpu()
 
 
 def input_scale_of(model_sampling: Any) -> Callable[[float], float]:

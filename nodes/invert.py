@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..spdinv.inversion import SOLVERS, InversionSettings, invert
 from ..spdinv.inversion_methods import INVERSION_METHODS, protocol_of
 from ..spdinv.null_text import NullTextSettings, optimise_null_text
-from ..spdinv.schedules import reference_sigmas, validate_sampling_grid
+from ..spdinv.schedules import validate_sampling_grid
 from .branch_conditioning import at_photo_size
 from .comfy_bridge import (
     denoiser,
@@ -18,11 +18,12 @@ from .comfy_bridge import (
     make_weights_autograd_safe,
     null_denoiser,
     run_in_guider,
+    sampling_grid,
     skip_of,
 )
 from .inversion_type import Inversion, InversionPayload, NullText, check_latent_channels
 
-GRIDS = ("ddim_uniform", "reference")
+GRIDS = ("auto", "ddim_uniform", "simple", "reference")
 DEFAULT_SOLVER = "anderson"
 DEFAULT_REL_TOL = 0.01
 """Chosen by benchmarks/bench_inversion.py (see README, Performance)."""
@@ -78,10 +79,12 @@ class SPDInvInvert(io.ComfyNode):
                 io.Sigmas.Input("sigmas", optional=True,
                                 tooltip="Optional custom sampling grid (descending, ending at 0); overrides steps "
                                         "and grid."),
-                io.Combo.Input("grid", options=list(GRIDS), default="ddim_uniform", optional=True,
-                               tooltip="ddim_uniform: ComfyUI's DDIM grid (timesteps 981 ... 1 for 50 steps). "
-                                       "reference: the official SPDInv code's (980 ... 0), for the paper's "
-                                       "procedure."),
+                io.Combo.Input("grid", options=list(GRIDS), default="auto", optional=True,
+                               tooltip="auto: ddim_uniform on SD models, the model's own schedule (simple, with "
+                                       "its shift, from pure noise) on flow models (SD3, Flux). ddim_uniform: "
+                                       "ComfyUI's DDIM grid (timesteps 981 ... 1 for 50 steps). simple: ComfyUI's "
+                                       "simple scheduler. reference: the official SPDInv code's (980 ... 0), for "
+                                       "the paper's procedure (SD models)."),
                 io.Float.Input("dci_rate", default=0.0, min=0.0, max=10.0, step=0.1, round=False, optional=True,
                                tooltip="spdinv only: DCI's correction (Dual-Conditional Inversion, 2025), which "
                                        "pulls each step's noise prediction towards the clean latent by this much "
@@ -106,7 +109,7 @@ class SPDInvInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, source, latent, steps, method, solver, max_iters, lr, delta, rel_tol,
-                measure_residual, sigmas=None, grid="ddim_uniform", dci_rate=0.0, negative=None, cfg=7.5
+                measure_residual, sigmas=None, grid="auto", dci_rate=0.0, negative=None, cfg=7.5
                 ) -> io.NodeOutput:
         tune_null = protocol_of(method).tuned_null
         if tune_null and negative is None:
@@ -120,9 +123,7 @@ class SPDInvInvert(io.ComfyNode):
             raise ValueError(f"latent: expected an image latent [B, C, H, W], got shape {tuple(samples.shape)}")
         check_latent_channels(model, samples, "latent")
         if sigmas is None:
-            sampling = model.get_model_object("model_sampling")
-            sigmas = (reference_sigmas(sampling.sigmas.float().cpu(), steps) if grid == "reference" else
-                      comfy.samplers.calculate_sigmas(sampling, "ddim_uniform", steps).cpu())
+            sigmas = sampling_grid(model.get_model_object("model_sampling"), grid, steps)
         else:
             sigmas = sigmas.detach().float().cpu()
             try:

@@ -348,3 +348,13 @@ def test_methods_and_their_graphs_follow_each_rows_protocol(pie):
         plan_methods(["null_text"], ["pnp"])
     missing = item.__class__(**{**item.__dict__, "blended_words": ("horse", "dog")})
     assert blend_settings(missing)[:3] == ("", "", "") and "not in the prompts" in blend_settings(missing)[3]
+
+
+def test_a_resumed_run_refuses_other_settings_in_the_same_folder(tmp_path):
+    from tools.pie_run import check_settings
+
+    methods = plan_methods(["spdinv"], ["p2p"])
+    check_settings(tmp_path, methods, RunSettings(checkpoint="sd.safetensors", steps=50))
+    check_settings(tmp_path, methods, RunSettings(checkpoint="sd.safetensors", steps=50))  # same: resumes
+    with pytest.raises(ValueError, match=r"spdinv\+p2p holds edits made with other settings \(steps 50 -> 10\)"):
+        check_settings(tmp_path, methods, RunSettings(checkpoint="sd.safetensors", steps=10))

@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: import ``tools`` as a package 
 
 from .comfy_server import ComfyServer, ComfyServerError  # noqa: E402
 from .pie_data import PieDataError, PieItem, load_items  # noqa: E402
-from .pie_run import ENGINES, INVERSIONS, RunSettings, edit_path, plan_methods, run_edits  # noqa: E402
+from .pie_run import ENGINES, INVERSIONS, RunSettings, check_settings, edit_path, plan_methods, run_edits  # noqa: E402
 
 
 def _items(args: argparse.Namespace) -> list[PieItem]:
@@ -58,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     settings = RunSettings(checkpoint=checkpoint.name, steps=args.steps, cfg=args.cfg, size=args.size,
                            cross_replace=args.cross_replace)
+    check_settings(out, methods, settings)
     print(f"{len(items)} items × {len(methods)} methods from {args.pie_dir} into {out}")
     with ComfyServer(args.comfyui, python=args.python, gpu=args.gpu, checkpoints=[checkpoint.parent],
                      input_dir=Path(args.pie_dir).expanduser() / "annotation_images", only_this_pack=True,
@@ -74,8 +75,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Score every method folder under --edits against the PIE photos and masks."""
-    from .pie_metrics import (COLUMNS, MetricModels, Scorer, load_clip, load_dino, load_edit, load_lpips,
-                              load_source, summarise, summary_markdown)
+    from .pie_metrics import (
+        COLUMNS,
+        MetricModels,
+        Scorer,
+        load_clip,
+        load_dino,
+        load_edit,
+        load_lpips,
+        load_source,
+        summarise,
+        summary_markdown,
+    )
 
     items = _items(args)
     edits = Path(args.edits)

@@ -22,7 +22,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,28 @@ class RunReport:
 def edit_path(out: Path, method: str, image_id: str) -> Path:
     """Where an edit is saved: ``<out>/<method>/<image_id>.png``."""
     return out / method / f"{image_id}.png"
+
+
+def check_settings(out: Path, methods: Sequence[tuple[str, str]], settings: RunSettings) -> None:
+    """Record each method folder's settings, or refuse to add edits made with other settings to it.
+
+    A resumed run must not mix protocols in one folder: ``<out>/<method>/settings.json`` holds what its edits
+    were made with.
+    """
+    for inv, eng in methods:
+        folder = out / method_name(inv, eng)
+        record = folder / "settings.json"
+        wanted = {"inversion": inv, "engine": eng, **asdict(settings)}
+        if record.is_file():
+            had = json.loads(record.read_text(encoding="utf-8"))
+            changed = {k: (had.get(k), v) for k, v in wanted.items() if had.get(k) != v}
+            if changed:
+                what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                raise ValueError(f"--out {out}: {folder.name} holds edits made with other settings ({what}); "
+                                 "give another --out, or delete that folder to redo it")
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(wanted, indent=1), encoding="utf-8")
 
 
 def run_edits(server: ComfyServer, items: Sequence[PieItem], methods: Sequence[tuple[str, str]],

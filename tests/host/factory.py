@@ -44,6 +44,7 @@ CHECKPOINT_NAME = f"spdinv-test-sd15-random-v{FORMAT_VERSION}.safetensors"
 LORA_NAME = f"spdinv-test-lora-random-v{FORMAT_VERSION}.safetensors"
 SD2_CHECKPOINT_NAME = f"spdinv-test-sd21-v-random-v{FORMAT_VERSION}.safetensors"
 SDXL_CHECKPOINT_NAME = f"spdinv-test-sdxl-vega-random-v{FORMAT_VERSION}.safetensors"
+SD3_CHECKPOINT_NAME = f"spdinv-test-sd3-mmdit4-random-v{FORMAT_VERSION}.safetensors"
 CLIP_VISION_NAME = f"spdinv-test-clip-vision-vitl-random-v{FORMAT_VERSION}.safetensors"
 
 UNET_PREFIX = "model.diffusion_model."
@@ -232,9 +233,10 @@ def _vae_mid(s: Shapes, name: str, c: int) -> None:
     _vae_resblock(s, f"{name}.block_2", c, c)
 
 
-def vae_shapes() -> Shapes:
-    """SD AutoencoderKL (ch 128, mult 1,2,4,4, 2 res blocks, z 4) keys without prefix."""
-    ch, mult, n_res, z = 128, (1, 2, 4, 4), 2, 4
+def vae_shapes(z: int = 4, quant_convs: bool = True) -> Shapes:
+    """SD AutoencoderKL (ch 128, mult 1,2,4,4, 2 res blocks) keys without prefix: ``z`` latent channels (4; SD3
+    and Flux: 16, without the quant convs)."""
+    ch, mult, n_res = 128, (1, 2, 4, 4), 2
     s: Shapes = {}
     _conv(s, "encoder.conv_in", ch, 3, 3)
     c = ch
@@ -259,8 +261,36 @@ def vae_shapes() -> Shapes:
             _conv(s, f"decoder.up.{level}.upsample.conv", c, c, 3)
     _norm(s, "decoder.norm_out", c)
     _conv(s, "decoder.conv_out", 3, c, 3)
-    _conv(s, "quant_conv", 2 * z, 2 * z, 1)
-    _conv(s, "post_quant_conv", z, z, 1)
+    if quant_convs:
+        _conv(s, "quant_conv", 2 * z, 2 * z, 1)
+        _conv(s, "post_quant_conv", z, z, 1)
+    return s
+
+
+def mmdit_shapes(depth: int, pos_embed_max: int = 64, context_in: int = 4096, adm_in: int = 2048) -> Shapes:
+    """SD3's MM-DiT (``comfy/ldm/modules/diffusionmodules/mmdit.py``) keys without prefix: hidden size 64 ×
+    ``depth`` (ComfyUI reads the depth from it), patch 2, 16 latent channels; the last block's context stream
+    is pre-only (no output projection or MLP)."""
+    hidden, patch, channels = 64 * depth, 2, 16
+    s: Shapes = {"pos_embed": (1, pos_embed_max * pos_embed_max, hidden)}
+    _conv(s, "x_embedder.proj", hidden, channels, patch)
+    _linear(s, "t_embedder.mlp.0", hidden, 256)
+    _linear(s, "t_embedder.mlp.2", hidden, hidden)
+    _linear(s, "y_embedder.mlp.0", hidden, adm_in)
+    _linear(s, "y_embedder.mlp.2", hidden, hidden)
+    _linear(s, "context_embedder", hidden, context_in)
+    for i in range(depth):
+        for stream in ("context_block", "x_block"):
+            p = f"joint_blocks.{i}.{stream}"
+            pre_only = stream == "context_block" and i == depth - 1
+            _linear(s, f"{p}.attn.qkv", 3 * hidden, hidden)
+            _linear(s, f"{p}.adaLN_modulation.1", (2 if pre_only else 6) * hidden, hidden)
+            if not pre_only:
+                _linear(s, f"{p}.attn.proj", hidden, hidden)
+                _linear(s, f"{p}.mlp.fc1", 4 * hidden, hidden)
+                _linear(s, f"{p}.mlp.fc2", hidden, 4 * hidden)
+    _linear(s, "final_layer.linear", patch * patch * channels, hidden)
+    _linear(s, "final_layer.adaLN_modulation.1", 2 * hidden, hidden)
     return s
 
 
@@ -285,6 +315,17 @@ def sdxl_shapes() -> Shapes:
     OpenCLIP bigG (CLIP-G) and the SD VAE, whose shapes SDXL shares (about 1.7 B parameters)."""
     return _prefixed((UNET_PREFIX, unet_shapes(VEGA_LAYOUT)), (SDXL_CLIP_L_PREFIX, clip_text_shapes()),
                      (SDXL_CLIP_G_PREFIX, open_clip_text_shapes(1280, 32)), (VAE_PREFIX, vae_shapes()))
+
+
+SD3_DEPTH = 4
+SD3_CLIP_L_PREFIX = "text_encoders.clip_l.transformer.text_model."
+
+
+def sd3_shapes() -> Shapes:
+    """SD3-class checkpoint (Stability's single-file layout): a depth-4 MM-DiT, CLIP-L as its only text encoder
+    (ComfyUI pads the missing CLIP-G and T5 with zeros) and the 16-channel VAE; about 0.22 B parameters."""
+    return _prefixed((UNET_PREFIX, mmdit_shapes(SD3_DEPTH)), (SD3_CLIP_L_PREFIX, clip_text_shapes()),
+                     (VAE_PREFIX, vae_shapes(z=16, quant_convs=False)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,6 +370,11 @@ def build_sd2_state_dict(seed: int = SEED + 4, dtype: torch.dtype = torch.float1
 def build_sdxl_state_dict(seed: int = SEED + 3, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """All tensors of the SDXL-class test checkpoint (:func:`sdxl_shapes`), deterministic random values."""
     return _random(sdxl_shapes(), torch.Generator().manual_seed(seed), dtype)
+
+
+def build_sd3_state_dict(seed: int = SEED + 5, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All tensors of the SD3-class test checkpoint (:func:`sd3_shapes`), deterministic random values."""
+    return _random(sd3_shapes(), torch.Generator().manual_seed(seed), dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,6 +488,13 @@ def sdxl_checkpoint_path() -> Path:
     meta = {"spdinv_test": "random-weight SDXL-class (Segmind Vega layout) checkpoint, not a real model",
             "seed": str(SEED + 3)}
     return _cached(SDXL_CHECKPOINT_NAME, build_sdxl_state_dict, meta)
+
+
+def sd3_checkpoint_path() -> Path:
+    """Path of the cached random SD3-class checkpoint (depth-4 MM-DiT, CLIP-L, 16-channel VAE; about 0.4 GiB)."""
+    meta = {"spdinv_test": "random-weight SD3-class (depth-4 MM-DiT) checkpoint, not a real model",
+            "seed": str(SEED + 5)}
+    return _cached(SD3_CHECKPOINT_NAME, build_sd3_state_dict, meta)
 
 
 def lora_path() -> Path:
@@ -579,8 +632,10 @@ if __name__ == "__main__":
     print(lora_path())
 
 
-def sd_like_latent(resolution: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
-    """Raw LATENT samples with the statistics of a real SD1.5 VAE latent (std 1 after the 0.18215 scale).
+def sd_like_latent(resolution: int, batch: int = 1, seed: int = 0, channels: int = 4, scale: float = 0.18215,
+                   shift: float = 0.0) -> torch.Tensor:
+    """Raw LATENT samples with the statistics of a real VAE latent: std 1 after the model's latent scale (SD1.5's
+    0.18215 by default; SD3: 16 channels, scale 1.5305, shift 0.0609).
 
     The random VAE encodes images to latents about 50x smaller than a trained VAE does, which makes
     every reconstruction error look huge relative to the signal. Reconstruction quality is measured on
@@ -588,6 +643,6 @@ def sd_like_latent(resolution: int, batch: int = 1, seed: int = 0) -> torch.Tens
     """
     gen = torch.Generator().manual_seed(seed)
     size = resolution // 8
-    coarse = torch.randn(batch, 4, max(1, size // 4), max(1, size // 4), generator=gen)
+    coarse = torch.randn(batch, channels, max(1, size // 4), max(1, size // 4), generator=gen)
     z = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-    return z / z.std() / 0.18215
+    return z / z.std() / scale + shift
