@@ -115,3 +115,96 @@ def attach_engine(model_patcher: Any, engine: EditEngine, attend: Attend, name: 
         patched.add_wrapper_with_key(feature_wrapper_type, ENGINE_KEY, FeatureTapWrapper())
     patched.model_options.setdefault("transformer_options", {})[ENGINE_KEY] = engine
     return patched
+
+
+IMAGE_TOKENS_KEY = "spdinv_image_tokens"
+"""``transformer_options`` key :class:`ImageTokensWrapper` sets: how many image tokens the call's latent makes."""
+
+
+def dit_blocks(diffusion_model: Any) -> list[tuple[str, int]]:
+    """An MM-DiT's blocks as ComfyUI's ``dit`` replace patches name them, in order: SD3's joint blocks, or
+    Flux's double-stream then single-stream blocks."""
+    if hasattr(diffusion_model, "joint_blocks"):
+        return [("double_block", i) for i in range(len(diffusion_model.joint_blocks))]
+    if hasattr(diffusion_model, "double_blocks"):
+        return ([("double_block", i) for i in range(len(diffusion_model.double_blocks))]
+                + [("single_block", i) for i in range(len(getattr(diffusion_model, "single_blocks", ())))])
+    raise ValueError("not an MM-DiT (SD3.x, Flux): it has no joint blocks; on UNet models (SD1.x, SD2.x, SDXL) "
+                     "use SPDInv MasaCtrl")
+
+
+class ImageTokensWrapper:
+    """``DIFFUSION_MODEL`` wrapper: puts the number of image tokens of the call's latent (patches of
+    ``patch_size``) into ``transformer_options``, where the block patches read it (a single-stream block sees
+    text and image tokens concatenated)."""
+
+    def __init__(self, patch_size: int):
+        self.patch_size = patch_size
+
+    def __call__(self, executor, *args, **kwargs):
+        h, w = args[0].shape[-2:]
+        p = self.patch_size
+        options = dict(kwargs.get("transformer_options") or {})
+        options[IMAGE_TOKENS_KEY] = -(-h // p) * -(-w // p)
+        return executor(*args, **{**kwargs, "transformer_options": options})
+
+
+class JointAttentionOverride:
+    """``optimized_attention_override`` for the calls of one block: hands q, k, v to the engine, which attends
+    through an override that was there before (another node's) or the host's attention."""
+
+    def __init__(self, engine: Any, block: int, image_tokens: int, previous: Any = None):
+        self.engine, self.block, self.image_tokens, self.previous = engine, block, image_tokens, previous
+
+    def __call__(self, func, *args, **kwargs):
+        q, k, v, *rest = args
+        options = kwargs.get("transformer_options") or {}
+
+        def attend(q, k, v):
+            if self.previous is not None:
+                return self.previous(func, q, k, v, *rest, **kwargs)
+            return func(q, k, v, *rest, **kwargs)
+
+        return self.engine.joint_attention(q, k, v, step_of(options), call_chunks(options), self.block,
+                                           self.image_tokens, 2 if kwargs.get("skip_reshape") else 1, attend)
+
+
+class JointBlockPatch:
+    """``dit`` block replace patch: runs the block (or the replacement another node had put on it) with the
+    engine's attention override in the block's ``transformer_options``."""
+
+    def __init__(self, engine: Any, block: int, inner: Any = None):
+        self.engine, self.block, self.inner = engine, block, inner
+
+    def __call__(self, args: dict, extra: dict):
+        options = dict(args.get("transformer_options") or {})
+        tokens = options.get(IMAGE_TOKENS_KEY, args["img"].shape[1])
+        options["optimized_attention_override"] = JointAttentionOverride(
+            self.engine, self.block, tokens, options.get("optimized_attention_override"))
+        args = {**args, "transformer_options": options}
+        if self.inner is not None:
+            return self.inner(args, extra)
+        return extra["original_block"](args)
+
+
+def attach_joint_engine(model_patcher: Any, engine: Any, wrapper_type: str) -> Any:
+    """A clone of ``model_patcher`` with ``engine`` (:class:`~.joint_attention.JointMutualAttention`) on the
+    blocks it controls, chained onto any ``dit`` block patch or attention override already there."""
+    if engine_of(model_patcher) is not None:
+        raise ValueError("model: this MODEL already carries an SPDInv editing engine; connect the model from "
+                         "before that engine node (engines do not stack)")
+    diffusion_model = model_patcher.get_model_object("diffusion_model")
+    try:
+        blocks = dit_blocks(diffusion_model)
+    except ValueError as e:
+        raise ValueError(f"model: {e}") from None
+    patched = model_patcher.clone()
+    existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    for order, (kind, index) in enumerate(blocks):
+        if engine.controls_block(order):
+            patched.set_model_patch_replace(JointBlockPatch(engine, order, existing.get((kind, index))), "dit", kind,
+                                            index)
+    patched.add_wrapper_with_key(wrapper_type, IMAGE_TOKENS_KEY,
+                                 ImageTokensWrapper(int(getattr(diffusion_model, "patch_size", 2))))
+    patched.model_options.setdefault("transformer_options", {})[ENGINE_KEY] = engine
+    return patched

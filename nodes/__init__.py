@@ -12,13 +12,14 @@ from .elite import ELITEMapper, ELITEMapperLoader
 from .example_inputs import install_example_inputs
 from .invert import SPDInvInvert
 from .masactrl import MasaCtrlMutualAttention
+from .mmdit_attention import MMDiTMutualAttention
 from .p2p_control import P2PAttentionControl
 from .pnp_injection import PNPInjection
 from .residual_plot import SPDInvResidualPlot
 
 NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, P2PAttentionControl, MasaCtrlMutualAttention,
-                                   PNPInjection, ELITEMapperLoader, ELITEMapper, SPDInvAttentionPreview,
-                                   SPDInvWaveletColorFix, SPDInvResidualPlot]
+                                   MMDiTMutualAttention, PNPInjection, ELITEMapperLoader, ELITEMapper,
+                                   SPDInvAttentionPreview, SPDInvWaveletColorFix, SPDInvResidualPlot]
 
 
 class SPDInvExtension(ComfyExtension):

@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 
-from ..attention_patches.registration import ENGINE_KEY, SHARED_SOURCE_KEY, AttentionPatch
+from ..attention_patches.registration import (
+    ENGINE_KEY,
+    IMAGE_TOKENS_KEY,
+    SHARED_SOURCE_KEY,
+    AttentionPatch,
+    JointBlockPatch,
+)
 from ..spdinv.branches import COND, BranchLayout
 from .row_selection import take_rows
 
@@ -34,10 +40,10 @@ def can_share_source(model_options: Mapping[str, Any]) -> bool:
     if any(options.get("patches", {}).values()):
         return False
     for patches in options.get("patches_replace", {}).values():
-        if any(not isinstance(p, AttentionPatch) or p.inner is not None for p in patches.values()):
+        if any(not isinstance(p, (AttentionPatch, JointBlockPatch)) or p.inner is not None for p in patches.values()):
             return False
     for by_key in options.get("wrappers", {}).values():
-        if any(fns for key, fns in by_key.items() if key != ENGINE_KEY):
+        if any(fns for key, fns in by_key.items() if key not in (ENGINE_KEY, IMAGE_TOKENS_KEY)):
             return False
     return True
 

@@ -89,3 +89,73 @@ def test_identity_edit_is_exact_and_the_model_samples_bit_identically_after(run_
     assert not torch.equal(edited["samples"], recon["samples"])
     (after,) = run_node(comfy_env.nodes.KSampler, model=model, **ksampler)
     assert torch.equal(before["samples"], after["samples"])
+
+
+@pytest.fixture(scope="module")
+def sd3_scene(run_node, pack_nodes, comfy_env, sd3, photo_latent):
+    """The SD3 latent inverted in 8 steps with the source prompt, and both prompts' encodings."""
+    model, clip, _ = sd3
+    source, target = (encode(comfy_env, run_node, clip, t) for t in (SOURCE, TARGET))
+    inversion, _ = invert(run_node, pack_nodes, model, source, photo_latent, steps=8, rel_tol=0.01)
+    return model, inversion, source, target
+
+
+def mutual(run_node, pack_nodes, model, **kw):
+    settings = dict(start_step=0.1, start_block=-1.0, share="keys and values")
+    return run_node(pack_nodes.MMDiTMutualAttention, model=model, **{**settings, **kw}).result[0]
+
+
+def test_mutual_attention_keeps_more_of_the_photo_and_identity_stays_exact(run_node, pack_nodes, sd3_scene):
+    model, inversion, source, target = sd3_scene
+    plain, recon, _ = edit(run_node, pack_nodes, model, inversion, source, target, cfg=4.0)
+    results = {}
+    for share in ("keys and values", "values"):
+        patched = mutual(run_node, pack_nodes, model, share=share, start_block=0.0)
+        with RowCount(patched) as rows:
+            edited, recon_m, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=4.0)
+        assert rows.rows == 3 * 8  # the source's unconditional rows are left out, as without an engine
+        gap = (recon_m["samples"] - recon["samples"]).abs().max().item()
+        print(f"\n[host] {share}: reconstruction with vs without the engine: max abs difference {gap:.2e}")
+        assert gap < 1e-4  # the source branch is untouched (up to the batch's summation order)
+        results[share] = latent_psnr(edited["samples"], recon["samples"])
+        same, recon_same, _ = edit(run_node, pack_nodes, patched, inversion, source, source, cfg=4.0)
+        assert torch.equal(same["samples"], recon_same["samples"])
+    baseline = latent_psnr(plain["samples"], recon["samples"])
+    print(f"\n[host] SD3 edit vs reconstruction: plain {baseline:.3f} dB, mutual keys+values "
+          f"{results['keys and values']:.3f} dB, values only {results['values']:.3f} dB")
+    assert len({baseline, *results.values()}) == 3  # random weights attend almost uniformly: small effects
+
+
+def test_mutual_attention_patches_only_a_clone_and_chains_onto_a_block_patch(run_node, pack_nodes, sd3_scene):
+    """Another node's block patch and attention override stay in force; the override, called by the engine with
+    the keys it changed, sees the target's image tokens carry the source's in the controlled blocks only."""
+    model, inversion, source, target = sd3_scene
+    calls, shared = [], []
+
+    def earlier_patch(args, extra):
+        calls.append(args["img"].shape[1])
+        return extra["original_block"](args)
+
+    def earlier_override(func, q, k, v, *rest, **kwargs):
+        if k.shape[0] == 4:  # an edit call: [source, target] per CFG chunk (a foreign patch is on: no sharing)
+            src = 2 * list(kwargs["transformer_options"]["cond_or_uncond"]).index(0)
+            shared.append(bool(torch.equal(k[src + 1, -64:], k[src, -64:])))
+            assert not torch.equal(k[src + 1, :-64], k[src, :-64])  # the target's own prompt tokens
+        return func(q, k, v, *rest, **kwargs)
+
+    chained = model.clone()
+    chained.set_model_patch_replace(earlier_patch, "dit", "double_block", 3)
+    chained.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = earlier_override
+    patched = mutual(run_node, pack_nodes, chained, start_block=0.5)
+    keys = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert sorted(keys) == [("double_block", 2), ("double_block", 3)]  # depth 4: the second half
+    edit(run_node, pack_nodes, patched, inversion, source, target, cfg=4.0)
+    assert calls and set(calls) == {64}  # the earlier patch still runs (8×8 image tokens of the 16×16 latent)
+    assert len(shared) == 4 * 8 and sum(shared) == 2 * 8  # 4 blocks a step, 2 of them controlled, 8 steps
+    assert "patches_replace" not in model.model_options.get("transformer_options", {})
+    assert "optimized_attention_override" not in model.model_options.get("transformer_options", {})
+
+
+def test_mutual_attention_refuses_a_unet_model(run_node, pack_nodes, sd15):
+    with pytest.raises(ValueError, match="model: not an MM-DiT"):
+        mutual(run_node, pack_nodes, sd15[0])

@@ -1,0 +1,64 @@
+"""MMDiTMutualAttention: mutual attention on a flow transformer's joint attention (SD3.x, Flux), on a MODEL clone."""
+
+from __future__ import annotations
+
+from comfy.patcher_extension import WrappersMP
+from comfy_api.latest import io
+
+from ..attention_patches.joint_attention import SHARES, JointMutualAttention, block_from
+from ..attention_patches.registration import attach_joint_engine, dit_blocks
+from ..spdinv.guidance import EditRecipe
+from .clip_tokens import named
+
+AUTO_DEPTH = -1.0
+"""``start_block`` value meaning: the model's documented default (:data:`DEFAULT_DEPTH`)."""
+DEFAULT_DEPTH = {"joint": 0.5, "flux": 0.65}
+"""Relative depth of the first controlled block. SD3.x (joint blocks only): the second half. Flux (double then
+single-stream blocks): the last 20 of its 38 single-stream blocks, where RF-Solver-Edit shares values."""
+
+
+def default_depth(diffusion_model) -> float:
+    """The documented first-block depth for this MM-DiT (Flux when it has single-stream blocks)."""
+    return DEFAULT_DEPTH["flux" if hasattr(diffusion_model, "single_blocks") else "joint"]
+
+
+class MMDiTMutualAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MMDiTMutualAttention",
+            display_name="SPDInv MM-DiT Mutual Attention",
+            category="SPDInv/engines",
+            description="Mutual attention for flow transformers (SD3.x, Flux) with the SPDInv Edit Sampler: from a "
+                        "start step, in the blocks from a start depth on, the target's image tokens attend to the "
+                        "source's image-token keys and values (or values only, as RF-Solver-Edit), next to its own "
+                        "prompt's tokens: the new prompt changes the content, the photo's layout and appearance "
+                        "stay. Installed as block patches on a clone; other samplers see plain attention.",
+            inputs=[
+                io.Model.Input("model", tooltip="The flow model the photo was inverted with (SD3.x, Flux)."),
+                io.Float.Input("start_step", default=0.1, min=0.0, max=1.0, step=0.02,
+                               tooltip="Fraction of the steps before sharing starts (0.1). Later: the target "
+                                       "forms more of its own layout first."),
+                io.Float.Input("start_block", default=AUTO_DEPTH, min=AUTO_DEPTH, max=1.0, step=0.05,
+                               tooltip="Relative depth (0 = first block, 1 = last) of the first block that "
+                                       "shares, in the order joint blocks, then single-stream blocks. -1: the "
+                                       "model's default (SD3.x: 0.5, the second half of the joint blocks; Flux: "
+                                       "0.65, the last 20 of its 38 single-stream blocks). Lower: more of the "
+                                       "photo kept."),
+                io.Combo.Input("share", options=list(SHARES), default=SHARES[0],
+                               tooltip="keys and values: the target's image tokens see the source's (MasaCtrl, "
+                                       "KV-Edit). values: only the values are the source's (RF-Solver-Edit): "
+                                       "the target keeps its own attention pattern, a weaker hold."),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The model with mutual attention (use it with "
+                                     "the SPDInv Edit Sampler).")],
+        )
+
+    @classmethod
+    def execute(cls, model, start_step, start_block, share) -> io.NodeOutput:
+        diffusion_model = model.get_model_object("diffusion_model")
+        blocks = named("model", dit_blocks, diffusion_model)
+        depth = default_depth(diffusion_model) if start_block == AUTO_DEPTH else start_block
+        engine = JointMutualAttention(start_step, block_from(depth, len(blocks)), len(blocks), share,
+                                      recipe=EditRecipe(source_cfg=1.0))
+        return io.NodeOutput(attach_joint_engine(model, engine, WrappersMP.DIFFUSION_MODEL))
