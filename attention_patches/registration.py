@@ -135,18 +135,26 @@ def dit_blocks(diffusion_model: Any) -> list[tuple[str, int]]:
 
 class ImageTokensWrapper:
     """``DIFFUSION_MODEL`` wrapper: puts the number of image tokens of the call's latent (patches of
-    ``patch_size``) into ``transformer_options``, where the block patches read it (a single-stream block sees
-    text and image tokens concatenated)."""
+    ``patch_size``) into the call's ``transformer_options``, where the block patches read it (a single-stream
+    block sees text and image tokens concatenated).
+
+    Models pass ``transformer_options`` by keyword (SD3) or by position (Flux); it is the dict argument that
+    ComfyUI's sampling filled (``cond_or_uncond``, ``sigmas``), a fresh copy for every call, so it is written in
+    place.
+    """
 
     def __init__(self, patch_size: int):
         self.patch_size = patch_size
 
     def __call__(self, executor, *args, **kwargs):
-        h, w = args[0].shape[-2:]
-        p = self.patch_size
-        options = dict(kwargs.get("transformer_options") or {})
-        options[IMAGE_TOKENS_KEY] = -(-h // p) * -(-w // p)
-        return executor(*args, **{**kwargs, "transformer_options": options})
+        options = kwargs.get("transformer_options")
+        if not isinstance(options, dict):
+            options = next((a for a in args if isinstance(a, dict) and ("sigmas" in a or "cond_or_uncond" in a)),
+                           None)
+        if options is not None:
+            h, w = args[0].shape[-2:]
+            options[IMAGE_TOKENS_KEY] = -(-h // self.patch_size) * -(-w // self.patch_size)
+        return executor(*args, **kwargs)
 
 
 class JointAttentionOverride:

@@ -45,6 +45,7 @@ LORA_NAME = f"spdinv-test-lora-random-v{FORMAT_VERSION}.safetensors"
 SD2_CHECKPOINT_NAME = f"spdinv-test-sd21-v-random-v{FORMAT_VERSION}.safetensors"
 SDXL_CHECKPOINT_NAME = f"spdinv-test-sdxl-vega-random-v{FORMAT_VERSION}.safetensors"
 SD3_CHECKPOINT_NAME = f"spdinv-test-sd3-mmdit4-random-v{FORMAT_VERSION}.safetensors"
+FLUX_MODEL_NAME = f"spdinv-test-flux-dev-d2s4-random-v{FORMAT_VERSION}.safetensors"
 CLIP_VISION_NAME = f"spdinv-test-clip-vision-vitl-random-v{FORMAT_VERSION}.safetensors"
 
 UNET_PREFIX = "model.diffusion_model."
@@ -317,6 +318,39 @@ def sdxl_shapes() -> Shapes:
                      (SDXL_CLIP_G_PREFIX, open_clip_text_shapes(1280, 32)), (VAE_PREFIX, vae_shapes()))
 
 
+def flux_shapes(hidden: int = 256, double: int = 2, single: int = 4) -> Shapes:
+    """Flux-dev's diffusion model (``comfy/ldm/flux``; a ``diffusion_models`` file, no prefix): heads of 128
+    (ComfyUI divides the hidden size by the rotary axes' 16 + 56 + 56), ``double`` double-stream and ``single``
+    single-stream blocks, the distilled-guidance embedder, 4096-d text and 768-d pooled inputs."""
+    head, mlp = 128, 4 * hidden
+    s: Shapes = {}
+    _linear(s, "img_in", hidden, 64)
+    for name, c_in in (("time_in", 256), ("vector_in", 768), ("guidance_in", 256)):
+        _linear(s, f"{name}.in_layer", hidden, c_in)
+        _linear(s, f"{name}.out_layer", hidden, hidden)
+    _linear(s, "txt_in", hidden, 4096)
+    for i in range(double):
+        for stream in ("img", "txt"):
+            p = f"double_blocks.{i}.{stream}"
+            _linear(s, f"{p}_mod.lin", 6 * hidden, hidden)
+            _linear(s, f"{p}_attn.qkv", 3 * hidden, hidden)
+            s[f"{p}_attn.norm.query_norm.scale"] = (head,)
+            s[f"{p}_attn.norm.key_norm.scale"] = (head,)
+            _linear(s, f"{p}_attn.proj", hidden, hidden)
+            _linear(s, f"{p}_mlp.0", mlp, hidden)
+            _linear(s, f"{p}_mlp.2", hidden, mlp)
+    for i in range(single):
+        p = f"single_blocks.{i}"
+        _linear(s, f"{p}.linear1", 3 * hidden + mlp, hidden)
+        _linear(s, f"{p}.linear2", hidden, hidden + mlp)
+        s[f"{p}.norm.query_norm.scale"] = (head,)
+        s[f"{p}.norm.key_norm.scale"] = (head,)
+        _linear(s, f"{p}.modulation.lin", 3 * hidden, hidden)
+    _linear(s, "final_layer.linear", 64, hidden)
+    _linear(s, "final_layer.adaLN_modulation.1", 2 * hidden, hidden)
+    return s
+
+
 SD3_DEPTH = 4
 SD3_CLIP_L_PREFIX = "text_encoders.clip_l.transformer.text_model."
 
@@ -370,6 +404,11 @@ def build_sd2_state_dict(seed: int = SEED + 4, dtype: torch.dtype = torch.float1
 def build_sdxl_state_dict(seed: int = SEED + 3, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """All tensors of the SDXL-class test checkpoint (:func:`sdxl_shapes`), deterministic random values."""
     return _random(sdxl_shapes(), torch.Generator().manual_seed(seed), dtype)
+
+
+def build_flux_state_dict(seed: int = SEED + 6, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All tensors of the Flux-dev-class test diffusion model (:func:`flux_shapes`), deterministic random values."""
+    return _random(flux_shapes(), torch.Generator().manual_seed(seed), dtype)
 
 
 def build_sd3_state_dict(seed: int = SEED + 5, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
@@ -495,6 +534,12 @@ def sd3_checkpoint_path() -> Path:
     meta = {"spdinv_test": "random-weight SD3-class (depth-4 MM-DiT) checkpoint, not a real model",
             "seed": str(SEED + 5)}
     return _cached(SD3_CHECKPOINT_NAME, build_sd3_state_dict, meta)
+
+
+def flux_model_path() -> Path:
+    """Path of the cached random Flux-dev-class diffusion model (2 double, 4 single blocks; a few MiB)."""
+    meta = {"spdinv_test": "random-weight Flux-dev-class diffusion model, not a real model", "seed": str(SEED + 6)}
+    return _cached(FLUX_MODEL_NAME, build_flux_state_dict, meta)
 
 
 def lora_path() -> Path:

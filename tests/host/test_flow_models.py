@@ -1,8 +1,12 @@
-"""Inversion and editing on a rectified-flow model inside real ComfyUI: a random SD3-class checkpoint (a depth-4
-MM-DiT, CLIP-L, the 16-channel VAE) that ComfyUI's loader detects as ``SD3`` with its shifted flow schedule.
+"""Inversion and editing on rectified-flow models inside real ComfyUI: a random SD3-class checkpoint (a depth-4
+MM-DiT, CLIP-L, the 16-channel VAE) that ComfyUI's loader detects as ``SD3`` with its shifted flow schedule, and a
+random Flux-dev-class diffusion model (2 double-stream and 4 single-stream blocks, the distilled-guidance
+embedder) that ComfyUI's diffusion-model loader detects as ``Flux``.
 
-Random weights stand in for a real SD3.x or Flux model, which cannot be downloaded here; the checks are the ones
-that hold for any weights (the fixed point's gain over plain inversion, exactness, what stays untouched).
+Random weights stand in for real SD3.x and Flux models, which cannot be downloaded here; the checks are the ones
+that hold for any weights (the fixed point's gain over plain inversion, exactness, what stays untouched). Flux's
+text encoders (CLIP-L and T5-XXL, 4.8 B parameters together) are too big to build here: its prompts are stood in
+for by random encodings of T5's and CLIP's shapes, with the guidance value FluxGuidance would set.
 """
 
 from __future__ import annotations
@@ -159,3 +163,73 @@ def test_mutual_attention_patches_only_a_clone_and_chains_onto_a_block_patch(run
 def test_mutual_attention_refuses_a_unet_model(run_node, pack_nodes, sd15):
     with pytest.raises(ValueError, match="model: not an MM-DiT"):
         mutual(run_node, pack_nodes, sd15[0])
+
+
+@pytest.fixture(scope="module")
+def flux():
+    """The random Flux-dev-class MODEL as ComfyUI's diffusion-model loader loads it, unloaded after the module."""
+    import comfy.model_management
+    import comfy.sd
+
+    from spdinv_pack.tests.host.factory import flux_model_path
+
+    model = comfy.sd.load_diffusion_model(str(flux_model_path()))
+    yield model
+    del model
+    comfy.model_management.unload_all_models()
+
+
+def flux_prompt(seed: int, guidance: float = 3.5) -> list:
+    """A stand-in for a Flux prompt's CONDITIONING: T5-shaped tokens, a CLIP-L pooled vector, the guidance."""
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 16, 4096, generator=gen), {"pooled_output": torch.randn(1, 768, generator=gen),
+                                                        "guidance": guidance}]]
+
+
+def test_flux_inverts_with_its_guidance_far_better_than_plain_flow_inversion(run_node, pack_nodes, flux,
+                                                                              photo_latent):
+    import comfy.model_base
+    import comfy.model_sampling
+
+    assert isinstance(flux.model, comfy.model_base.Flux)
+    assert isinstance(flux.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+    source = flux_prompt(0)
+    for steps in (10, 28):
+        psnr = {}
+        for method in ("ddim", "spdinv"):
+            inversion, _ = invert(run_node, pack_nodes, flux, source, photo_latent, method=method, steps=steps,
+                                  rel_tol=0.01, measure_residual=False)
+            _, recon = reconstruct(run_node, pack_nodes, flux, inversion, source)
+            psnr[method] = latent_psnr(recon["samples"], photo_latent["samples"])
+        print(f"\n[host] Flux, {steps} steps: reconstruction PSNR plain inversion {psnr['ddim']:.1f} dB, SPDInv "
+              f"{psnr['spdinv']:.1f} dB")
+        assert psnr["spdinv"] >= psnr["ddim"] + 10
+    other = flux_prompt(0, guidance=1.0)  # the guidance value reaches the model: another inversion
+    a, _ = invert(run_node, pack_nodes, flux, source, photo_latent, steps=4)
+    b, _ = invert(run_node, pack_nodes, flux, other, photo_latent, steps=4)
+    assert not torch.equal(a.result.noise, b.result.noise)
+
+
+def test_flux_edit_at_cfg_1_with_mutual_attention_on_single_stream_blocks(run_node, pack_nodes, flux, photo_latent):
+    source, target = flux_prompt(0), flux_prompt(1)
+    inversion, _ = invert(run_node, pack_nodes, flux, source, photo_latent, steps=6, rel_tol=0.01)
+    seen = []
+
+    def recorder(func, q, k, v, *rest, **kwargs):
+        tokens = 2 if kwargs.get("skip_reshape") else 1
+        src = 2 * list(kwargs["transformer_options"]["cond_or_uncond"]).index(0)
+        image = k.narrow(tokens, k.shape[tokens] - 64, 64)
+        seen.append((k.shape[0], bool(torch.equal(image[src + 1], image[src]))))
+        return func(q, k, v, *rest, **kwargs)
+
+    recorded = flux.clone()
+    recorded.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = recorder
+    patched = mutual(run_node, pack_nodes, recorded)  # the default depth 0.65: blocks 4 and 5 of 6
+    keys = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert sorted(keys) == [("single_block", 2), ("single_block", 3)]
+    edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=1.0)
+    assert {rows for rows, _ in seen} == {2}  # CFG 1: one row per branch, no unconditional chunk
+    assert len(seen) == 6 * 6 and sum(shared for _, shared in seen) == 2 * 6
+    same, recon_same, _ = edit(run_node, pack_nodes, patched, inversion, source, source, cfg=1.0)
+    assert torch.equal(same["samples"], recon_same["samples"])
+    assert "patches_replace" not in flux.model_options.get("transformer_options", {})
