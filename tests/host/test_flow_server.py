@@ -1,0 +1,120 @@
+"""A flow model (the random SD3-class checkpoint of ``test_flow_models.py``) in a real ``main.py --cpu`` server:
+one prompt reconstructs with plain flow inversion and SPDInv at 10 and 28 steps, edits with the MM-DiT mutual
+attention (identity and a new prompt), and samples the checkpoint's MODEL with a KSampler before and after; then
+the prompt is cancelled mid-run and runs again.
+
+The photo comes in as an SD3-like ``.latent`` file and every result goes out through ``SaveLatent`` (the random
+VAE's own latents are far too small to judge reconstruction on).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spdinv_pack.spdinv.metrics import latent_psnr
+from spdinv_pack.tests.host import factory
+from spdinv_pack.tests.host.test_family_server import Prompt, after, saved_latents
+from spdinv_pack.tools.comfy_server import ExecutionInterrupted
+
+SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
+RECONSTRUCTION_STEPS = (10, 28)
+EDIT_STEPS = 10
+CFG = 4.0
+
+
+def invert(p: Prompt, model: list, source: list, latent: list, steps: int, method: str) -> str:
+    return p.add("SPDInvInvert", model=model, source=source, latent=latent, steps=steps, method=method,
+                 solver="anderson", max_iters=25, lr=1e-3, delta=5e-6, rel_tol=0.01, measure_residual=True)
+
+
+def flow_prompt(checkpoint: str, latent_file: str) -> tuple[dict, dict[str, str]]:
+    p = Prompt()
+    ckpt = p.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
+    model, clip = [ckpt, 0], [ckpt, 1]
+    latent = [p.add("LoadLatent", latent=latent_file), 0]
+    source = [p.add("CLIPTextEncode", text=SOURCE, clip=clip), 0]
+    target = [p.add("CLIPTextEncode", text=TARGET, clip=clip), 0]
+    empty = [p.add("CLIPTextEncode", text="", clip=clip), 0]
+    ksampler = dict(model=model, seed=0, steps=2, cfg=CFG, sampler_name="euler", scheduler="simple",
+                    positive=source, negative=empty, denoise=1.0)
+    before = p.add("KSampler", latent_image=latent, **ksampler)
+    saved = {"ksampler before": p.save([before, 0], "flow_ksampler_before")}
+    photo = after(p, latent, [before])
+    inversions = {}
+    for steps, method in itertools.product(RECONSTRUCTION_STEPS, ("ddim", "spdinv")):
+        inversions[method, steps] = invert(p, model, source, photo, steps, method)
+        recon = p.add("SPDInvEditSampler", model=model, inversion=[inversions[method, steps], 0], source=source,
+                      target=source, cfg=1.0)
+        saved[f"recon {method} {steps}"] = p.save([recon, 1], f"flow_recon_{method}_{steps}")
+    mutual = p.add("MMDiTMutualAttention", model=model, start_step=0.1, start_block=-1.0, share="keys and values")
+    edits = []
+    for name, prompt, negative in (("identity", source, {}), ("edit", target, {"negative": empty})):
+        # identity: the default negative (the source prompt) makes the guided target equal to the source
+        edits.append(p.add("SPDInvEditSampler", model=[mutual, 0], inversion=[inversions["spdinv", EDIT_STEPS], 0],
+                           source=source, target=prompt, cfg=CFG, **negative))
+        saved[f"{name} edited"] = p.save([edits[-1], 0], f"flow_{name}_edited")
+        saved[f"{name} recon"] = p.save([edits[-1], 1], f"flow_{name}_recon")
+    later = p.add("KSampler", latent_image=after(p, latent, edits), **ksampler)
+    saved["ksampler after"] = p.save([later, 0], "flow_ksampler_after")
+    return p.nodes, saved
+
+
+@pytest.fixture(scope="module")
+def flow_run(server):
+    """``(input latent, results, prompt)`` of the flow prompt, run once."""
+    checkpoint = factory.sd3_checkpoint_path()
+    samples = factory.sd_like_latent(128, channels=16, scale=1.5305, shift=0.0609)
+    save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])},
+              str(Path(server.input_dir) / "flow_photo.latent"))
+    nodes, saved = flow_prompt(checkpoint.name, "flow_photo.latent")
+    return samples, saved_latents(server, server.run(nodes, timeout=3600), saved), nodes
+
+
+def test_spdinv_reconstructs_far_better_than_plain_flow_inversion(flow_run):
+    samples, out, _ = flow_run
+    for steps in RECONSTRUCTION_STEPS:
+        psnr = {m: latent_psnr(out[f"recon {m} {steps}"], samples) for m in ("ddim", "spdinv")}
+        print(f"\n[server] SD3, {steps} steps: reconstruction PSNR plain inversion {psnr['ddim']:.1f} dB, "
+              f"SPDInv {psnr['spdinv']:.1f} dB")
+        assert psnr["spdinv"] >= psnr["ddim"] + 10
+
+
+def test_identity_edit_is_exact_and_a_new_prompt_changes_the_edit(flow_run):
+    _, out, _ = flow_run
+    assert torch.equal(out["identity edited"], out["identity recon"])
+    assert not torch.equal(out["edit edited"], out["edit recon"])
+
+
+def test_the_checkpoints_model_samples_bit_identically_after_the_edits(flow_run):
+    _, out, _ = flow_run
+    assert torch.equal(out["ksampler before"], out["ksampler after"])
+
+
+def test_a_cancelled_flow_prompt_leaves_no_state_and_the_prompt_runs_again(server, flow_run):
+    _, out, nodes = flow_run
+    slow = {k: {**v, "inputs": dict(v["inputs"])} for k, v in nodes.items()}
+    for node in slow.values():  # 400-step inversions before the edits: time to cancel inside them
+        if node["class_type"] == "SPDInvInvert" and node["inputs"]["steps"] == EDIT_STEPS:
+            node["inputs"]["steps"] = 400
+    prompt_id = server.submit(slow)
+    deadline = time.monotonic() + 300
+    while not server.get("/queue")["queue_running"]:
+        assert time.monotonic() < deadline, "the prompt never started"
+        time.sleep(0.2)
+    time.sleep(3.0)
+    server.interrupt()
+    with pytest.raises(ExecutionInterrupted):
+        server.wait(prompt_id, timeout=600)
+    again = saved_latents(server, server.run(nodes, timeout=3600), {"ksampler after": _saver(nodes, "after")})
+    assert torch.equal(again["ksampler after"], out["ksampler before"])
+
+
+def _saver(nodes: dict, which: str) -> str:
+    return next(k for k, v in nodes.items()
+                if v["class_type"] == "SaveLatent" and v["inputs"]["filename_prefix"].endswith(f"ksampler_{which}"))
