@@ -374,3 +374,26 @@ def test_dci_inversion_solves_the_corrected_fixed_point(solver):
     assert float(dci.residual.max()) < 1e-4
     with pytest.raises(ValueError, match="dci_rate"):
         InversionSettings(dci_rate=-1.0)
+
+
+@pytest.mark.parametrize("slope", [-0.95, -1.3])
+def test_anderson_solves_a_flow_step_whose_plain_iteration_oscillates_or_diverges(slope):
+    """A flow step (input scale 1) whose map ``z -> x_a + sigma_b * v(z)`` has slope ``slope``: plain fixed-point
+    iteration alternates around the solution (FTEdit's problem on SD3.5, which it averages away; at -0.95 it is
+    still far after K = 25 plain iterations); Anderson's history cancels the oscillation and meets delta in a
+    few evaluations, also beyond -1, where plain iteration has no attracting fixed point."""
+    sigma = 0.5
+    target = toy_latent(seed=3)
+
+    def denoise(x, s, items=None):  # velocity v(x) = (slope / sigma) (x - target) + target / sigma
+        v = slope / sigma * (x - target) + target / sigma
+        return x - s * v
+
+    x0 = torch.zeros_like(target)
+    grid = torch.tensor([sigma, 0.0])
+    found = invert(denoise, x0, grid, InversionSettings(rel_tol=0.0), input_scale=lambda s: 1.0)
+    assert float(found.residual[0].max()) < 5e-6 and int(found.iterations[0].max()) <= 6
+    if slope > -1:
+        picard = invert(denoise, x0, grid, InversionSettings(rel_tol=0.0, memory=0, min_progress=1.0),
+                        input_scale=lambda s: 1.0)
+        assert float(picard.residual[0].max()) > 1e-4

@@ -2,7 +2,8 @@
 
     COMFYUI_PATH=~/ComfyUI python tools/layout_workflows.py [--chromium /usr/bin/chromium] [STEM ...]
 
-For each ``workflows/<stem>.json`` (all by default), in a ``main.py --cpu`` server with the pack and the
+For each ``workflows/<stem>.json`` (all by default; a new workflow may be drafted as an API-format graph with
+titles in ``_meta``, which the frontend builds first), in a ``main.py --cpu`` server with the pack and the
 frontend in headless Chromium (Debian's ``chromium`` driven by the ``playwright`` package):
 
 1. nodes that kept a default title get one that says what they hold ("Decode edit", "Save attention maps");
@@ -75,6 +76,13 @@ NOTES = {
     "ELITE": "Put an object from another image into a photo (SPDInv + ELITE)\n\n1. Photo and Reference image: your "
              "photo, and the object for *.\n" + SOURCE + "3. Target prompt: use * for the object, e.g. 'a photo of "
              "a white *'.\n\nNeeds ELITE's global_mapper.pt in models/elite.",
+    "SD3 reconstruction": "Invert a photo with a flow model (SD3.x) and rebuild it: SPDInv vs plain flow "
+                          "inversion\n\n" + PHOTO + SOURCE + "3. Steps (SPDInv inversion): the same on both "
+                          "inversions.\n\nThe checkpoint: an SD3.x file with its text encoders (or Flux through "
+                          "Load Diffusion Model). Saved: plain | SPDInv reconstruction, the residual plot.",
+    "MM-DiT": "Edit a photo with a flow model (SD3.x, Flux): SPDInv + MM-DiT mutual attention\n\n" + PHOTO + SOURCE
+              + "3. Target prompt: the edit.\n\nThen Run. Saved: the edit, reconstruction | edit. Flux: CFG 1 "
+                "in the edit sampler and the guidance from FluxGuidance.",
     "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE
                       + "3. Steps (SPDInv inversion): the same on both inversions.\n\nThen Run. Saved: both "
                         "reconstructions and the residual plot.",
@@ -272,6 +280,16 @@ def lay_out(page: Any, path: Path, object_info: dict) -> None:
     print(f"{path.name}: {len(saved['workflow']['nodes'])} nodes, view scale {ds['scale']:.2f}")
 
 
+def from_api_draft(page: Any, path: Path) -> None:
+    """Turn a new workflow's first draft, an API-format graph (titles in ``_meta``), into the UI format: the
+    frontend builds the graph and serialises it."""
+    draft = json.loads(path.read_text())
+    page.evaluate("async ([w, name]) => { await window.app.loadApiJson(w, name); }", [draft, path.stem])
+    page.wait_for_function(f"window.app.graph._nodes.length >= {len(draft)}", timeout=60_000)
+    workflow = without_nulls(page.evaluate("() => window.app.graph.serialize()"))
+    path.write_text(json.dumps(workflow, indent=1, ensure_ascii=False) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stems", nargs="*", help="workflow names without .json (default: all)")
@@ -286,12 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     with ComfyServer(args.comfyui) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
         object_info = server.object_info()
-        for path in paths:  # a fresh page each: one tab in the thumbnail, named after the workflow
+        def fresh_page() -> Any:  # a fresh page each time: one tab in the thumbnail, named after the workflow
             page = browser.new_page(viewport={"width": SCREEN[0], "height": SCREEN[1]})
             page.goto(server.url)
             page.wait_for_function("window.app && window.app.graph && window.app.canvas", timeout=180_000)
             time.sleep(2)
             page.keyboard.press("Escape")
+            return page
+
+        for path in paths:
+            if "nodes" not in json.loads(path.read_text()):
+                page = fresh_page()
+                from_api_draft(page, path)
+                page.close()
+            page = fresh_page()
             lay_out(page, path, object_info)
             page.close()
         browser.close()

@@ -168,6 +168,12 @@ def sd15_checkpoint_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sd3_checkpoint_path() -> Path:
+    """The random SD3-class checkpoint (built into the cache on first use)."""
+    return factory.sd3_checkpoint_path()
+
+
+@pytest.fixture(scope="session")
 def lora_path() -> Path:
     """The random kohya-format LoRA matching ``sd15_checkpoint_path``."""
     return factory.lora_path()

@@ -73,8 +73,10 @@ def test_comfy_cli_converts_each_ui_workflow_to_its_api_twin(server, ui_path):
 
 
 def checkpoint_for(ui_path: Path, request: pytest.FixtureRequest) -> Path:
-    """The random checkpoint of the workflow's family: SDXL-class for ``*sdxl*`` workflows, else SD1.5."""
-    return request.getfixturevalue("sdxl_checkpoint_path" if "SDXL" in ui_path.stem else "sd15_checkpoint_path")
+    """The random checkpoint of the workflow's family: SDXL-class for ``*SDXL*`` workflows, SD3-class for
+    ``*SD3*`` ones, else SD1.5."""
+    family = "sdxl" if "SDXL" in ui_path.stem else "sd3" if "SD3" in ui_path.stem else "sd15"
+    return request.getfixturevalue(f"{family}_checkpoint_path")
 
 
 @pytest.mark.parametrize("ui_path", WORKFLOWS, ids=lambda p: p.stem)
