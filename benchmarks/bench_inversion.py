@@ -143,8 +143,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="SD checkpoint file (default: the random-weight SD1.5 of tests/host/factory.py)")
     p.add_argument("--image", type=Path, help="photo to invert, centre-cropped and resized (default: synthetic)")
     p.add_argument("--latent", choices=("auto", "vae", "sd-like"), default="auto",
-                   help="what to invert: the VAE-encoded image, or a smooth latent with real SD1.5 latent\n"
-                        "statistics (the random test VAE gives latents ~50x too small to judge reconstruction);\n"
+                   help="what to invert: the VAE-encoded image, or a smooth latent with a real VAE latent's\n"
+                        "statistics in the model's latent format (the random test VAEs give latents ~50x too small\n"
+                        "to judge reconstruction on);\n"
                         "auto: sd-like with the random test checkpoint and no --image, else vae")
     p.add_argument("--resolution", type=int, default=128, help="image side in pixels, multiple of 8 (default 128)")
     p.add_argument("--steps", type=int, nargs="+", default=[20], help="inversion steps; one table per value")
@@ -378,10 +379,13 @@ class Bench:
 
     def make_latent(self, resolution: int) -> dict[str, torch.Tensor]:
         """The LATENT to invert at ``resolution`` pixels (see ``--latent``)."""
-        if self.latent_source == "sd-like":
+        if self.latent_source == "sd-like":  # in the loaded model's latent format (SD3: 16 channels, shifted)
             from spdinv_pack.tests.host import factory
 
-            return {"samples": factory.sd_like_latent(resolution)}
+            fmt = self.model.model.latent_format
+            return {"samples": factory.sd_like_latent(resolution, channels=fmt.latent_channels,
+                                                      scale=fmt.scale_factor, shift=getattr(fmt, "shift_factor", 0.0)
+                                                      or 0.0)}
         args = self.args
         pixels = synthetic_image(resolution) if args.image is None else load_image(args.image, resolution)
         (latent,) = self.run_node(self.env.nodes.VAEEncode, pixels=pixels, vae=self.vae)
