@@ -173,7 +173,13 @@ def flux():
 
     from spdinv_pack.tests.host.factory import flux_model_path
 
-    model = comfy.sd.load_diffusion_model(str(flux_model_path()))
+    try:
+        model = comfy.sd.load_diffusion_model(str(flux_model_path()))
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        pytest.skip("this ComfyUI's Flux detection fixes the width at Flux's full 3072 (0.3.64 does; 0.33 reads it "
+                    "from the weights), so the reduced-width random Flux does not load")
     yield model
     del model
     comfy.model_management.unload_all_models()

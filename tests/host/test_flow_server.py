@@ -17,9 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host import factory
-from spdinv_pack.tests.host.test_family_server import Prompt, after, saved_latents
+from spdinv_pack.tests.host.test_family_server import Prompt, after, check_reconstruction_gain, saved_latents
 from spdinv_pack.tools.comfy_server import ExecutionInterrupted
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
@@ -78,11 +77,7 @@ def flow_run(server):
 
 def test_spdinv_reconstructs_far_better_than_plain_flow_inversion(flow_run):
     samples, out, _ = flow_run
-    for steps in RECONSTRUCTION_STEPS:
-        psnr = {m: latent_psnr(out[f"recon {m} {steps}"], samples) for m in ("ddim", "spdinv")}
-        print(f"\n[server] SD3, {steps} steps: reconstruction PSNR plain inversion {psnr['ddim']:.1f} dB, "
-              f"SPDInv {psnr['spdinv']:.1f} dB")
-        assert psnr["spdinv"] >= psnr["ddim"] + 10
+    check_reconstruction_gain("SD3", samples, out, RECONSTRUCTION_STEPS)
 
 
 def test_identity_edit_is_exact_and_a_new_prompt_changes_the_edit(flow_run):
