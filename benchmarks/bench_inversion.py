@@ -384,8 +384,7 @@ class Bench:
 
             fmt = self.model.model.latent_format
             return {"samples": factory.sd_like_latent(resolution, channels=fmt.latent_channels,
-                                                      scale=fmt.scale_factor, shift=getattr(fmt, "shift_factor", 0.0)
-                                                      or 0.0)}
+                                                      scale=fmt.scale_factor, shift=getattr(fmt, "shift_factor", 0.0))}
         args = self.args
         pixels = synthetic_image(resolution) if args.image is None else load_image(args.image, resolution)
         (latent,) = self.run_node(self.env.nodes.VAEEncode, pixels=pixels, vae=self.vae)

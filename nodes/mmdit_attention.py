@@ -7,7 +7,6 @@ from comfy_api.latest import io
 
 from ..attention_patches.joint_attention import SHARES, JointMutualAttention, block_from
 from ..attention_patches.registration import attach_joint_engine, dit_blocks
-from ..spdinv.guidance import EditRecipe
 from .clip_tokens import named
 
 AUTO_DEPTH = -1.0
@@ -59,6 +58,5 @@ class MMDiTMutualAttention(io.ComfyNode):
         diffusion_model = model.get_model_object("diffusion_model")
         blocks = named("model", dit_blocks, diffusion_model)
         depth = default_depth(diffusion_model) if start_block == AUTO_DEPTH else start_block
-        engine = JointMutualAttention(start_step, block_from(depth, len(blocks)), len(blocks), share,
-                                      recipe=EditRecipe(source_cfg=1.0))
+        engine = JointMutualAttention(start_step, block_from(depth, len(blocks)), len(blocks), share)
         return io.NodeOutput(attach_joint_engine(model, engine, WrappersMP.DIFFUSION_MODEL))

@@ -77,6 +77,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     """Score every method folder under --edits against the PIE photos and masks."""
     from .pie_metrics import (
         COLUMNS,
+        NEEDS_WEIGHTS,
         MetricModels,
         Scorer,
         load_clip,
@@ -103,8 +104,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         clip=load_clip(args.clip, tokenizer) if args.clip else None,
         lpips=load_lpips(args.lpips) if args.lpips else None)
     for col in models.missing():
-        flag = {"structure_distance": "--dino", "clip_whole": "--clip", "clip_edited": "--clip"}.get(col, "--lpips")
-        print(f"{col}: left empty (no {flag} weight file given)")
+        print(f"{col}: left empty (no --{NEEDS_WEIGHTS[col]} weight file given)")
     scorer = Scorer(models)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
