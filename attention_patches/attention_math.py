@@ -1,25 +1,18 @@
 """Attention maths shared by the engines, on ``[B, N, heads·d]`` tensors as ComfyUI's attention takes them.
 
 What attention computes, apart from where an engine installs it (as diffusers' attention processors keep
-the two apart). :class:`LayerAttention` is the attention an engine runs inside one patched layer: the
-host's optimised attention, or another node's replacement at that layer called as the inner attention, so
-that both act (e.g. IP-Adapter's image attention beside Prompt-to-Prompt's control).
+the two apart); which attention a patched site runs is the call's (:mod:`.attention_call`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 """``attend(q, k, v, heads) -> out`` on ``[B, N, heads·d]`` tensors: e.g. the host's optimised attention."""
-
-Replacement = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, dict], torch.Tensor]
-"""A ComfyUI ``attn1``/``attn2`` replace patch: ``patch(q, k, v, extra_options) -> out``."""
 
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -67,38 +60,3 @@ def masked_attention(
     fg = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=fg_keys[:, None, None, :])
     bg = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bg_keys[:, None, None, :])
     return merge_heads(torch.where(query_mask[:, None, :, None], fg, bg))
-
-
-@dataclass(frozen=True)
-class LayerAttention:
-    """The attention of one patched layer for one UNet call.
-
-    Called like :data:`Attend` on the call's whole batch (the inner replacement reads the call's
-    ``extra_options``: its rows must be the call's rows). ``inner`` is another node's replacement that was on
-    this layer before the engine (``None``: the host's attention ``host``). Engines that compute some rows
-    from explicit probabilities add :meth:`added` to them, so an additive inner attention (IP-Adapter's image
-    keys and values) acts on those rows too.
-    """
-
-    host: Attend = plain_attention
-    inner: Replacement | None = None
-    extra_options: dict[str, Any] = field(default_factory=dict)
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-        if self.inner is None:
-            return self.host(q, k, v, heads)
-        return self.inner(q, k, v, self.extra_options)
-
-    def added(self, out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              heads: int) -> torch.Tensor | None:
-        """What the inner attention added over the host's in ``out = self(q, k, v, heads)`` (``None``
-        without an inner attention)."""
-        if self.inner is None:
-            return None
-        return out - self.host(q, k, v, heads)
-
-
-def chained_part(attend: Attend, out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 heads: int) -> torch.Tensor | None:
-    """:meth:`LayerAttention.added` for any ``attend`` (``None`` for a plain attention function)."""
-    return attend.added(out, q, k, v, heads) if isinstance(attend, LayerAttention) else None

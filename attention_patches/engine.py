@@ -1,105 +1,83 @@
-"""What every editing engine shares: its guidance recipe, the run lifecycle and step windows.
+"""What every editing engine is: immutable configuration with hooks that take values.
 
-The edit sampler calls :meth:`EditEngine.begin_run` before a run and :meth:`EditEngine.end_run` after it
-(also on error or Cancel). Outside a run, and in a UNet call the edit sampler did not make, every patched
-layer is plain attention. The step of a call is read from what ComfyUI puts in ``transformer_options``
-(the current ``sigmas`` within the run's ``sample_sigmas``), so nothing has to be written into the model.
+An engine says which attentions of a site (a UNet layer or a DiT block) it patches (:meth:`EditEngine.controls`),
+may refuse a model's sites or a run before sampling (:meth:`check_sites`, :meth:`check_run`), changes attention
+in :meth:`attention` (one :class:`~.attention_call.AttentionCall` in, the output out), may rewrite module outputs
+(:meth:`feature_taps`) and the stacked latent after each step (:meth:`after_step`), and reports what it recorded
+(:meth:`recorded_maps`). Everything a run gathers lives in that run's ``records`` (:class:`~.run.EditRun`), so one
+engine is safely shared by clones, runs and ComfyUI versions that share patch objects between clones.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
-from ..spdinv.branches import BranchLayout
+from ..spdinv.branches import Chunks
 from ..spdinv.guidance import EditRecipe
-from .attention_math import Attend, plain_attention
-from .unet_layers import TransformerLayer
+from .attention_call import AttentionCall
+from .run import EditRun
+
+FeatureTap = Callable[[torch.Tensor, EditRun | None, int | None, Chunks], torch.Tensor]
+"""``tap(output, run, step, chunks) -> output``: rewrites one module's output during a model call."""
 
 
-def steps_for(fraction: float, steps: int) -> int:
-    """How many of ``steps`` a fraction covers, rounded down as the reference does (0.8·50 → 40)."""
-    return int(math.floor(fraction * steps + 1e-9))
+@dataclass(frozen=True)
+class RecordedMaps:
+    """What an engine recorded for the preview: cross-attention maps ``[rows, h, w, tokens]`` (source rows,
+    then target rows), the last local-blend mask ``[B, 1, H, W]`` (latent size) and both prompts' token text."""
+
+    maps: torch.Tensor | None = None
+    blend_mask: torch.Tensor | None = None
+    labels: tuple[list[str], list[str]] = ([], [])
 
 
-def check_fraction(name: str, value: float) -> None:
-    """Refuse a step fraction outside ``[0, 1]``, naming the input."""
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}: must be between 0 and 1, got {value}")
-
-
-def step_of(transformer_options: Mapping[str, Any]) -> int | None:
-    """Index of the call's sigma in the run's ``sample_sigmas`` (both set by ComfyUI's sampling), or
-    ``None`` when the call is not on that grid (or either is missing)."""
-    grid, sigma = transformer_options.get("sample_sigmas"), transformer_options.get("sigmas")
-    if grid is None or sigma is None or len(grid) == 0:
-        return None
-    s = float(sigma.reshape(-1)[0])
-    distance = (grid.detach().float().cpu() - s).abs()
-    index = int(distance.argmin())
-    return index if float(distance[index]) <= 1e-5 * max(1.0, abs(s)) else None
-
-
+@dataclass(frozen=True, eq=False)
 class EditEngine:
-    """Base of the engines: ``recipe`` for the edit sampler, the run's step count, and whether a run is on.
+    """Base of the engines: ``recipe`` tells the edit sampler how to guide the branches."""
 
-    Subclasses say which attentions of a layer they patch (:meth:`controls`), may refuse a model
-    (:meth:`check_layers`), override the attentions they change, and clear their per-run records in
-    :meth:`reset_run`. ``after_step`` is the engine's hook on the stacked latent after each DDIM step.
-    """
+    recipe: EditRecipe = field(default_factory=EditRecipe, kw_only=True)
+    name: ClassVar[str] = "engine"
+    node: ClassVar[str] = ""
+    """The node that makes this engine, as its family table entries name it."""
+    sites: ClassVar[str] = "unet layers"
+    """Which sites the engine patches: ``"unet layers"`` or ``"dit blocks"``."""
 
-    name = "engine"
-
-    def __init__(self, recipe: EditRecipe):
-        self.recipe = recipe
-        self.steps = 0
-        self.active = False
-
-    def controls(self, layer: TransformerLayer) -> tuple[str, ...]:
+    def controls(self, site: Any) -> tuple[str, ...]:
+        """The attentions of ``site`` this engine patches (UNet: ``attn1``/``attn2``; DiT: ``joint``)."""
         return ()
 
-    def check_layers(self, layers: Sequence[TransformerLayer]) -> None:
+    def check_sites(self, sites: Sequence[Any]) -> None:
         """Raise a ``ValueError`` naming the input when the model cannot carry this engine."""
 
-    def begin_run(self, steps: int, latent_shape: Sequence[int] = ()) -> None:
-        """Start a sampling run of ``steps`` steps on latents of ``latent_shape`` (one branch)."""
-        self.steps = steps
-        self.active = True
-        self.reset_run()
+    def check_run(self, run: EditRun) -> None:
+        """Raise a ``ValueError`` naming the input when this run cannot be edited (before sampling starts)."""
 
-    def end_run(self) -> None:
-        self.active = False
+    def feature_taps(self) -> dict[str, FeatureTap]:
+        """Module path (inside the diffusion model) → function rewriting that module's output."""
+        return {}
 
-    def reset_run(self) -> None:
-        """Clear what an earlier run recorded."""
+    def attention(self, call: AttentionCall) -> torch.Tensor:
+        """One patched attention call."""
+        hook = {"self": self.self_attention, "cross": self.cross_attention, "joint": self.joint_attention}
+        return hook[call.kind](call)
 
-    def within(self, step: int | None, fraction: float) -> bool:
-        """Inside a run, before ``fraction`` of the steps (the reference's replace windows)."""
-        return self.active and step is not None and step < steps_for(fraction, self.steps)
+    def self_attention(self, call: AttentionCall) -> torch.Tensor:
+        return call.attend()
 
-    def from_(self, step: int | None, fraction: float) -> bool:
-        """Inside a run, from ``fraction`` of the steps on."""
-        return self.active and step is not None and step >= steps_for(fraction, self.steps)
+    def cross_attention(self, call: AttentionCall) -> torch.Tensor:
+        return call.attend()
 
-    def layout(self, rows: int, cond_or_uncond: Sequence[int]) -> BranchLayout:
-        return BranchLayout.of_call(rows, cond_or_uncond, self.name)
+    def joint_attention(self, call: AttentionCall) -> torch.Tensor:
+        return call.attend()
 
-    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
+    def after_step(self, run: EditRun, step: int, x: torch.Tensor) -> torch.Tensor:
+        """The stacked latent ``[source rows, target rows]`` after step ``step`` of ``run``."""
         return x
 
-    def self_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
-        cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
-        attend: Attend = plain_attention,
-    ) -> torch.Tensor:
-        return attend(q, k, v, heads)
-
-    def cross_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
-        cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
-        attend: Attend = plain_attention,
-    ) -> torch.Tensor:
-        return attend(q, k, v, heads)
+    def recorded_maps(self, run: EditRun) -> RecordedMaps:
+        """What this engine recorded in ``run`` for the preview (nothing by default)."""
+        return RecordedMaps()

@@ -17,64 +17,62 @@ text tokens themselves. This module offers the mutual-attention engine only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from ..spdinv.guidance import EditRecipe
-from .engine import EditEngine, check_fraction
+from .attention_call import AttentionCall
+from .dit_blocks import DiTBlock
+from .engine import EditEngine
+from .families import MMDIT
+from .run import check_fraction
 
 SHARES = ("keys and values", "values")
 """What the target's image tokens take from the source's: keys and values (MasaCtrl, KV-Edit) or values only
 (RF-Solver-Edit)."""
 
-JointAttend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``attend(q, k, v)``: the host's attention for one call with everything but q, k, v bound."""
 
-
-def block_from(relative_depth: float, blocks: int) -> int:
-    """The first controlled block for a relative depth in [0, 1] (0: every block, 1: only the last)."""
-    check_fraction("start_block", relative_depth)
-    return min(blocks - 1, int(round(relative_depth * blocks)))
-
-
+@dataclass(frozen=True, eq=False)
 class JointMutualAttention(EditEngine):
-    """One edit's mutual-attention controller for an MM-DiT; the edit sampler drives it like the other engines."""
+    """One edit's mutual-attention configuration for an MM-DiT: from ``start_step`` (fraction of the steps), in
+    the blocks from ``start_block`` (position in forward order) on."""
 
-    name = "MM-DiT mutual attention"
+    start_step: float = 0.1
+    start_block: int = 0
+    share: str = SHARES[0]
+    name: ClassVar[str] = "MM-DiT mutual attention"
+    node: ClassVar[str] = MMDIT
+    sites: ClassVar[str] = "dit blocks"
 
-    def __init__(self, start_step: float, start_block: int, blocks: int, share: str = SHARES[0],
-                 recipe: EditRecipe | None = None):
-        check_fraction("start_step", start_step)
-        if share not in SHARES:
-            raise ValueError(f"share: must be one of {', '.join(SHARES)}, got {share!r}")
-        if not 0 <= start_block < blocks:
-            raise ValueError(f"start_block: the model has {blocks} joint blocks; block {start_block} controls none")
-        self.start_step = start_step
-        self.start_block = start_block
-        self.blocks = blocks
-        self.share = share
-        super().__init__(recipe if recipe is not None else EditRecipe())
+    def __post_init__(self) -> None:
+        check_fraction("start_step", self.start_step)
+        if self.share not in SHARES:
+            raise ValueError(f"share: must be one of {', '.join(SHARES)}, got {self.share!r}")
 
-    def controls_block(self, index: int) -> bool:
-        """Whether block ``index`` (in the model's order of joint, then single-stream, blocks) is controlled."""
-        return index >= self.start_block
+    def check_sites(self, blocks: Sequence[DiTBlock]) -> None:
+        if not 0 <= self.start_block < len(blocks):
+            raise ValueError(f"start_block: the model has {len(blocks)} joint blocks; block {self.start_block} "
+                             "controls none")
 
-    def joint_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: int | None,
-                        cond_or_uncond: Sequence[int], block: int, image_tokens: int, token_dim: int,
-                        attend: JointAttend) -> torch.Tensor:
-        """One joint attention call: ``q``, ``k``, ``v`` with rows first and tokens along ``token_dim`` (the last
-        ``image_tokens`` of them are image tokens; all of them in an image-only attention)."""
-        if not self.from_(step, self.start_step) or not self.controls_block(block):
-            return attend(q, k, v)
-        layout = self.layout(q.shape[0], cond_or_uncond)
+    def controls(self, block: DiTBlock) -> tuple[str, ...]:
+        return ("joint",) if block.order >= self.start_block else ()
+
+    def joint_attention(self, call: AttentionCall) -> torch.Tensor:
+        """One joint attention call: rows first, tokens along ``call.token_dim``, the last ``call.image_tokens``
+        of them image tokens (all of them in an image-only attention)."""
+        if not call.from_(self.start_step) or call.site.order < self.start_block:
+            return call.attend()
+        q, k, v = call.q, call.k, call.v
+        layout = call.layout(self.name)
         source, target = layout.source_rows().to(q.device), layout.target_rows().to(q.device)
-        tokens = k.shape[token_dim]
-        image = slice(tokens - min(image_tokens, tokens), tokens)
-        lead = (slice(None),) * (token_dim - 1)
+        tokens = k.shape[call.token_dim]
+        image = slice(tokens - min(call.image_tokens or tokens, tokens), tokens)
+        lead = (slice(None),) * (call.token_dim - 1)
         v = v.clone()
         v[(target, *lead, image)] = v[(source, *lead, image)]
         if self.share == "keys and values":
             k = k.clone()
             k[(target, *lead, image)] = k[(source, *lead, image)]
-        return attend(q, k, v)
+        return call.attend(q, k, v)

@@ -16,15 +16,18 @@ token's on the target row.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..spdinv.branches import BranchLayout
-from ..spdinv.guidance import EditRecipe
-from .attention_math import Attend, attention_probs, chained_part, masked_attention, plain_attention
-from .engine import EditEngine, check_fraction
+from .attention_call import AttentionCall
+from .attention_math import attention_probs, masked_attention
+from .engine import EditEngine
+from .families import MASACTRL
+from .run import EditRun, check_fraction
 from .unet_layers import TransformerLayer
 
 
@@ -42,31 +45,33 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask[:, None].float(), size=size, mode="nearest").flatten(1)
 
 
+@dataclass
+class StepMaps:
+    """One run's cross-attention maps of the current step (in ``run.records``), for automatic masks."""
+
+    step: int | None = None
+    maps: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
 class MutualSelfAttention(EditEngine):
-    """One edit's MasaCtrl controller; the edit sampler drives it like the other engines."""
+    """One edit's MasaCtrl configuration. ``mask``: ``[H, W]`` (image or latent size), the object in the photo,
+    used for both images (any values; ≥ 0.5 is the object)."""
 
-    name = "MasaCtrl"
+    start_step: float = 0.08
+    start_layer: int = 10
+    mask: torch.Tensor | None = None
+    auto: AutoMask | None = None
+    map_level: int = 2
+    name: ClassVar[str] = "MasaCtrl"
+    node: ClassVar[str] = MASACTRL
 
-    def __init__(
-        self,
-        start_step: float = 0.08,
-        start_layer: int = 10,
-        mask: torch.Tensor | None = None,
-        auto: AutoMask | None = None,
-        map_level: int = 2,
-        recipe: EditRecipe | None = None,
-    ):
-        check_fraction("start_step", start_step)
-        if mask is not None and auto is not None:
+    def __post_init__(self) -> None:
+        check_fraction("start_step", self.start_step)
+        if self.mask is not None and self.auto is not None:
             raise ValueError("give a mask or automatic masks, not both")
-        self.start_step = start_step
-        self.start_layer = start_layer
-        self.mask = None if mask is None else (mask.float() >= 0.5)
-        """``[H, W]`` bool (image or latent size): the object in the photo, used for both images."""
-        self.auto = auto
-        self.map_level = map_level
-        super().__init__(recipe if recipe is not None else EditRecipe())
-        self.reset_run()
+        if self.mask is not None:
+            object.__setattr__(self, "mask", self.mask.float() >= 0.5)
 
     def controls(self, layer: TransformerLayer) -> tuple[str, ...]:
         """Which attentions of ``layer`` this engine patches."""
@@ -75,7 +80,7 @@ class MutualSelfAttention(EditEngine):
             kinds += ("attn2",)
         return kinds
 
-    def check_layers(self, layers: Sequence[TransformerLayer]) -> None:
+    def check_sites(self, layers: Sequence[TransformerLayer]) -> None:
         """Refuse a start layer the model does not have, or a model without reachable self-attention."""
         if self.start_layer >= len(layers):
             raise ValueError(f"start_layer: the model has {len(layers)} transformer layers (0-{len(layers) - 1}); "
@@ -87,45 +92,37 @@ class MutualSelfAttention(EditEngine):
             raise ValueError("mask_mode: this model has no cross-attention at a quarter of the latent's "
                              "resolution, where automatic masks are made; use a MASK instead")
 
-    def begin_run(self, steps: int, latent_shape: Sequence[int]) -> None:
-        """Start a run; a MASK must be the size of the image (or of the latent) being edited."""
+    def check_run(self, run: EditRun) -> None:
+        """A MASK must be the size of the image (or of the latent) being edited."""
         if self.mask is not None:
-            h, w = latent_shape[-2:]
+            h, w = run.latent_shape[-2:]
             if tuple(self.mask.shape) not in ((8 * h, 8 * w), (h, w)):
                 raise ValueError(f"mask: {self.mask.shape[1]}x{self.mask.shape[0]} does not match the image "
                                  f"({8 * w}x{8 * h}); make the mask from the image after it was resized")
-        super().begin_run(steps, latent_shape)
 
-    def reset_run(self) -> None:
-        self._step_maps: list[torch.Tensor] = []
-        self._maps_step: int | None = None
+    def step_maps(self, run: EditRun) -> StepMaps:
+        return run.records.setdefault(self.name, StepMaps())
 
-    def end_run(self) -> None:
-        super().end_run()
-        self.reset_run()
-
-    def cross_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
-        cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
-        attend: Attend = plain_attention,
-    ) -> torch.Tensor:
+    def cross_attention(self, call: AttentionCall) -> torch.Tensor:
         """Plain cross-attention; records this step's maps of the conditional rows for automatic masks."""
-        out = attend(q, k, v, heads)
-        if not self.active or step is None or self.auto is None or 0 not in cond_or_uncond:
+        out = call.attend()
+        if not call.in_run or self.auto is None or 0 not in call.chunks:
             return out
-        if self._maps_step != step:
-            self._step_maps, self._maps_step = [], step
-        rows = self.layout(q.shape[0], cond_or_uncond).cond_chunks()[0]
-        probs = attention_probs(q[rows], k[rows], heads).mean(1)
-        self._step_maps.append(probs.reshape(probs.shape[0], *spatial, probs.shape[-1]))
+        record = self.step_maps(call.run)
+        if record.step != call.step:
+            record.step, record.maps = call.step, []
+        rows = call.layout(self.name).cond_chunks()[0]
+        probs = attention_probs(call.q[rows], call.k[rows], call.heads).mean(1)
+        record.maps.append(probs.reshape(probs.shape[0], *call.spatial, probs.shape[-1]))
         return out
 
-    def _auto_masks(self, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _auto_masks(self, run: EditRun, step: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(source, target) ``[B, h, w]`` float masks from this step's maps, or ``None`` before any exist."""
-        if self._maps_step != step or not self._step_maps:
+        record = self.step_maps(run)
+        if record.step != step or not record.maps:
             return None
-        layout = BranchLayout.of_batch(self._step_maps[0].shape[0])
-        source, target = layout.split(torch.stack(self._step_maps).mean(0))
+        layout = BranchLayout.of_batch(record.maps[0].shape[0])
+        source, target = layout.split(torch.stack(record.maps).mean(0))
 
         def word_map(rows: torch.Tensor, positions: tuple[int, ...]) -> torch.Tensor:
             m = rows[..., list(positions)].sum(-1)
@@ -135,30 +132,27 @@ class MutualSelfAttention(EditEngine):
 
         return word_map(source, self.auto.source_positions), word_map(target, self.auto.target_positions)
 
-    def self_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
-        cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
-        attend: Attend = plain_attention,
-    ) -> torch.Tensor:
+    def self_attention(self, call: AttentionCall) -> torch.Tensor:
         """Inside the window, target rows use the source rows' keys and values (per CFG chunk)."""
-        if not self.from_(step, self.start_step) or layer.order < self.start_layer:
-            return attend(q, k, v, heads)
-        layout = self.layout(q.shape[0], cond_or_uncond)
+        if not call.from_(self.start_step) or call.site.order < self.start_layer:
+            return call.attend()
+        layout = call.layout(self.name)
         half = layout.images
         source, target = layout.source_rows(), layout.target_rows()
-        k, v = k.clone(), v.clone()
+        q, k, v = call.q, call.k.clone(), call.v.clone()
         k[target], v[target] = k[source], v[source]
         if self.mask is not None:
             masks = self.mask[None].float().expand(half, -1, -1)
             masks = (masks, masks)
         else:
-            masks = self._auto_masks(step) if self.auto is not None else None
-        out = attend(q, k, v, heads)
+            masks = self._auto_masks(call.run, call.step) if self.auto is not None else None
+        out = call.attend(q, k, v)
         if masks is None:
             return out
-        key_mask = resize_mask(masks[0], spatial).bool().repeat(len(cond_or_uncond), 1)
-        query_mask = resize_mask(masks[1], spatial).bool().repeat(len(cond_or_uncond), 1)
-        masked = masked_attention(q[target], k[source], v[source], heads, key_mask, query_mask).to(out.dtype)
-        added = chained_part(attend, out, q, k, v, heads)
+        chunks = len(call.chunks)
+        key_mask = resize_mask(masks[0], call.spatial).bool().repeat(chunks, 1)
+        query_mask = resize_mask(masks[1], call.spatial).bool().repeat(chunks, 1)
+        masked = masked_attention(q[target], k[source], v[source], call.heads, key_mask, query_mask).to(out.dtype)
+        added = call.added(out, q, k, v)
         out[target] = masked if added is None else masked + added[target]
         return out

@@ -14,60 +14,71 @@ rows]``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
+from ..spdinv.branches import BranchLayout, Chunks
 from ..spdinv.guidance import EditRecipe
-from .attention_math import Attend, plain_attention
-from .engine import EditEngine, check_fraction
+from .attention_call import AttentionCall
+from .engine import EditEngine, FeatureTap
+from .families import PNP
+from .run import EditRun, check_fraction, steps_for
 from .unet_layers import TransformerLayer
 
 
+def pnp_attention_layers(layers: Sequence[TransformerLayer]) -> frozenset[tuple[str, int, int]]:
+    """The reference's self-attention layers: every decoder self-attention but those of the first decoder block
+    with attention (SD1.x: ``output_blocks`` 4-11)."""
+    decoder = [layer for layer in layers if layer.block == "output" and layer.self_attention]
+    if not decoder:
+        raise ValueError("model: no decoder self-attention layers; Plug-and-Play needs an SD1.x, SD2.x or "
+                         "SDXL-style UNet")
+    first = decoder[0].block_id
+    return frozenset(layer.key for layer in decoder if layer.block_id != first)
+
+
+@dataclass(frozen=True, eq=False)
 class PlugAndPlay(EditEngine):
-    """One edit's PnP injection; the edit sampler drives it like the other engines."""
+    """One edit's PnP configuration: the ResBlock output path whose features the target takes, the
+    self-attention layers whose queries and keys it takes (:func:`pnp_attention_layers`), and their windows."""
 
-    name = "Plug-and-Play"
+    feature_path: str
+    feature_fraction: float = 0.8
+    attention_fraction: float = 0.5
+    qk_layers: frozenset[tuple[str, int, int]] = frozenset()
+    recipe: EditRecipe = field(default_factory=lambda: EditRecipe(source_from_inversion=True), kw_only=True)
+    name: ClassVar[str] = "Plug-and-Play"
+    node: ClassVar[str] = PNP
 
-    def __init__(self, feature_path: str, feature_fraction: float = 0.8, attention_fraction: float = 0.5,
-                 recipe: EditRecipe | None = None):
-        check_fraction("feature_fraction", feature_fraction)
-        check_fraction("attention_fraction", attention_fraction)
-        super().__init__(recipe if recipe is not None else EditRecipe(source_from_inversion=True))
-        self.feature_path = feature_path
-        self.feature_fraction = feature_fraction
-        self.attention_fraction = attention_fraction
-        self.qk_layers: frozenset[tuple[str, int, int]] = frozenset()
+    def __post_init__(self) -> None:
+        check_fraction("feature_fraction", self.feature_fraction)
+        check_fraction("attention_fraction", self.attention_fraction)
 
-    def check_layers(self, layers: Sequence[TransformerLayer]) -> None:
-        """Choose the decoder self-attention layers: all but those of the first decoder block with attention."""
-        decoder = [layer for layer in layers if layer.block == "output" and layer.self_attention]
-        if not decoder:
-            raise ValueError("model: no decoder self-attention layers; Plug-and-Play needs an SD1.x, SD2.x or "
-                             "SDXL-style UNet")
-        first = decoder[0].block_id
-        self.qk_layers = frozenset(layer.key for layer in decoder if layer.block_id != first)
+    def check_sites(self, layers: Sequence[TransformerLayer]) -> None:
+        missing = self.qk_layers - {layer.key for layer in layers}
+        if missing:
+            raise ValueError(f"model: it has no transformer layers {sorted(missing)}; Plug-and-Play's layers come "
+                             "from another model (connect the model the engine was made for)")
 
     def controls(self, layer: TransformerLayer) -> tuple[str, ...]:
         return ("attn1",) if layer.key in self.qk_layers else ()
 
-    def feature_taps(self) -> dict[str, Callable[[torch.Tensor, int | None, Sequence[int]], torch.Tensor]]:
-        """Module path → function rewriting that module's output (the residual features)."""
+    def feature_taps(self) -> dict[str, FeatureTap]:
         return {self.feature_path: self.inject_features}
 
-    def inject_features(self, features: torch.Tensor, step: int | None, cond_or_uncond: Sequence[int]) -> torch.Tensor:
+    def inject_features(self, features: torch.Tensor, run: EditRun | None, step: int | None,
+                        chunks: Chunks) -> torch.Tensor:
         """Target rows take the source rows' residual features while the feature window lasts."""
-        if not self.within(step, self.feature_fraction):
+        if run is None or step is None or step >= steps_for(self.feature_fraction, run.steps):
             return features
-        return self.layout(features.shape[0], cond_or_uncond).source_to_target(features)
+        return BranchLayout.of_call(features.shape[0], chunks, self.name).source_to_target(features)
 
-    def self_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
-        cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
-        attend: Attend = plain_attention,
-    ) -> torch.Tensor:
+    def self_attention(self, call: AttentionCall) -> torch.Tensor:
         """Target rows attend with the source rows' queries and keys over their own values."""
-        if not self.within(step, self.attention_fraction) or layer.key not in self.qk_layers:
-            return attend(q, k, v, heads)
-        layout = self.layout(q.shape[0], cond_or_uncond)
-        return attend(layout.source_to_target(q), layout.source_to_target(k), v, heads)
+        if not call.within(self.attention_fraction) or call.site.key not in self.qk_layers:
+            return call.attend()
+        layout = call.layout(self.name)
+        return call.attend(layout.source_to_target(call.q), layout.source_to_target(call.k))

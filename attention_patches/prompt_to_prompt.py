@@ -24,14 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..spdinv.branches import BranchLayout
-from ..spdinv.guidance import EditRecipe
-from .attention_math import Attend, LayerAttention, apply_probs, attention_probs, plain_attention
-from .engine import EditEngine, check_fraction, steps_for
+from .attention_call import AttentionCall
+from .attention_math import apply_probs, attention_probs
+from .engine import EditEngine, RecordedMaps
+from .families import P2P
+from .run import EditRun, check_fraction, steps_for
 from .unet_layers import TransformerLayer
 
 
@@ -79,51 +82,48 @@ class LocalBlend:
     start: float = 0.2
 
 
-class PromptToPrompt(EditEngine):
-    """One edit's P2P controller. The sampler calls ``begin_run``/``end_run`` around a run and
-    ``after_step`` after each DDIM step and guides the branches by ``recipe``; the attention patches call
-    ``cross_attention``/``self_attention``. The maps recorded in a run stay readable after it ends.
+@dataclass
+class MapRecord:
+    """What one run's P2P calls gather (in ``run.records``): the maps summed for local blend, the maps summed
+    over the cross-replace window for the preview, and the last blend mask."""
 
-    Between runs (or without a step index, e.g. inside a plain KSampler) every layer is plain attention.
+    blend_sum: torch.Tensor | None = None
+    preview_sum: torch.Tensor | None = None
+    preview_count: int = 0
+    blend_mask: torch.Tensor | None = None
+
+    def add(self, maps: torch.Tensor, in_window: bool) -> None:
+        self.blend_sum = maps if self.blend_sum is None else self.blend_sum + maps
+        if in_window:
+            self.preview_sum = maps if self.preview_sum is None else self.preview_sum + maps
+            self.preview_count += 1
+
+
+@dataclass(frozen=True, eq=False)
+class PromptToPrompt(EditEngine):
+    """One edit's P2P configuration. In a call of an edit run, ``cross_attention``/``self_attention`` edit the
+    target rows and record maps into the run; ``after_step`` blends. Outside a run every layer is plain.
+
+    ``labels``: the text of the content tokens (positions 1..n) of the source and the target prompt, for previews.
     """
 
-    name = "P2P"
+    mapping: ReplaceMapping | RefineMapping
+    equalizer: torch.Tensor | None = None
+    cross_fraction: float = 0.8
+    self_fraction: float = 0.6
+    blend: LocalBlend | None = None
+    self_min_level: int = 1
+    map_level: int = 2
+    labels: tuple[list[str], list[str]] = ([], [])
+    blend_maps: str = "target"
+    name: ClassVar[str] = "P2P"
+    node: ClassVar[str] = P2P
 
-    def __init__(
-        self,
-        mapping: ReplaceMapping | RefineMapping,
-        equalizer: torch.Tensor | None = None,
-        cross_fraction: float = 0.8,
-        self_fraction: float = 0.6,
-        blend: LocalBlend | None = None,
-        self_min_level: int = 1,
-        map_level: int = 2,
-        recipe: EditRecipe | None = None,
-        labels: tuple[list[str], list[str]] | None = None,
-        blend_maps: str = "target",
-    ):
-        check_fraction("cross_fraction", cross_fraction)
-        check_fraction("self_fraction", self_fraction)
-        if blend_maps not in BLEND_MAPS:
-            raise ValueError(f"blend_maps must be one of {BLEND_MAPS}, got {blend_maps!r}")
-        super().__init__(recipe if recipe is not None else EditRecipe())
-        self.mapping = mapping
-        self.equalizer = equalizer
-        self.cross_fraction = cross_fraction
-        self.self_fraction = self_fraction
-        self.blend = blend
-        self.self_min_level = self_min_level
-        self.map_level = map_level
-        self.blend_maps = blend_maps
-        self.labels = labels if labels is not None else ([], [])
-        """Text of the content tokens (positions 1..n) of the source and the target prompt, for previews."""
-        self.reset_run()
-
-    def reset_run(self) -> None:
-        self.blend_sum: torch.Tensor | None = None
-        self.preview_sum: torch.Tensor | None = None
-        self.preview_count = 0
-        self.blend_mask: torch.Tensor | None = None
+    def __post_init__(self) -> None:
+        check_fraction("cross_fraction", self.cross_fraction)
+        check_fraction("self_fraction", self.self_fraction)
+        if self.blend_maps not in BLEND_MAPS:
+            raise ValueError(f"blend_maps must be one of {BLEND_MAPS}, got {self.blend_maps!r}")
 
     def controls(self, layer: TransformerLayer) -> tuple[str, ...]:
         """Every cross-attention, and the self-attention at ``self_min_level`` and below."""
@@ -132,33 +132,32 @@ class PromptToPrompt(EditEngine):
             kinds += ("attn1",)
         return kinds
 
-    def check_layers(self, layers: Sequence[TransformerLayer]) -> None:
+    def check_sites(self, layers: Sequence[TransformerLayer]) -> None:
         if not any(layer.cross_attention for layer in layers):
             raise ValueError("model: no cross-attention layers found; Prompt-to-Prompt needs a text-conditioned "
                              "UNet (SD1.x, SD2.x, SDXL)")
 
-    def cross_steps(self) -> int:
-        return steps_for(self.cross_fraction, self.steps)
+    def record(self, run: EditRun) -> MapRecord:
+        """This run's map record (made on first use)."""
+        return run.records.setdefault(self.name, MapRecord())
 
-    def cross_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
-        cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
-        attend: Attend = plain_attention,
-    ) -> torch.Tensor:
-        """One cross-attention layer; ``spatial`` is the layer's ``(h, w)``, ``attend`` the layer's attention.
+    def cross_attention(self, call: AttentionCall) -> torch.Tensor:
+        """One cross-attention layer.
 
         While it records or edits, every row is computed from explicit probabilities; an inner attention
-        chained under the engine (:class:`LayerAttention`) still adds its part to them."""
-        record = layer.level == self.map_level
-        edit = self.within(step, self.cross_fraction)
-        if not self.active or step is None or not (record or edit):
-            return attend(q, k, v, heads)
-        layout = self.layout(q.shape[0], cond_or_uncond)
+        chained under the engine still adds its part to them."""
+        record = call.site.level == self.map_level
+        edit = call.within(self.cross_fraction)
+        if not call.in_run or not (record or edit):
+            return call.attend()
+        q, k, v, heads = call.q, call.k, call.v, call.heads
+        layout = call.layout(self.name)
         tokens = self.mapping.tokens
         if k.shape[1] % tokens:
             raise ValueError(f"P2P: the cross-attention context has {k.shape[1]} tokens, not a multiple of the "
                              f"prompts' {tokens}; a node that extends the text context (e.g. an IP-Adapter that "
                              "appends image tokens) cannot be combined with Prompt-to-Prompt")
+        in_window = edit or steps_for(self.cross_fraction, call.run.steps) == 0
         # Every row from explicit probabilities, the unconditional ones too: where the prompts agree (the
         # source branch, an identity edit) cond and uncond are then equal to the bit, so the guidance's edit
         # mask is empty there instead of marking the host kernel's rounding.
@@ -171,57 +170,51 @@ class PromptToPrompt(EditEngine):
             # ComfyUI repeats a context to batch it with a longer one: map each 77-token copy alike.
             probs = probs.unflatten(-1, (-1, tokens))
             if record and self.blend_maps == "target":
-                self._record(probs.sum(-2), spatial, in_window=edit or self.cross_steps() == 0)
+                self._record(call, probs.sum(-2), in_window)
             if edit:
                 mapped = self.mapping(probs[:half], probs[half:])
                 if self.equalizer is not None:
                     mapped = mapped * self.equalizer.to(mapped)
                 probs = torch.cat([probs[:half], mapped])
             if record and self.blend_maps == "edited":
-                self._record(probs.sum(-2), spatial, in_window=edit or self.cross_steps() == 0)
+                self._record(call, probs.sum(-2), in_window)
             out[rows] = apply_probs(probs.flatten(-2), v[rows])
-        if isinstance(attend, LayerAttention) and attend.inner is not None:
-            out = out + attend.added(attend(q, k, v, heads), q, k, v, heads)
+        if call.inner is not None:
+            out = out + call.added(call.attend(), q, k, v)
         return out
 
-    def self_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, step: int | None,
-        cond_or_uncond: Sequence[int], layer: TransformerLayer, spatial: tuple[int, int],
-        attend: Attend = plain_attention,
-    ) -> torch.Tensor:
+    def self_attention(self, call: AttentionCall) -> torch.Tensor:
         """One self-attention layer: inside the window the target attends with the source's probabilities."""
-        if not self.within(step, self.self_fraction) or layer.level < self.self_min_level:
-            return attend(q, k, v, heads)
-        layout = self.layout(q.shape[0], cond_or_uncond)
+        if not call.within(self.self_fraction) or call.site.level < self.self_min_level:
+            return call.attend()
+        layout = call.layout(self.name)
         half = layout.images
-        q, k = q.clone(), k.clone()
+        q, k = call.q.clone(), call.k.clone()
         for rows in layout.cond_chunks():
             start = rows.start
             q[start + half:rows.stop] = q[start:start + half]
             k[start + half:rows.stop] = k[start:start + half]
-        return attend(q, k, v, heads)
+        return call.attend(q, k)
 
-    def _record(self, probs: torch.Tensor, spatial: tuple[int, int], in_window: bool) -> None:
-        h, w = spatial
-        maps = probs.mean(1).reshape(probs.shape[0], h, w, probs.shape[-1])
-        self.blend_sum = maps if self.blend_sum is None else self.blend_sum + maps
-        if in_window:
-            self.preview_sum = maps if self.preview_sum is None else self.preview_sum + maps
-            self.preview_count += 1
+    def _record(self, call: AttentionCall, probs: torch.Tensor, in_window: bool) -> None:
+        h, w = call.spatial
+        self.record(call.run).add(probs.mean(1).reshape(probs.shape[0], h, w, probs.shape[-1]), in_window)
 
-    def attention_maps(self) -> torch.Tensor | None:
+    def recorded_maps(self, run: EditRun) -> RecordedMaps:
         """Cross-attention maps ``[rows, h, w, tokens]`` (source rows, then target rows) averaged over the
-        recorded layers and the cross-replace steps (all steps when that window is empty)."""
-        if self.preview_sum is None:
-            return None
-        return self.preview_sum / self.preview_count
+        recorded layers and the cross-replace steps (all steps when that window is empty), the last blend mask."""
+        record = self.record(run)
+        maps = None if record.preview_sum is None else (record.preview_sum / record.preview_count).cpu()
+        mask = None if record.blend_mask is None else record.blend_mask.cpu()
+        return RecordedMaps(maps, mask, self.labels)
 
-    def blend_masks(self, latent_hw: tuple[int, int]) -> torch.Tensor | None:
-        """The local-blend mask ``[B, 1, H, W]`` (bool) from the maps recorded so far, or ``None``."""
-        if self.blend is None or self.blend_sum is None:
+    def blend_masks(self, run: EditRun, latent_hw: tuple[int, int]) -> torch.Tensor | None:
+        """The local-blend mask ``[B, 1, H, W]`` (bool) from the maps recorded so far in ``run``, or ``None``."""
+        blend_sum = self.record(run).blend_sum
+        if self.blend is None or blend_sum is None:
             return None
-        layout = BranchLayout.of_batch(self.blend_sum.shape[0])
-        source, target = layout.split(self.blend_sum)
+        layout = BranchLayout.of_batch(blend_sum.shape[0])
+        source, target = layout.split(blend_sum)
         words = layout.join(source[..., list(self.blend.source_positions)].sum(-1),
                             target[..., list(self.blend.target_positions)].sum(-1)).unsqueeze(1)
         words = F.max_pool2d(words, kernel_size=3, stride=1, padding=1)
@@ -230,14 +223,14 @@ class PromptToPrompt(EditEngine):
         source_mask, target_mask = layout.split((words / peak) > self.blend.threshold)
         return source_mask | target_mask
 
-    def after_step(self, step: int, x: torch.Tensor) -> torch.Tensor:
+    def after_step(self, run: EditRun, step: int, x: torch.Tensor) -> torch.Tensor:
         """Local blend on the stacked latent ``[source rows, target rows]`` after DDIM step ``step``."""
-        if self.blend is None or step < steps_for(self.blend.start, self.steps):
+        if self.blend is None or step < steps_for(self.blend.start, run.steps):
             return x
-        mask = self.blend_masks(tuple(x.shape[-2:]))
+        mask = self.blend_masks(run, tuple(x.shape[-2:]))
         if mask is None:
             return x
-        self.blend_mask = mask
+        self.record(run).blend_mask = mask
         layout = BranchLayout.of_batch(x.shape[0])
         source, target = layout.split(x)
         return layout.join(source, torch.where(mask.to(x.device), target, source))

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
+from ..attention_patches.engine import RecordedMaps
 from ..spdinv.attention_grid import MapRow, render_attention_grid
 
 AttentionMaps = io.Custom("SPDINV_ATTENTION_MAPS")
-
-
-@dataclass
-class AttentionRecord:
-    """What the edit sampler recorded: cross-attention maps ``[rows, h, w, 77]`` (source rows, then target
-    rows), the final local-blend mask ``[B, 1, H, W]`` (latent size) and the token text of both prompts."""
-
-    maps: torch.Tensor | None = None
-    blend_mask: torch.Tensor | None = None
-    labels: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))
-
-    @classmethod
-    def of(cls, engine) -> AttentionRecord:
-        """Snapshot of an engine after a run (empty for engines that record no maps)."""
-        if engine is None or not hasattr(engine, "attention_maps"):
-            return cls()
-        maps, mask = engine.attention_maps(), engine.blend_mask
-        return cls(None if maps is None else maps.cpu(), None if mask is None else mask.cpu(), engine.labels)
 
 
 class SPDInvAttentionPreview(io.ComfyNode):
@@ -55,7 +36,7 @@ class SPDInvAttentionPreview(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, attention: AttentionRecord, image_index: int, panel_size: int) -> io.NodeOutput:
+    def execute(cls, attention: RecordedMaps, image_index: int, panel_size: int) -> io.NodeOutput:
         if attention.maps is None:
             raise ValueError("attention: no cross-attention maps were recorded; the edit sampler's model must come "
                              "from SPDInv Prompt-to-Prompt")

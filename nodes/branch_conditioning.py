@@ -25,6 +25,7 @@ import comfy.controlnet
 import comfy.model_base
 import torch
 
+from ..attention_patches.families import Family
 from ..spdinv.branches import BranchLayout
 
 Branch = tuple[str, list]
@@ -163,11 +164,6 @@ def stack_branches(branches: list[Branch], rows: int, control: BranchControl | N
     return [[torch.cat([t.repeat(1, length // t.shape[1], 1) for t in tensors]), meta]]
 
 
-def uses_size_conditioning(model: Any) -> bool:
-    """Whether ``model`` (a ModelPatcher) feeds image sizes into its class embedding (SDXL, SDXL refiner)."""
-    return isinstance(model.model, (comfy.model_base.SDXL, comfy.model_base.SDXLRefiner))
-
-
 def at_photo_size(cond: list, latent: torch.Tensor, model: Any) -> list:
     """``cond`` with the photo's pixel size as its ``width``/``height`` where an entry sets none.
 
@@ -175,7 +171,7 @@ def at_photo_size(cond: list, latent: torch.Tensor, model: Any) -> list:
     default of 768, so a 1024² photo would be inverted and edited as if it were 768². Entries that set a size
     (``CLIPTextEncodeSDXL``) keep theirs; other model families are returned unchanged.
     """
-    if not uses_size_conditioning(model):
+    if not Family.of(model).size_conditioning:
         return cond
     ratio = getattr(model.get_model_object("latent_format"), "spacial_downscale_ratio", 8)
     height, width = (int(n) * ratio for n in latent.shape[-2:])

@@ -16,6 +16,7 @@ import comfy.samplers
 import latent_preview
 import torch
 
+from ..attention_patches.run import EditRun
 from ..spdinv.edit_loop import BranchPredictor
 from ..spdinv.inversion import Denoiser
 from ..spdinv.null_text import NullDenoiser
@@ -83,15 +84,15 @@ def null_denoiser(guider: comfy.samplers.CFGGuider, extra_args: dict) -> NullDen
     return uncond
 
 
-def branch_predictor(guider: comfy.samplers.CFGGuider, extra_args: dict, share_source: bool = True,
+def branch_predictor(guider: comfy.samplers.CFGGuider, extra_args: dict, run: EditRun, share_source: bool = True,
                      null_embedding: Callable[[float], torch.Tensor] | None = None) -> BranchPredictor:
     """The core's ``predict(x, sigma, with_uncond)``: conditional and unconditional denoised predictions of
     the guider's ``positive``/``negative`` conds in one ``calc_cond_batch`` (patches, wrappers, ControlNets
     and other cond extras apply as in any sampler); the core's guidance rule mixes them. With
     ``share_source`` (and a model that allows it) the calls leave out the source's unconditional rows
     (:mod:`.shared_source`). ``null_embedding(sigma)`` puts null-text inversion's tuned embeddings into the
-    unconditional rows."""
-    model_options = extra_args["model_options"]
+    unconditional rows. Every call carries ``run``, where the engines' patches find it."""
+    model_options = run.into(extra_args["model_options"])
     if null_embedding is not None:
         wrapper = NullEmbedding(null_embedding, model_options.get("model_function_wrapper"))
         model_options = {**model_options, "model_function_wrapper": wrapper}
@@ -134,13 +135,13 @@ def is_flow(model_sampling: Any) -> bool:
     return isinstance(model_sampling, comfy.model_sampling.CONST)
 
 
-def sampling_grid(model_sampling: Any, grid: str, steps: int) -> torch.Tensor:
+def sampling_grid(model_sampling: Any, grid: str, steps: int, family_grid: str | None = None) -> torch.Tensor:
     """The descending sigma grid (ending at 0) that an inversion runs on, on the CPU.
 
-    ``auto``: ComfyUI's ``ddim_uniform`` for discrete-time models and the model's own schedule (the
-    ``simple`` scheduler, which carries the flow shift and starts at sigma 1, pure noise) for flow models;
-    ``ddim_uniform``, ``simple``: those schedulers; ``reference``: the official SPDInv code's DDIM grid
-    (discrete-time models only).
+    ``auto``: the family's grid (``family_grid``; for a model of no known family ComfyUI's ``ddim_uniform`` for
+    discrete-time models and the model's own schedule, ``simple``, for flow models: it carries the flow shift and
+    starts at sigma 1, pure noise); ``ddim_uniform``, ``simple``: those schedulers; ``reference``: the official
+    SPDInv code's DDIM grid (discrete-time models only).
     """
     flow = is_flow(model_sampling)
     if grid == "reference":
@@ -148,8 +149,9 @@ def sampling_grid(model_sampling: Any, grid: str, steps: int) -> torch.Tensor:
             raise ValueError("grid: 'reference' is the official SD code's DDIM grid; a flow model inverts on its own "
                              "schedule: choose 'auto' (or 'simple')")
         return reference_sigmas(model_sampling.sigmas.float().cpu(), steps)
-    scheduler = ("simple" if flow else "ddim_uniform") if grid == "auto" else grid
-    return comfy.samplers.calculate_sigmas(model_sampling, scheduler, steps).float().cpu()
+    if grid == "auto":
+        grid = family_grid or ("simple" if flow else "ddim_uniform")
+    return comfy.samplers.calculate_sigmas(model_sampling, grid, steps).float().cpu()
 
 
 def input_scale_of(model_sampling: Any) -> Callable[[float], float]:

@@ -8,11 +8,14 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..attention_patches.engine import RecordedMaps
+from ..attention_patches.families import Family
 from ..attention_patches.registration import engine_of
+from ..attention_patches.run import EditRun
 from ..spdinv.edit_loop import run_edit
 from ..spdinv.guidance import EditRecipe
 from ..spdinv.inversion_methods import SOURCE_GUIDANCE, edit_recipe, protocol_of
-from .attention_preview import AttentionMaps, AttentionRecord
+from .attention_preview import AttentionMaps
 from .branch_conditioning import at_photo_size, edit_conditioning
 from .comfy_bridge import branch_predictor, run_in_guider
 from .inversion_type import Inversion
@@ -78,9 +81,17 @@ class SPDInvEditSampler(io.ComfyNode):
         if null_text is not None and abs(null_text.cfg - cfg) > 1e-6:
             logging.warning(f"SPDInv Edit Sampler: the null-text embeddings were tuned for CFG {null_text.cfg:g} "
                             f"but cfg is {cfg:g}; the source branch will not retrace the inversion exactly")
+        family = Family.of(model)
+        if family.distilled_guidance and abs(cfg - 1.0) > 1e-6:
+            logging.warning(f"SPDInv Edit Sampler: {family.name} is guidance-distilled (its guidance comes "
+                            f"from FluxGuidance on the prompts); cfg {cfg:g} also runs true CFG against the "
+                            "negative: set cfg 1 unless that is what you want")
         result = inversion.result
         rows = result.noise.shape[0]
         engine = engine_of(model)
+        run = EditRun(result.sigmas, tuple(result.noise.shape))
+        if engine is not None:
+            engine.check_run(run)
         recipe = edit_recipe(engine.recipe if engine is not None else EditRecipe(), proto, cfg)
         if not recipe.source_from_inversion:
             inversion.warn_if_other_source(source)
@@ -92,19 +103,14 @@ class SPDInvEditSampler(io.ComfyNode):
 
         def routine(guider, extra_args, start, _latent, grid, progress):
             tuned = None if null_text is None else step_lookup(result.sigmas, null_text.embeddings.to(start.device))
-            predict = branch_predictor(guider, extra_args, share_source=not proto.guided, null_embedding=tuned)
+            predict = branch_predictor(guider, extra_args, run, share_source=not proto.guided, null_embedding=tuned)
             edit = run_edit(predict, result.latents, grid, recipe, cfg, timesteps,
-                            engine_step=None if engine is None else engine.after_step, progress=progress,
-                            device=start.device)
+                            engine_step=None if engine is None else (lambda i, x: engine.after_step(run, i, x)),
+                            progress=progress, device=start.device)
             return torch.cat([edit.reconstruction, edit.edited]), edit
 
         start = torch.cat([result.noise, result.noise])
         latent_image = torch.cat([inversion.source_latent, inversion.source_latent])
-        if engine is not None:
-            engine.begin_run(result.steps, tuple(result.noise.shape))
-        try:
-            out, _ = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
-        finally:
-            if engine is not None:
-                engine.end_run()
-        return io.NodeOutput({"samples": out[rows:]}, {"samples": out[:rows]}, AttentionRecord.of(engine))
+        out, _ = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
+        maps = RecordedMaps() if engine is None else engine.recorded_maps(run)
+        return io.NodeOutput({"samples": out[rows:]}, {"samples": out[:rows]}, maps)

@@ -7,6 +7,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..attention_patches.families import Family
 from ..spdinv.inversion import SOLVERS, InversionSettings, invert
 from ..spdinv.inversion_methods import INVERSION_METHODS, protocol_of
 from ..spdinv.null_text import NullTextSettings, optimise_null_text
@@ -123,7 +124,7 @@ class SPDInvInvert(io.ComfyNode):
             raise ValueError(f"latent: expected an image latent [B, C, H, W], got shape {tuple(samples.shape)}")
         check_latent_channels(model, samples, "latent")
         if sigmas is None:
-            sigmas = sampling_grid(model.get_model_object("model_sampling"), grid, steps)
+            sigmas = sampling_grid(model.get_model_object("model_sampling"), grid, steps, Family.of(model).grid)
         else:
             sigmas = sigmas.detach().float().cpu()
             try:

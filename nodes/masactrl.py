@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 
 from comfy.ldm.modules.attention import optimized_attention
+from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
+from ..attention_patches.families import Family
 from ..attention_patches.mutual_self_attention import AutoMask, MutualSelfAttention
 from ..attention_patches.registration import attach_engine
-from ..attention_patches.unet_layers import decoder_layer_at, transformer_layers
+from ..attention_patches.unet_layers import decoder_layer_at
 from ..spdinv.guidance import EditRecipe
 from .clip_tokens import named, phrase_positions, prompt_tokens, token_ids
 
@@ -17,9 +19,7 @@ log = logging.getLogger(__name__)
 
 MASK_MODES = ("none", "mask", "auto")
 AUTO_START = -1
-"""``start_layer`` value meaning: chosen from the model's decoder (:data:`DECODER_START`)."""
-DECODER_START = 1 / 3
-"""MasaCtrl's SD1.5 default (layer 10 of 16: decoder layers 3-8 of 0-8) as a position in the decoder."""
+"""``start_layer`` value meaning: the family's default position in the decoder (SD1.x: layer 10 of 16)."""
 
 
 def _auto_mask(clip, source_text: str, target_text: str, source_words: str, target_words: str,
@@ -106,8 +106,11 @@ class MasaCtrlMutualAttention(io.ComfyNode):
             log.warning("MasaCtrl: a MASK is connected but mask_mode is 'none'; it is not used")
         recipe = EditRecipe(source_cfg=1.0, proximal_quantile=proximal_quantile if proximal_guidance else None,
                             proximal_target_only=True, source_from_inversion=source_from_inversion)
+        family = Family.of(model)
+        family.require(MutualSelfAttention.node)
         if start_layer == AUTO_START:
-            layers = named("model", transformer_layers, model.get_model_object("diffusion_model"))
-            start_layer = named("model", decoder_layer_at, layers, DECODER_START)
-        engine = MutualSelfAttention(start_step, start_layer, image_mask, auto, recipe=recipe)
-        return io.NodeOutput(attach_engine(model, engine, optimized_attention, "MasaCtrl"))
+            layers = named("model", family.sites, model.get_model_object("diffusion_model"))
+            start_layer = named("model", decoder_layer_at, layers, family.default("masactrl_decoder_start"))
+        engine = MutualSelfAttention(start_step, start_layer, image_mask, auto, family.default("masactrl_map_level"),
+                                     recipe=recipe)
+        return io.NodeOutput(attach_engine(model, engine, optimized_attention, WrappersMP.DIFFUSION_MODEL))

@@ -5,20 +5,14 @@ from __future__ import annotations
 from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
-from ..attention_patches.joint_attention import SHARES, JointMutualAttention, block_from
-from ..attention_patches.registration import attach_joint_engine, dit_blocks
+from ..attention_patches.dit_blocks import block_from
+from ..attention_patches.families import Family
+from ..attention_patches.joint_attention import SHARES, JointMutualAttention
+from ..attention_patches.registration import attach_engine
 from .clip_tokens import named
 
 AUTO_DEPTH = -1.0
-"""``start_block`` value meaning: the model's documented default (:data:`DEFAULT_DEPTH`)."""
-DEFAULT_DEPTH = {"joint": 0.5, "flux": 0.65}
-"""Relative depth of the first controlled block. SD3.x (joint blocks only): the second half. Flux (double then
-single-stream blocks): the last 20 of its 38 single-stream blocks, where RF-Solver-Edit shares values."""
-
-
-def default_depth(diffusion_model) -> float:
-    """The documented first-block depth for this MM-DiT (Flux when it has single-stream blocks)."""
-    return DEFAULT_DEPTH["flux" if hasattr(diffusion_model, "single_blocks") else "joint"]
+"""``start_block`` value meaning: the family's documented default (``mmdit_start_block``)."""
 
 
 class MMDiTMutualAttention(io.ComfyNode):
@@ -55,8 +49,9 @@ class MMDiTMutualAttention(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, start_step, start_block, share) -> io.NodeOutput:
-        diffusion_model = model.get_model_object("diffusion_model")
-        blocks = named("model", dit_blocks, diffusion_model)
-        depth = default_depth(diffusion_model) if start_block == AUTO_DEPTH else start_block
-        engine = JointMutualAttention(start_step, block_from(depth, len(blocks)), len(blocks), share)
-        return io.NodeOutput(attach_joint_engine(model, engine, WrappersMP.DIFFUSION_MODEL))
+        family = Family.of(model)
+        family.require(JointMutualAttention.node)
+        blocks = named("model", family.sites, model.get_model_object("diffusion_model"))
+        depth = family.default("mmdit_start_block") if start_block == AUTO_DEPTH else start_block
+        engine = JointMutualAttention(start_step, block_from(depth, len(blocks)), share)
+        return io.NodeOutput(attach_engine(model, engine, None, WrappersMP.DIFFUSION_MODEL))

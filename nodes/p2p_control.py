@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from comfy.ldm.modules.attention import optimized_attention
+from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
+from ..attention_patches.families import Family
 from ..attention_patches.prompt_to_prompt import (
     BLEND_MAPS,
     LocalBlend,
@@ -25,10 +27,6 @@ from .clip_tokens import named, phrase_positions, prompt_tokens, token_ids, toke
 MODES = ("refine", "word swap")
 PIN_BELOW = 0.4
 """Inversion guidance acts while the timestep is below 400 of 1000, as in the reference."""
-SELF_MIN_LEVEL = 1
-"""Self-attention replacement on layers at half the latent's resolution and below (32×32 at 512²)."""
-MAP_LEVEL = 2
-"""Cross-attention maps for local blend and the preview at a quarter of the latent (16×16 at 512²)."""
 
 
 class P2PAttentionControl(io.ComfyNode):
@@ -128,9 +126,11 @@ class P2PAttentionControl(io.ComfyNode):
         recipe = EditRecipe(source_cfg=1.0, proximal_quantile=proximal_quantile if guided else None,
                             shrink=proximal_guidance, pin_below=PIN_BELOW if inversion_guidance else None)
         labels = (token_text(clip, list(source.ids)), token_text(clip, list(target.ids)))
-        engine = PromptToPrompt(mapping, eq, cross_replace, self_replace, blend, SELF_MIN_LEVEL, MAP_LEVEL, recipe,
-                                labels, blend_maps)
-        patched = attach_engine(model, engine, optimized_attention, "P2P")
+        family = Family.of(model)
+        family.require(PromptToPrompt.node)
+        engine = PromptToPrompt(mapping, eq, cross_replace, self_replace, blend, family.default("p2p_self_min_level"),
+                                family.default("p2p_map_level"), labels, blend_maps, recipe=recipe)
+        patched = attach_engine(model, engine, optimized_attention, WrappersMP.DIFFUSION_MODEL)
         source_cond = clip.encode_from_tokens_scheduled(clip.tokenize(source_text))
         if target_conditioning is None:
             target_conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(target_text))

@@ -6,15 +6,12 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
-from ..attention_patches.plug_and_play import PlugAndPlay
+from ..attention_patches.families import Family
+from ..attention_patches.plug_and_play import PlugAndPlay, pnp_attention_layers
 from ..attention_patches.registration import attach_engine
 from ..attention_patches.unet_layers import decoder_stage_at_level, resblock_output_path
 from ..spdinv.guidance import EditRecipe
 from .clip_tokens import named
-
-FEATURE_LEVEL, FEATURE_INDEX = 2, 1
-"""The reference's feature block, diffusers ``up_blocks[1].resnets[1]`` on SD1.x: the second block of the decoder
-stage at 1/32 of the image size (SD1.x and SD2.x: ``output_blocks.4``, SDXL: ``output_blocks.1``)."""
 
 
 class PNPInjection(io.ComfyNode):
@@ -45,9 +42,12 @@ class PNPInjection(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, feature_fraction, attention_fraction) -> io.NodeOutput:
+        family = Family.of(model)
+        family.require(PlugAndPlay.node)
         unet = model.get_model_object("diffusion_model")
-        stage = named("model", decoder_stage_at_level, unet, FEATURE_LEVEL)
-        path = named("model", resblock_output_path, unet, stage, FEATURE_INDEX)
+        stage = named("model", decoder_stage_at_level, unet, family.default("pnp_feature_level"))
+        path = named("model", resblock_output_path, unet, stage, family.default("pnp_feature_index"))
+        layers = named("model", pnp_attention_layers, named("model", family.sites, unet))
         recipe = EditRecipe(source_cfg=1.0, source_from_inversion=True)
-        engine = PlugAndPlay(path, feature_fraction, attention_fraction, recipe)
-        return io.NodeOutput(attach_engine(model, engine, optimized_attention, "PnP", WrappersMP.DIFFUSION_MODEL))
+        engine = PlugAndPlay(path, feature_fraction, attention_fraction, layers, recipe=recipe)
+        return io.NodeOutput(attach_engine(model, engine, optimized_attention, WrappersMP.DIFFUSION_MODEL))

@@ -3,8 +3,8 @@
 The edit sampler gives the source branch its own prompt as negative (it runs at CFG 1), so in a UNet call
 that carries both CFG chunks the unconditional chunk's source rows would repeat the conditional chunk's source
 rows exactly: same latent, same prompt, same extras, same attention. :class:`SharedSourceRows` (ComfyUI's
-``model_function_wrapper``, set for the edit's own calls only) leaves them out of the call, marks the call
-(``SHARED_SOURCE_KEY``) so the engines read the conditional chunk's source rows in their place, and copies
+``model_function_wrapper``, set for the edit's own calls only) leaves them out of the call, marks the call's
+run (``shared_source``) so the engines read the conditional chunk's source rows in their place, and copies
 those rows' predictions back, so ComfyUI's CFG gets the batch it sent. An edit step costs 3 rows per image
 instead of 4.
 
@@ -20,13 +20,8 @@ from typing import Any
 
 import torch
 
-from ..attention_patches.registration import (
-    ENGINE_KEY,
-    IMAGE_TOKENS_KEY,
-    SHARED_SOURCE_KEY,
-    AttentionPatch,
-    JointBlockPatch,
-)
+from ..attention_patches.registration import WRAPPER_KEY, EnginePatch
+from ..attention_patches.run import RUN_KEY, EditRun
 from ..spdinv.branches import COND, BranchLayout
 from .row_selection import take_rows
 
@@ -40,10 +35,10 @@ def can_share_source(model_options: Mapping[str, Any]) -> bool:
     if any(options.get("patches", {}).values()):
         return False
     for patches in options.get("patches_replace", {}).values():
-        if any(not isinstance(p, (AttentionPatch, JointBlockPatch)) or p.inner is not None for p in patches.values()):
+        if any(not isinstance(p, EnginePatch) or p.inner is not None for p in patches.values()):
             return False
     for by_key in options.get("wrappers", {}).values():
-        if any(fns for key, fns in by_key.items() if key not in (ENGINE_KEY, IMAGE_TOKENS_KEY)):
+        if any(fns for key, fns in by_key.items() if key != WRAPPER_KEY):
             return False
     return True
 
@@ -64,7 +59,11 @@ class SharedSourceRows:
                 for i, kind in enumerate(full.chunks)]
         keep = torch.cat(kept)
         call = {k: take_rows(v, keep, rows) for k, v in c.items() if k != "transformer_options"}
-        call["transformer_options"] = {**c.get("transformer_options", {}), SHARED_SOURCE_KEY: True}
+        options = dict(c.get("transformer_options", {}))
+        run = EditRun.of(options)
+        if run is not None:
+            options[RUN_KEY] = run.for_call(shared_source=True)
+        call["transformer_options"] = options
         computed = apply_model(x[keep.to(x.device)], take_rows(t, keep, rows), **call)
         out = computed.new_empty((rows, *computed.shape[1:]))
         out[keep.to(out.device)] = computed

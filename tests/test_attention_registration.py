@@ -6,43 +6,17 @@ names and the attn replace API); the real ones are exercised by the host tests.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 import pytest
 import torch
+from engine_calls import FakePatcher
 from torch import nn
 from unet_standins import sd15_like
 
 from spdinv_pack.attention_patches.prompt_to_prompt import PromptToPrompt, ReplaceMapping
 from spdinv_pack.attention_patches.registration import ENGINE_KEY, AttentionPatch, attach_engine, engine_of
 from spdinv_pack.attention_patches.unet_layers import transformer_layers
-
-
-class FakePatcher:
-    """The slice of ComfyUI's ModelPatcher that registration uses."""
-
-    def __init__(self, unet: nn.Module):
-        self.unet = unet
-        self.model_options: dict = {"transformer_options": {}}
-
-    def clone(self) -> FakePatcher:
-        n = FakePatcher(self.unet)
-        n.model_options = copy.deepcopy(self.model_options)
-        return n
-
-    def get_model_object(self, name: str):
-        assert name == "diffusion_model"
-        return self.unet
-
-    def _set(self, kind, patch, block, number, index):
-        to = self.model_options["transformer_options"]
-        to.setdefault("patches_replace", {}).setdefault(kind, {})[(block, number, index)] = patch
-
-    def set_model_attn1_replace(self, patch, block, number, index=None):
-        self._set("attn1", patch, block, number, index)
-
-    def set_model_attn2_replace(self, patch, block, number, index=None):
-        self._set("attn2", patch, block, number, index)
 
 
 def test_layers_come_in_forward_order_with_their_resolution_level():
@@ -64,7 +38,7 @@ def engine() -> PromptToPrompt:
 
 
 def attach_p2p(model, p2p, attend):
-    return attach_engine(model, p2p, attend, "P2P")
+    return attach_engine(model, p2p, attend, "diffusion_model_wrapper")
 
 
 def test_p2p_patches_every_cross_attention_and_self_attention_at_level_one_and_below_on_a_clone():
@@ -78,13 +52,16 @@ def test_p2p_patches_every_cross_attention_and_self_attention_at_level_one_and_b
     assert engine_of(patched) is patched.model_options["transformer_options"][ENGINE_KEY]
 
 
-def test_a_clone_of_the_patched_model_keeps_one_consistent_engine_of_its_own():
+def test_clones_share_one_immutable_engine_and_its_patches_hold_no_run_state():
     patched = attach_p2p(FakePatcher(sd15_like()), engine(), attend=lambda q, k, v, heads: q)
-    again = patched.clone()
+    again = patched.clone()  # as ComfyUI >= 0.14 clones: dicts and lists copied, patch objects shared
     mine = engine_of(again)
-    assert mine is not engine_of(patched)
+    assert mine is engine_of(patched)
     patches = again.model_options["transformer_options"]["patches_replace"]
     assert all(p.engine is mine for kind in ("attn1", "attn2") for p in patches[kind].values())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        mine.cross_fraction = 0.1
+    assert all(set(vars(p)) == {"engine", "site", "inner", "kind", "host"} for p in patches["attn2"].values())
 
 
 def test_attention_replaced_by_another_node_becomes_the_inner_attention_and_engines_do_not_stack():

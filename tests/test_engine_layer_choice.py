@@ -7,8 +7,9 @@ import pytest
 import torch
 from unet_standins import sd15_like, sdxl_like
 
+from spdinv_pack.attention_patches.families import FAMILIES
 from spdinv_pack.attention_patches.mutual_self_attention import MutualSelfAttention
-from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay
+from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay, pnp_attention_layers
 from spdinv_pack.attention_patches.prompt_to_prompt import PromptToPrompt, ReplaceMapping
 from spdinv_pack.attention_patches.unet_layers import (
     decoder_layer_at,
@@ -29,10 +30,10 @@ def test_sd15_gets_the_reference_layers():
     assert [(la.block, la.block_id) for la in layers if la.level == 2] == [
         ("input", 7), ("input", 8), ("output", 3), ("output", 4), ("output", 5)]
     masa = MutualSelfAttention(start_layer=10)
-    masa.check_layers(layers)
+    masa.check_sites(layers)
     assert [la.block_id for la in controlled(masa, layers, "attn1")] == list(range(6, 12))
-    pnp = PlugAndPlay(resblock_output_path(sd15_like(), 1, 1))
-    pnp.check_layers(layers)
+    pnp = PlugAndPlay(resblock_output_path(sd15_like(), 1, 1), qk_layers=pnp_attention_layers(layers))
+    pnp.check_sites(layers)
     assert pnp.feature_path == "output_blocks.4.0.out_layers.3"
     assert sorted(key[1] for key in pnp.qk_layers) == list(range(4, 12))
 
@@ -46,12 +47,14 @@ def test_sdxl_layout_gets_the_same_rules():
         ("output", 0): 2, ("output", 1): 2, ("output", 2): 2, ("output", 3): 1, ("output", 4): 1, ("output", 5): 1}
     p2p = PromptToPrompt(ReplaceMapping(torch.eye(77)))
     assert len(controlled(p2p, layers, "attn1")) == 70
-    pnp = PlugAndPlay(resblock_output_path(unet, 1, 1))
-    pnp.check_layers(layers)
-    assert pnp.feature_path == "output_blocks.4.0.out_layers.3"
+    sdxl = next(f for f in FAMILIES if f.name == "SDXL")
+    stage = decoder_stage_at_level(unet, sdxl.default("pnp_feature_level"))
+    pnp = PlugAndPlay(resblock_output_path(unet, stage, sdxl.default("pnp_feature_index")),
+                      qk_layers=pnp_attention_layers(layers))
+    assert pnp.feature_path == "output_blocks.1.0.out_layers.3"  # what the node uses on SDXL
     assert len(pnp.qk_layers) == 26 and not any(key[1] == 0 for key in pnp.qk_layers)
     with pytest.raises(ValueError, match="the model has 70 transformer layers"):
-        MutualSelfAttention(start_layer=70).check_layers(layers)
+        MutualSelfAttention(start_layer=70).check_sites(layers)
 
 
 def test_a_third_into_the_decoder_is_sd15s_masactrl_layer_and_comparable_on_sdxl():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_calls import attention_call, edit_run
 
 from spdinv_pack.attention_patches.attention_math import (
     apply_probs,
@@ -28,14 +29,16 @@ def qkv(rows: int, n: int = SIDE * SIDE, seed: int = 0):
     return tuple(torch.randn(rows, n, HEADS * DIM, generator=g) for _ in range(3))
 
 
+RUN = edit_run(STEPS, (1, 4, SIDE, SIDE))
+
+
 def masa(**kw) -> MutualSelfAttention:
-    engine = MutualSelfAttention(**kw)
-    engine.begin_run(STEPS, (1, 4, SIDE, SIDE))
-    return engine
+    return MutualSelfAttention(**kw)
 
 
-def self_attn(engine, q, k, v, step, order=12, chunks=(1, 0)):
-    return engine.self_attention(q, k, v, HEADS, step, list(chunks), layer(order), (SIDE, SIDE))
+def self_attn(engine, q, k, v, step, order=12, chunks=(1, 0), run=RUN):
+    return engine.attention(attention_call("self", q, k, v, HEADS, layer(order), run, step, chunks,
+                                           spatial=(SIDE, SIDE)))
 
 
 def test_plain_attention_before_the_start_step_and_below_the_start_layer():
@@ -45,6 +48,7 @@ def test_plain_attention_before_the_start_step_and_below_the_start_layer():
     torch.testing.assert_close(self_attn(engine, q, k, v, step=3), plain)
     torch.testing.assert_close(self_attn(engine, q, k, v, step=4, order=9), plain)
     torch.testing.assert_close(self_attn(engine, q, k, v, step=None), plain)
+    torch.testing.assert_close(self_attn(engine, q, k, v, step=4, run=None), plain)
     assert not torch.allclose(self_attn(engine, q, k, v, step=4), plain)
 
 
@@ -94,11 +98,12 @@ def test_an_empty_mask_falls_back_to_plain_mutual_attention_without_nan():
 def test_automatic_masks_come_from_this_steps_cross_attention_of_the_chosen_tokens():
     tokens = 5
     engine = masa(auto=AutoMask(source_positions=(2,), target_positions=(3,), threshold=0.1))
+    run = edit_run(STEPS, (1, 4, SIDE, SIDE))
     g = torch.Generator().manual_seed(4)
     cq = torch.randn(2, 4, HEADS * DIM, generator=g)
     ck = torch.randn(2, tokens, HEADS * DIM, generator=g)
     cv = torch.randn(2, tokens, HEADS * DIM, generator=g)
-    engine.cross_attention(cq, ck, cv, HEADS, 10, [0], layer(4, level=2), (2, 2))
+    engine.attention(attention_call("cross", cq, ck, cv, HEADS, layer(4, level=2), run, 10, spatial=(2, 2)))
     maps = attention_probs(cq, ck, HEADS).mean(1).reshape(2, 2, 2, tokens)
 
     def binary(m):
@@ -107,20 +112,23 @@ def test_automatic_masks_come_from_this_steps_cross_attention_of_the_chosen_toke
 
     key_mask, query_mask = binary(maps[0, ..., 2]), binary(maps[1, ..., 3])
     q, k, v = qkv(2, seed=5)
-    out = self_attn(engine, q, k, v, step=10, chunks=(0,))
+    out = self_attn(engine, q, k, v, step=10, chunks=(0,), run=run)
     expected = masked_attention(q[1:], k[:1], v[:1], HEADS, key_mask[None], query_mask[None])
     torch.testing.assert_close(out[1:], expected)
-    stale = self_attn(engine, q, k, v, step=11, chunks=(0,))
+    other_run = self_attn(engine, q, k, v, step=10, chunks=(0,))
+    stale = self_attn(engine, q, k, v, step=11, chunks=(0,), run=run)
     plain_mutual = apply_probs(attention_probs(q[1:], k[:1], HEADS), v[:1])
     torch.testing.assert_close(stale[1:], plain_mutual)
+    torch.testing.assert_close(other_run[1:], plain_mutual)  # another run has no maps of its own yet
 
 
 def test_bad_settings_name_the_input():
     layers = [layer(i) for i in range(16)]
     with pytest.raises(ValueError, match="start_layer: the model has 16"):
-        MutualSelfAttention(start_layer=16).check_layers(layers)
+        MutualSelfAttention(start_layer=16).check_sites(layers)
     with pytest.raises(ValueError, match="mask: 32x32 does not match the image"):
-        MutualSelfAttention(mask=torch.ones(32, 32)).begin_run(50, (1, 4, 8, 8))
+        MutualSelfAttention(mask=torch.ones(32, 32)).check_run(edit_run(50, (1, 4, 8, 8)))
+    MutualSelfAttention(mask=torch.ones(64, 64)).check_run(edit_run(50, (1, 4, 8, 8)))
     with pytest.raises(ValueError, match="start_step"):
         MutualSelfAttention(start_step=2.0)
 
@@ -129,4 +137,4 @@ def test_a_model_without_self_attention_from_the_start_layer_is_refused():
     cross_only = [TransformerLayer("output", i, 0, i, 0, self_attention=False, cross_attention=True)
                   for i in range(16)]
     with pytest.raises(ValueError, match="^model: no self-attention layers"):
-        MutualSelfAttention().check_layers(cross_only)
+        MutualSelfAttention().check_sites(cross_only)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_calls import attention_call, edit_run
 from torch import nn
 from unet_standins import ResBlockLike, Upsample
 
 from spdinv_pack.attention_patches.attention_math import plain_attention
-from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay
-from spdinv_pack.attention_patches.registration import ENGINE_KEY, FeatureTapWrapper
+from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay, pnp_attention_layers
+from spdinv_pack.attention_patches.registration import EditCallWrapper
+from spdinv_pack.attention_patches.run import RUN_KEY
 from spdinv_pack.attention_patches.unet_layers import TransformerLayer, resblock_output_path
 from spdinv_pack.spdinv.branches import BranchLayout
 
@@ -35,9 +37,8 @@ def decoder_layers() -> list[TransformerLayer]:
 
 
 def engine(**kw) -> PlugAndPlay:
-    pnp = PlugAndPlay("output_blocks.4.0.out_layers.3", **kw)
-    pnp.check_layers(decoder_layers())
-    pnp.begin_run(STEPS)
+    pnp = PlugAndPlay("output_blocks.4.0.out_layers.3", qk_layers=pnp_attention_layers(decoder_layers()), **kw)
+    pnp.check_sites(decoder_layers())
     return pnp
 
 
@@ -61,13 +62,18 @@ def test_queries_and_keys_of_the_target_rows_come_from_the_source_inside_the_win
     q, k, v = (torch.randn(4, 9, HEADS * DIM, generator=g) for _ in range(3))
     pnp = engine(attention_fraction=0.5)
     injected_layer, first_layer = decoder_layers()[1], decoder_layers()[0]
-    out = pnp.self_attention(q, k, v, HEADS, 4, [1, 0], injected_layer, (3, 3))
+
+    def self_attention(step, site):
+        return pnp.attention(attention_call("self", q, k, v, HEADS, site, edit_run(STEPS), step, (1, 0),
+                                            spatial=(3, 3)))
+
+    out = self_attention(4, injected_layer)
     expected = plain_attention(source_to_target(q, 2), source_to_target(k, 2), v, HEADS)
     torch.testing.assert_close(out, expected)
     plain = plain_attention(q, k, v, HEADS)
     torch.testing.assert_close(out[[0, 2]], plain[[0, 2]])
-    torch.testing.assert_close(pnp.self_attention(q, k, v, HEADS, 5, [1, 0], injected_layer, (3, 3)), plain)
-    torch.testing.assert_close(pnp.self_attention(q, k, v, HEADS, 0, [1, 0], first_layer, (3, 3)), plain)
+    torch.testing.assert_close(self_attention(5, injected_layer), plain)
+    torch.testing.assert_close(self_attention(0, first_layer), plain)
 
 
 class Executor:
@@ -81,9 +87,12 @@ class Executor:
 
 
 def run(unet: nn.Module, x: torch.Tensor, pnp: PlugAndPlay | None, step: int) -> torch.Tensor:
-    grid = torch.linspace(10.0, 0.0, STEPS + 1)
-    options = {ENGINE_KEY: pnp, "sample_sigmas": grid, "sigmas": grid[step].repeat(4), "cond_or_uncond": [1, 0]}
-    return FeatureTapWrapper()(Executor(unet), x, transformer_options=options)
+    """One UNet call of an edit run at ``step`` through the pack's wrapper (``pnp`` None: the plain UNet)."""
+    edit = edit_run(STEPS)
+    options = {RUN_KEY: edit, "sigmas": edit.grid[step].repeat(4), "cond_or_uncond": [1, 0]}
+    if pnp is None:
+        return Executor(unet)(x, transformer_options=options)
+    return EditCallWrapper(pnp)(Executor(unet), x, transformer_options=options)
 
 
 def test_feature_injection_replaces_the_target_rows_of_the_tapped_block_during_the_window():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_calls import attention_call, edit_run
 
 from spdinv_pack.attention_patches.attention_math import apply_probs, attention_probs, plain_attention
 from spdinv_pack.attention_patches.prompt_to_prompt import (
@@ -37,13 +38,14 @@ def layer(level: int) -> TransformerLayer:
 
 
 def controller(mapping=None, **kw) -> PromptToPrompt:
-    p2p = PromptToPrompt(mapping if mapping is not None else ReplaceMapping(swap_matrix()), **kw)
-    p2p.begin_run(STEPS)
-    return p2p
+    return PromptToPrompt(mapping if mapping is not None else ReplaceMapping(swap_matrix()), **kw)
 
 
-def cross(p2p: PromptToPrompt, q, k, v, step, cond_or_uncond=(1, 0), level=0, spatial=(2, 2)):
-    return p2p.cross_attention(q, k, v, HEADS, step, list(cond_or_uncond), layer(level), spatial)
+def cross(p2p: PromptToPrompt, q, k, v, step, cond_or_uncond=(1, 0), level=0, spatial=(2, 2), run="new"):
+    """One cross-attention call in ``run`` (a fresh run of STEPS steps by default; ``None``: outside an edit)."""
+    run = edit_run(STEPS) if run == "new" else run
+    return p2p.attention(attention_call("cross", q, k, v, HEADS, layer(level), run, step, cond_or_uncond,
+                                        spatial=spatial))
 
 
 @pytest.mark.parametrize("images", [1, 2])
@@ -95,8 +97,7 @@ def test_cross_attention_is_plain_after_the_cross_replace_window_and_outside_a_r
     assert not torch.allclose(cross(p2p, q, k, v, step=7), plain)
     torch.testing.assert_close(cross(p2p, q, k, v, step=8), plain)
     torch.testing.assert_close(cross(p2p, q, k, v, step=None), plain)
-    p2p.end_run()
-    torch.testing.assert_close(cross(p2p, q, k, v, step=0), plain)
+    torch.testing.assert_close(cross(p2p, q, k, v, step=0, run=None), plain)
 
 
 def test_self_attention_replacement_only_on_the_chosen_layers_and_steps():
@@ -105,7 +106,8 @@ def test_self_attention_replacement_only_on_the_chosen_layers_and_steps():
     plain = plain_attention(q, k, v, HEADS)
 
     def run(step, level):
-        return p2p.self_attention(q, k, v, HEADS, step, [1, 0], layer(level), (3, 3))
+        return p2p.attention(attention_call("self", q, k, v, HEADS, layer(level), edit_run(STEPS), step, (1, 0),
+                                            spatial=(3, 3)))
 
     torch.testing.assert_close(run(step=0, level=0), plain)
     torch.testing.assert_close(run(step=6, level=1), plain)
@@ -117,14 +119,15 @@ def test_self_attention_replacement_only_on_the_chosen_layers_and_steps():
 
 def test_maps_are_recorded_at_the_map_level_before_editing_and_averaged_for_the_preview():
     q, k, v = qkv(2, 4, TOKENS, seed=5)
-    p2p = controller(cross_fraction=0.2, map_level=2)
-    cross(p2p, q, k, v, step=0, cond_or_uncond=(0,), level=1)
-    assert p2p.attention_maps() is None
+    p2p, run = controller(cross_fraction=0.2, map_level=2), edit_run(STEPS)
+    cross(p2p, q, k, v, step=0, cond_or_uncond=(0,), level=1, run=run)
+    assert p2p.recorded_maps(run).maps is None
     for step in range(3):
-        cross(p2p, q, k, v, step=step, cond_or_uncond=(0,), level=2)
+        cross(p2p, q, k, v, step=step, cond_or_uncond=(0,), level=2, run=run)
     expected = attention_probs(q, k, HEADS).mean(1).reshape(2, 2, 2, TOKENS)
-    torch.testing.assert_close(p2p.attention_maps(), expected)
-    torch.testing.assert_close(p2p.blend_sum, 3 * expected)
+    torch.testing.assert_close(p2p.recorded_maps(run).maps, expected)
+    torch.testing.assert_close(p2p.record(run).blend_sum, 3 * expected)
+    assert p2p.recorded_maps(edit_run(STEPS)).maps is None  # another run records its own
 
 
 def test_edited_maps_are_recorded_as_the_official_code_stores_them():
@@ -138,12 +141,13 @@ def test_edited_maps_are_recorded_as_the_official_code_stores_them():
     edited = torch.cat([own[:1], mapped.mean(1).reshape(1, 2, 2, TOKENS)])
     p2p = controller(cross_fraction=0.2, map_level=2, equalizer=eq, blend_maps="edited")
     target = controller(cross_fraction=0.2, map_level=2, equalizer=eq)
-    for engine in (p2p, target):
+    runs = {p2p: edit_run(STEPS), target: edit_run(STEPS)}
+    for engine, run in runs.items():
         for step in range(3):
-            cross(engine, q, k, v, step=step, cond_or_uncond=(0,), level=2)
-    torch.testing.assert_close(p2p.blend_sum, 2 * edited + own)
-    torch.testing.assert_close(p2p.attention_maps(), edited)
-    torch.testing.assert_close(target.blend_sum, 3 * own)
+            cross(engine, q, k, v, step=step, cond_or_uncond=(0,), level=2, run=run)
+    torch.testing.assert_close(p2p.record(runs[p2p]).blend_sum, 2 * edited + own)
+    torch.testing.assert_close(p2p.recorded_maps(runs[p2p]).maps, edited)
+    torch.testing.assert_close(target.record(runs[target]).blend_sum, 3 * own)
     with pytest.raises(ValueError, match="blend_maps"):
         PromptToPrompt(ReplaceMapping(swap_matrix()), blend_maps="own")
 
@@ -153,11 +157,12 @@ def test_local_blend_keeps_the_source_outside_the_union_of_word_masks():
     maps = torch.zeros(2, 4, 4, TOKENS)
     maps[0, 0, 0, 1] = 1.0
     maps[1, 3, 3, 2] = 1.0
-    p2p.blend_sum = maps
+    run = edit_run(STEPS)
+    p2p.record(run).blend_sum = maps
     x = torch.randn(2, 4, 8, 8)
-    assert torch.equal(p2p.after_step(1, x), x)
-    out = p2p.after_step(2, x)
-    mask = p2p.blend_mask[0, 0]
+    assert torch.equal(p2p.after_step(run, 1, x), x)
+    out = p2p.after_step(run, 2, x)
+    mask = p2p.recorded_maps(run).blend_mask[0, 0]
     expected = torch.zeros(8, 8, dtype=torch.bool)
     expected[0:4, 0:4] = True
     expected[4:8, 4:8] = True

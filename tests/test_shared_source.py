@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_calls import attention_call, edit_run
 
 from spdinv_pack.attention_patches.mutual_self_attention import AutoMask, MutualSelfAttention
 from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay
 from spdinv_pack.attention_patches.prompt_to_prompt import LocalBlend, PromptToPrompt, ReplaceMapping
+from spdinv_pack.attention_patches.run import EditRun
 from spdinv_pack.attention_patches.unet_layers import TransformerLayer
 from spdinv_pack.spdinv.branches import BranchLayout, Chunks
 
@@ -65,19 +67,23 @@ def full_and_shared(nq: int, nk: int, seed: int, kinds=(0, 1)):
 
 def same_on_kept_rows(method, nq: int, nk: int, seed: int, kinds=(0, 1)) -> None:
     (q, k, v), keep = full_and_shared(nq, nk, seed, kinds)
-    full = method(q, k, v, list(kinds))
-    shared = method(q[keep], k[keep], v[keep], Chunks(kinds, shared_source=True))
+    full = method(q, k, v, list(kinds), False)
+    shared = method(q[keep], k[keep], v[keep], list(kinds), True)
     torch.testing.assert_close(shared, full[keep], rtol=1e-5, atol=1e-6)
+
+
+def hook(engine, kind: str, run: EditRun):
+    """``method(q, k, v, chunks, shared_source)``: the engine's attention at step 0 of ``run``."""
+    return lambda q, k, v, c, shared: engine.attention(attention_call(kind, q, k, v, HEADS, layer(), run, 0, c, shared,
+                                                                      spatial=(3, 3)))
 
 
 @pytest.mark.parametrize("kinds", [(0, 1), (1, 0)], ids=["cond-first", "uncond-first"])
 def test_p2p_gives_the_kept_rows_what_the_full_call_gives_them(kinds):
     p2p = PromptToPrompt(ReplaceMapping(torch.eye(TOKENS).roll(1, 0)), cross_fraction=1.0, self_fraction=1.0,
                          blend=LocalBlend((1,), (2,)))
-    p2p.begin_run(10)
-    same_on_kept_rows(lambda q, k, v, c: p2p.cross_attention(q, k, v, HEADS, 0, c, layer(), (3, 3)), 9, TOKENS, 1,
-                      kinds)
-    same_on_kept_rows(lambda q, k, v, c: p2p.self_attention(q, k, v, HEADS, 0, c, layer(), (3, 3)), 9, 9, 2, kinds)
+    same_on_kept_rows(hook(p2p, "cross", edit_run(10)), 9, TOKENS, 1, kinds)
+    same_on_kept_rows(hook(p2p, "self", edit_run(10)), 9, 9, 2, kinds)
 
 
 @pytest.mark.parametrize("masks", ["none", "mask", "auto"])
@@ -86,16 +92,15 @@ def test_masactrl_gives_the_kept_rows_what_the_full_call_gives_them(masks):
     mask[1:, 1:] = 1
     masa = MutualSelfAttention(start_step=0.0, start_layer=0, mask=mask if masks == "mask" else None,
                                auto=AutoMask((1,), (2,), threshold=0.3) if masks == "auto" else None)
-    masa.begin_run(10, (IMAGES, 4, 3, 3))
+    run = edit_run(10, (IMAGES, 4, 3, 3))
     if masks == "auto":  # this step's maps, recorded from the conditional chunk of a full call
         (q, k, v), _ = full_and_shared(9, TOKENS, 3)
-        masa.cross_attention(q, k, v, HEADS, 0, [0, 1], layer(), (3, 3))
-    same_on_kept_rows(lambda q, k, v, c: masa.self_attention(q, k, v, HEADS, 0, c, layer(), (3, 3)), 9, 9, 4)
+        hook(masa, "cross", run)(q, k, v, [0, 1], False)
+    same_on_kept_rows(hook(masa, "self", run), 9, 9, 4)
 
 
 def test_pnp_gives_the_kept_rows_what_the_full_call_gives_them():
-    pnp = PlugAndPlay("x", feature_fraction=1.0, attention_fraction=1.0)
-    pnp.qk_layers = frozenset({layer().key})
-    pnp.begin_run(10)
-    same_on_kept_rows(lambda q, k, v, c: pnp.self_attention(q, k, v, HEADS, 0, c, layer(), (3, 3)), 9, 9, 5)
-    same_on_kept_rows(lambda q, k, v, c: pnp.inject_features(q, 0, c), 9, 9, 6)
+    pnp = PlugAndPlay("x", feature_fraction=1.0, attention_fraction=1.0, qk_layers=frozenset({layer().key}))
+    run = edit_run(10)
+    same_on_kept_rows(hook(pnp, "self", run), 9, 9, 5)
+    same_on_kept_rows(lambda q, k, v, c, shared: pnp.inject_features(q, run, 0, Chunks(c, shared)), 9, 9, 6)

@@ -1,0 +1,122 @@
+"""What the pack knows about each model family, as data: one :class:`Family` entry per family in :data:`FAMILIES`.
+
+An entry says which ComfyUI model configs it covers (``comfy.supported_models`` class names, matched along the
+config class's parents), how its attention sites are found (UNet transformer layers, or DiT block lists), how its
+tokens lie, its sampling grid, whether it takes size conditioning or distilled guidance, which editing engines
+run on it, and the engines' documented defaults on it. Nodes ask :meth:`Family.of` for a MODEL's family and read
+everything from it; adding a family is one entry (plus, for a new block layout, its ``blocks``). Duck-typed:
+nothing here imports ComfyUI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .dit_blocks import DiTBlock, dit_blocks
+from .unet_layers import TransformerLayer, transformer_layers
+
+P2P = "SPDInv Prompt-to-Prompt"
+MASACTRL = "SPDInv MasaCtrl"
+PNP = "SPDInv Plug-and-Play"
+ELITE = "SPDInv ELITE Mapper"
+MMDIT = "SPDInv MM-DiT Mutual Attention"
+
+UNET_DEFAULTS: dict[str, Any] = {
+    "p2p_self_min_level": 1,
+    "p2p_map_level": 2,
+    "masactrl_decoder_start": 1 / 3,
+    "masactrl_map_level": 2,
+    "pnp_feature_level": 2,
+    "pnp_feature_index": 1,
+}
+"""UNet families. P2P: self-attention replaced at half the latent's resolution and below (32×32 at SD1.5 512²),
+maps for local blend and the preview at a quarter (16×16), as the reference. MasaCtrl: from a third into the
+decoder's transformer layers (SD1.x 10 of 16, the paper's; SDXL 46 of 70), automatic masks from the quarter-
+resolution maps. PnP: features of the second block of the decoder stage at 1/32 of the image (SD1.x diffusers
+``up_blocks[1].resnets[1]``, the reference's)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family (see the module docstring). ``tokens``: ``"spatial"`` (UNet layers see an ``h×w`` grid),
+    ``"joint"`` (MM-DiT: text and image tokens attend together) or ``"joint+single"`` (double-stream then
+    single-stream blocks). ``blocks``: a DiT's ``(dit patch kind, attribute)`` block lists in forward order.
+    ``grid``: the scheduler of the ``auto`` inversion grid."""
+
+    name: str
+    configs: tuple[str, ...] = ()
+    tokens: str = "spatial"
+    blocks: tuple[tuple[str, str], ...] = ()
+    grid: str | None = None
+    size_conditioning: bool = False
+    distilled_guidance: bool = False
+    engines: tuple[str, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_unet(self) -> bool:
+        return self.tokens == "spatial"
+
+    def sites(self, diffusion_model: Any) -> list[TransformerLayer] | list[DiTBlock]:
+        """The model's attention sites in forward order: UNet transformer layers or DiT blocks."""
+        if self.is_unet:
+            return transformer_layers(diffusion_model)
+        return dit_blocks(diffusion_model, self.blocks)
+
+    def default(self, key: str) -> Any:
+        """A documented engine default on this family (``KeyError`` names the family)."""
+        if key not in self.defaults:
+            raise KeyError(f"{self.name} has no default {key!r}")
+        return self.defaults[key]
+
+    def require(self, engine: str) -> None:
+        """Refuse an engine this family does not run, naming the families it runs on and the engine that fits."""
+        if engine in self.engines:
+            return
+        runs_on = ", ".join(f.name for f in FAMILIES if engine in f.engines)
+        fits = " or ".join(e for e in self.engines if e != ELITE)
+        advice = f"use {fits}" if fits else ("no SPDInv editing engine supports it yet; SPDInv Invert and the Edit "
+                                             "Sampler without an engine still work")
+        raise ValueError(f"model: {engine} runs on {runs_on}; this model is {self.name}: {advice}")
+
+    def matches(self, diffusion_model: Any) -> bool:
+        """Whether ``diffusion_model`` has this family's structure (for models of configs no entry names)."""
+        if self.is_unet:
+            return all(hasattr(diffusion_model, a) for a in ("input_blocks", "output_blocks"))
+        return all(hasattr(diffusion_model, attribute) for _, attribute in self.blocks)
+
+    @staticmethod
+    def of(model_patcher: Any) -> Family:
+        """The family of a MODEL: by its config class (or a parent of it), else by the diffusion model's
+        structure (named "<config> (<family>-like)"), else a family that supports no engine."""
+        config = getattr(getattr(model_patcher, "model", None), "model_config", None)
+        names = [cls.__name__ for cls in type(config).__mro__] if config is not None else []
+        for name in names:
+            for family in FAMILIES:
+                if name in family.configs:
+                    return family
+        diffusion_model = model_patcher.get_model_object("diffusion_model")
+        label = names[0] if names else type(diffusion_model).__name__
+        for family in FAMILIES:
+            if family.matches(diffusion_model):
+                return replace(family, name=f"{label} ({family.name}-like)")
+        return Family(label, tokens="unknown")
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("SD1.x", ("SD15",), grid="ddim_uniform", engines=(P2P, MASACTRL, PNP, ELITE), defaults=UNET_DEFAULTS),
+    Family("SD2.x", ("SD20",), grid="ddim_uniform", engines=(P2P, MASACTRL, PNP), defaults=UNET_DEFAULTS),
+    Family("SDXL", ("SDXL", "SDXLRefiner"), grid="ddim_uniform", size_conditioning=True,
+           engines=(P2P, MASACTRL, PNP), defaults=UNET_DEFAULTS),
+    Family("SD3.x", ("SD3",), tokens="joint", blocks=(("double_block", "joint_blocks"),), grid="simple",
+           engines=(MMDIT,), defaults={"mmdit_start_block": 0.5}),
+    Family("Flux.1", ("Flux",), tokens="joint+single",
+           blocks=(("double_block", "double_blocks"), ("single_block", "single_blocks")), grid="simple",
+           distilled_guidance=True, engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
+)
+"""The families the pack knows; the first entry naming a config class (or a parent of it) is the model's.
+
+MM-DiT start blocks: SD3.x shares from half its joint blocks on; Flux.1 from 0.65 of its 57 blocks, the last 20 of
+its 38 single-stream blocks, the block range where RF-Solver-Edit shares values. Sharing keys and values from a
+start step is MasaCtrl's rule, as KV-Edit carries it to flow transformers."""
