@@ -4,14 +4,15 @@ A patch (UNet replace patch, DiT attention override) turns what ComfyUI hands it
 the projected q, k, v and head count, which attention it is (``self``, ``cross`` or MM-DiT ``joint``) and where
 (the site: a UNet layer or a DiT block), the edit run and step it belongs to, the call's CFG chunks, and the
 attention to run: the host's (``plain``) or, where another node had patched the site first, that node's
-(``inner``), so both act. ``spatial`` (UNet: the layer's ``(h, w)``) or ``image_tokens`` (DiT: how many of the
-tokens, the last ones, are image tokens, along ``token_dim``) says how the tokens lie.
+(``inner``), so both act. ``spatial`` (UNet: the layer's ``(h, w)``) or ``image`` (DiT: the ``(start, stop)`` range
+of the image tokens along ``token_dim``; text and reference-image tokens lie outside it) says how the tokens lie.
+A pre-attention hook (ComfyUI's DiT ``attn1_patch``) has no attention to run: ``plain`` is ``None`` there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,16 +38,16 @@ class AttentionCall:
     site: Any
     run: EditRun | None
     chunks: Chunks
-    plain: Attend3
+    plain: Attend3 | None
     inner: Attend3 | None = None
     spatial: tuple[int, int] | None = None
-    image_tokens: int | None = None
+    image: tuple[int, int] | None = None
     token_dim: int = 1
     step: int | None = None
 
     @classmethod
     def of(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, kind: str, site: Any,
-           transformer_options: dict[str, Any], plain: Attend3, inner: Attend3 | None = None,
+           transformer_options: dict[str, Any], plain: Attend3 | None, inner: Attend3 | None = None,
            **layout: Any) -> AttentionCall:
         """The call whose ComfyUI ``transformer_options`` are given: its run, step and chunks read from them."""
         run = EditRun.of(transformer_options)
@@ -84,5 +85,7 @@ class AttentionCall:
         """The call's rows as source and target per CFG chunk; ``engine`` names the caller in the error."""
         return BranchLayout.of_call(self.q.shape[0], self.chunks, engine)
 
-    def with_(self, **changes: Any) -> AttentionCall:
-        return replace(self, **changes)
+    def image_tokens(self) -> slice:
+        """The image tokens along ``token_dim`` (every token when the call says nothing: an image-only attention)."""
+        tokens = self.k.shape[self.token_dim]
+        return slice(0, tokens) if self.image is None else slice(*self.image)

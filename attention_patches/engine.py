@@ -74,6 +74,11 @@ class EditEngine:
     def joint_attention(self, call: AttentionCall) -> torch.Tensor:
         return call.attend()
 
+    def pre_attention(self, call: AttentionCall) -> dict[str, torch.Tensor]:
+        """A DiT pre-attention hook (ComfyUI's ``attn1_patch``): replacements for the call's ``q``/``k``/``v``,
+        which the host then attends with its own attention (nothing by default)."""
+        return {}
+
     def after_step(self, run: EditRun, step: int, x: torch.Tensor) -> torch.Tensor:
         """The stacked latent ``[source rows, target rows]`` after step ``step`` of ``run``."""
         return x

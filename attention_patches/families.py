@@ -42,7 +42,10 @@ class Family:
     """One model family (see the module docstring). ``tokens``: ``"spatial"`` (UNet layers see an ``h×w`` grid),
     ``"joint"`` (MM-DiT: text and image tokens attend together) or ``"joint+single"`` (double-stream then
     single-stream blocks). ``blocks``: a DiT's ``(dit patch kind, attribute)`` block lists in forward order.
-    ``grid``: the scheduler of the ``auto`` inversion grid."""
+    ``grid``: the scheduler of the ``auto`` inversion grid. ``hook``: the host's pre-attention hook the DiT engine is
+    installed through where this ComfyUI's blocks call it (``"attn1_patch"``), else block patches.
+    ``distilled_guidance``: the model takes its guidance as an input (FluxGuidance) and runs at CFG 1; ``None``: read
+    from the model (a ``guidance_in`` embedder, as Flux.2 dev has and Klein has not)."""
 
     name: str
     configs: tuple[str, ...] = ()
@@ -50,7 +53,8 @@ class Family:
     blocks: tuple[tuple[str, str], ...] = ()
     grid: str | None = None
     size_conditioning: bool = False
-    distilled_guidance: bool = False
+    distilled_guidance: bool | None = False
+    hook: str | None = None
     engines: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +67,12 @@ class Family:
         if self.is_unet:
             return transformer_layers(diffusion_model)
         return dit_blocks(diffusion_model, self.blocks)
+
+    def guidance_distilled(self, diffusion_model: Any) -> bool:
+        """Whether this model takes distilled guidance (see ``distilled_guidance``)."""
+        if self.distilled_guidance is None:
+            return bool(getattr(getattr(diffusion_model, "params", None), "guidance_embed", False))
+        return self.distilled_guidance
 
     def default(self, key: str) -> Any:
         """A documented engine default on this family (``KeyError`` names the family)."""
@@ -84,7 +94,7 @@ class Family:
         """Whether ``diffusion_model`` has this family's structure (for models of configs no entry names)."""
         if self.is_unet:
             return all(hasattr(diffusion_model, a) for a in ("input_blocks", "output_blocks"))
-        return all(hasattr(diffusion_model, attribute) for _, attribute in self.blocks)
+        return bool(self.blocks) and all(hasattr(diffusion_model, attribute) for _, attribute in self.blocks)
 
     @staticmethod
     def of(model_patcher: Any) -> Family:
@@ -104,6 +114,8 @@ class Family:
         return Family(label, tokens="unknown")
 
 
+FLUX_BLOCKS = (("double_block", "double_blocks"), ("single_block", "single_blocks"))
+
 FAMILIES: tuple[Family, ...] = (
     Family("SD1.x", ("SD15",), grid="ddim_uniform", engines=(P2P, MASACTRL, PNP, ELITE), defaults=UNET_DEFAULTS),
     Family("SD2.x", ("SD20",), grid="ddim_uniform", engines=(P2P, MASACTRL, PNP), defaults=UNET_DEFAULTS),
@@ -111,12 +123,24 @@ FAMILIES: tuple[Family, ...] = (
            engines=(P2P, MASACTRL, PNP), defaults=UNET_DEFAULTS),
     Family("SD3.x", ("SD3",), tokens="joint", blocks=(("double_block", "joint_blocks"),), grid="simple",
            engines=(MMDIT,), defaults={"mmdit_start_block": 0.5}),
-    Family("Flux.1", ("Flux",), tokens="joint+single",
-           blocks=(("double_block", "double_blocks"), ("single_block", "single_blocks")), grid="simple",
-           distilled_guidance=True, engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
+    Family("Flux.1", ("Flux",), tokens="joint+single", blocks=FLUX_BLOCKS, grid="simple", distilled_guidance=True,
+           hook="attn1_patch", engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
+    Family("Flux.2", ("Flux2",), tokens="joint+single", blocks=FLUX_BLOCKS, grid="simple", distilled_guidance=None,
+           hook="attn1_patch", engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
+    Family("Chroma", ("Chroma",), tokens="joint+single", blocks=FLUX_BLOCKS, grid="simple", hook="attn1_patch",
+           engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
+    Family("Qwen-Image", ("QwenImage",), tokens="joint", blocks=(("double_block", "transformer_blocks"),),
+           grid="simple", hook="attn1_patch", engines=(MMDIT,), defaults={"mmdit_start_block": 0.5}),
+    Family("Z-Image", ("ZImage",), tokens="joint", grid="simple"),
+    Family("HiDream", ("HiDream",), tokens="joint+single", grid="simple"),
+    Family("Wan", ("WAN21_T2V",), tokens="video", grid="simple"),
 )
-"""The families the pack knows; the first entry naming a config class (or a parent of it) is the model's.
+"""The families the pack knows. A model's family is the entry naming its config class, else the nearest parent
+class an entry names (Flux.2's config is a child of Flux.1's); a model of no named config takes the first entry
+whose structure it has.
 
 MM-DiT start blocks: SD3.x shares from half its joint blocks on; Flux.1 from 0.65 of its 57 blocks, the last 20 of
 its 38 single-stream blocks, the block range where RF-Solver-Edit shares values. Sharing keys and values from a
-start step is MasaCtrl's rule, as KV-Edit carries it to flow transformers."""
+start step is MasaCtrl's rule, as KV-Edit carries it to flow transformers. Flux.2 and Chroma (Flux's double- then
+single-stream layout) take Flux.1's depth, Qwen-Image (joint blocks only) SD3.x's: by analogy, not yet measured on
+real weights. Z-Image, HiDream and Wan invert (any flow model does) but have no editing engine yet."""

@@ -59,20 +59,27 @@ class JointMutualAttention(EditEngine):
     def controls(self, block: DiTBlock) -> tuple[str, ...]:
         return ("joint",) if block.order >= self.start_block else ()
 
-    def joint_attention(self, call: AttentionCall) -> torch.Tensor:
-        """One joint attention call: rows first, tokens along ``call.token_dim``, the last ``call.image_tokens``
-        of them image tokens (all of them in an image-only attention)."""
+    def shared_keys_values(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+        """The call's keys and values with the target rows' image tokens taken from their source rows (rows first,
+        tokens along ``call.token_dim``), or the call's own outside the run's window and blocks."""
         if not call.from_(self.start_step) or call.site.order < self.start_block:
-            return call.attend()
-        q, k, v = call.q, call.k, call.v
+            return call.k, call.v
+        k, v = call.k, call.v
         layout = call.layout(self.name)
-        source, target = layout.source_rows().to(q.device), layout.target_rows().to(q.device)
-        tokens = k.shape[call.token_dim]
-        image = slice(tokens - min(call.image_tokens or tokens, tokens), tokens)
-        lead = (slice(None),) * (call.token_dim - 1)
+        source, target = layout.source_rows().to(k.device), layout.target_rows().to(k.device)
+        index = (*(slice(None),) * (call.token_dim - 1), call.image_tokens())
         v = v.clone()
-        v[(target, *lead, image)] = v[(source, *lead, image)]
+        v[(target, *index)] = v[(source, *index)]
         if self.share == "keys and values":
             k = k.clone()
-            k[(target, *lead, image)] = k[(source, *lead, image)]
-        return call.attend(q, k, v)
+            k[(target, *index)] = k[(source, *index)]
+        return k, v
+
+    def joint_attention(self, call: AttentionCall) -> torch.Tensor:
+        """One joint attention call, attended with :meth:`shared_keys_values`."""
+        return call.attend(call.q, *self.shared_keys_values(call))
+
+    def pre_attention(self, call: AttentionCall) -> dict[str, torch.Tensor]:
+        """ComfyUI's DiT ``attn1_patch``: the shared keys and values, to attend with the host's own attention."""
+        k, v = self.shared_keys_values(call)
+        return {} if k is call.k and v is call.v else {"k": k, "v": v}

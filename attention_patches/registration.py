@@ -4,8 +4,10 @@ Duck-typed on ComfyUI's ``ModelPatcher`` (``clone``, ``get_model_object``, ``set
 ``set_model_attn2_replace``, ``set_model_patch_replace``, ``add_wrapper_with_key``, ``model_options``): nothing
 here imports ComfyUI. UNet engines become ``attn1``/``attn2`` replace patches (:class:`AttentionPatch`), DiT
 engines ``dit`` block replace patches that set an attention override for the block (:class:`JointBlockPatch`);
-both hand the engine one :class:`~.attention_call.AttentionCall`. Another node's patch already on a site stays as
-that site's inner attention, so both act. The patches hold only the (immutable) engine and their site: clones
+both hand the engine one :class:`~.attention_call.AttentionCall`. Where the family and this ComfyUI have the DiT
+pre-attention hook (``attn1_patch``), the engine is installed through it instead (:class:`PreAttentionPatch`; other
+nodes' hooks in the same list run before or after it). Another node's patch already on a site stays as that site's
+inner attention, so both act. The patches hold only the (immutable) engine and their site: clones
 may share them (ComfyUI after 0.3.64 copies only dicts and lists), and the run comes with each call.
 """
 
@@ -18,7 +20,7 @@ import torch
 
 from ..spdinv.branches import Chunks
 from .attention_call import AttentionCall
-from .dit_blocks import DiTBlock
+from .dit_blocks import DiTBlock, calls_pre_attention_patch
 from .engine import EditEngine
 from .families import Family
 from .run import RUN_KEY, EditRun
@@ -80,9 +82,11 @@ class JointAttentionOverride:
             return func(q, k, v, *rest, **kwargs)
 
         inner = None if self.previous is None else (lambda q, k, v: self.previous(func, q, k, v, *rest, **kwargs))
+        token_dim = 2 if kwargs.get("skip_reshape") else 1
+        tokens = k.shape[token_dim]
         call = AttentionCall.of(q, k, v, heads, "joint", self.block, kwargs.get("transformer_options") or {},
-                                plain, inner, image_tokens=self.image_tokens,
-                                token_dim=2 if kwargs.get("skip_reshape") else 1)
+                                plain, inner, image=(tokens - min(self.image_tokens, tokens), tokens),
+                                token_dim=token_dim)
         return self.engine.attention(call)
 
 
@@ -100,6 +104,24 @@ class JointBlockPatch(EnginePatch):
         if self.inner is not None:
             return self.inner(args, extra)
         return extra["original_block"](args)
+
+
+class PreAttentionPatch(EnginePatch):
+    """ComfyUI's DiT pre-attention hook (``attn1_patch``, Flux/Flux.2/Chroma/Qwen-Image blocks since ComfyUI 0.3.7x):
+    one patch for the whole model, called by every block with ``q``, ``k``, ``v`` ``[B, heads, tokens, dim]`` (text
+    tokens first, then the image, then reference images) before RoPE; returns the tensors to replace. ``site`` maps
+    ``(block_type, block_index)`` to the engine's blocks."""
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pe: Any = None, attn_mask: Any = None,
+                 extra_options: dict | None = None) -> dict[str, torch.Tensor]:
+        options = extra_options or {}
+        block = self.site.get((f"{options.get('block_type')}_block", options.get("block_index")))
+        if block is None or EditRun.of(options) is None:
+            return {}
+        start, stop = options.get("img_slice", (0, k.shape[2]))
+        stop -= sum(options.get("reference_image_num_tokens", ()))
+        call = AttentionCall.of(q, k, v, q.shape[1], "joint", block, options, None, image=(start, stop), token_dim=2)
+        return self.engine.pre_attention(call)
 
 
 def call_options(args: tuple, kwargs: dict) -> dict | None:
@@ -175,6 +197,9 @@ def attach_engine(model_patcher: Any, engine: EditEngine, host_attention: HostAt
             for kind in engine.controls(layer):
                 inner = _inner_attention(patched, kind, layer)
                 register[kind](AttentionPatch(engine, layer, kind, host_attention, inner), *layer.key)
+    elif family.hook == "attn1_patch" and calls_pre_attention_patch(diffusion_model, family.blocks):
+        patched.set_model_attn1_patch(PreAttentionPatch(engine, {(b.kind, b.index): b for b in sites
+                                                                 if engine.controls(b)}))
     else:
         existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         for block in sites:

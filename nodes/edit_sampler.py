@@ -82,7 +82,7 @@ class SPDInvEditSampler(io.ComfyNode):
             logging.warning(f"SPDInv Edit Sampler: the null-text embeddings were tuned for CFG {null_text.cfg:g} "
                             f"but cfg is {cfg:g}; the source branch will not retrace the inversion exactly")
         family = Family.of(model)
-        if family.distilled_guidance and abs(cfg - 1.0) > 1e-6:
+        if family.guidance_distilled(model.get_model_object("diffusion_model")) and abs(cfg - 1.0) > 1e-6:
             logging.warning(f"SPDInv Edit Sampler: {family.name} is guidance-distilled (its guidance comes "
                             f"from FluxGuidance on the prompts); cfg {cfg:g} also runs true CFG against the "
                             "negative: set cfg 1 unless that is what you want")

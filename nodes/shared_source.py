@@ -32,7 +32,7 @@ def can_share_source(model_options: Mapping[str, Any]) -> bool:
     if model_options.get("model_function_wrapper") is not None:
         return False
     options = model_options.get("transformer_options", {})
-    if any(options.get("patches", {}).values()):
+    if any(not isinstance(p, EnginePatch) for patches in options.get("patches", {}).values() for p in patches):
         return False
     for patches in options.get("patches_replace", {}).values():
         if any(not isinstance(p, EnginePatch) or p.inner is not None for p in patches.values()):

@@ -69,6 +69,9 @@ class FakePatcher:
     def set_model_attn2_replace(self, patch: Any, block: str, number: int, index: int | None = None):
         self.set_model_patch_replace(patch, "attn2", block, number, index)
 
+    def set_model_attn1_patch(self, patch: Any):
+        self.model_options["transformer_options"].setdefault("patches", {}).setdefault("attn1_patch", []).append(patch)
+
     def add_wrapper_with_key(self, wrapper_type: str, key: str, wrapper: Any):
         wrappers = self.model_options["transformer_options"].setdefault("wrappers", {})
         wrappers.setdefault(wrapper_type, {}).setdefault(key, []).append(wrapper)

@@ -16,6 +16,7 @@ from spdinv_pack.attention_patches.registration import (
     WRAPPER_KEY,
     EditCallWrapper,
     JointBlockPatch,
+    PreAttentionPatch,
     attach_engine,
 )
 from spdinv_pack.attention_patches.run import RUN_KEY, EditRun
@@ -37,6 +38,22 @@ class FluxLike(nn.Module):
         self.single_blocks = nn.ModuleList(nn.Identity() for _ in range(3))
 
 
+class HookedBlock(nn.Module):
+    """A block whose forward calls ComfyUI's DiT pre-attention hook, as 0.33's Flux blocks do."""
+
+    def forward(self, x, transformer_options):
+        for patch in transformer_options.get("patches", {}).get("attn1_patch", []):
+            patch(x, x, x, extra_options=transformer_options)
+        return x
+
+
+class HookedFlux(FluxLike):
+    def __init__(self):
+        super().__init__()
+        self.double_blocks = nn.ModuleList(HookedBlock() for _ in range(2))
+        self.single_blocks = nn.ModuleList(HookedBlock() for _ in range(3))
+
+
 class SD3Like(nn.Module):
     def __init__(self):
         super().__init__()
@@ -46,7 +63,11 @@ class SD3Like(nn.Module):
 def test_a_model_is_matched_by_its_config_class_or_a_parent_of_it():
     sdxl = type("SDXL", (), {})
     assert Family.of(FakePatcher(sd15_like(), config("SSD1B", sdxl))).name == "SDXL"
-    assert Family.of(FakePatcher(FluxLike(), config("FluxSchnell", type("Flux", (), {})))).name == "Flux.1"
+    flux = type("Flux", (), {})
+    assert Family.of(FakePatcher(FluxLike(), config("FluxSchnell", flux))).name == "Flux.1"
+    assert Family.of(FakePatcher(FluxLike(), config("Flux2", flux))).name == "Flux.2"
+    chroma = Family.of(FakePatcher(FluxLike(), config("Chroma")))
+    assert chroma.name == "Chroma" and not chroma.guidance_distilled(FluxLike())
     family = Family.of(FakePatcher(sd15_like(), config("SD15")))
     assert family.name == "SD1.x" and family.grid == "ddim_uniform" and not family.size_conditioning
     assert family.default("masactrl_decoder_start") == pytest.approx(1 / 3)
@@ -69,8 +90,8 @@ def test_refusals_name_the_engine_that_fits():
                                          "use SPDInv MM-DiT Mutual Attention"):
         attach_engine(sd3, MutualSelfAttention(), None, "wrapper")
     sd15 = FakePatcher(sd15_like(), config("SD15"))
-    with pytest.raises(ValueError, match="runs on SD3.x, Flux.1; this model is SD1.x: use SPDInv Prompt-to-Prompt "
-                                         "or SPDInv MasaCtrl or SPDInv Plug-and-Play"):
+    with pytest.raises(ValueError, match="runs on SD3.x, Flux.1, Flux.2, Chroma, Qwen-Image; this model is SD1.x: "
+                                         "use SPDInv Prompt-to-Prompt or SPDInv MasaCtrl or SPDInv Plug-and-Play"):
         attach_engine(sd15, JointMutualAttention(0.1, 0), None, "wrapper")
 
 
@@ -111,3 +132,29 @@ def test_the_wrapper_tells_a_run_its_image_tokens_and_leaves_calls_outside_a_run
     assert isinstance(seen[-1], EditRun) and seen[-1].image_tokens == 3 * 3 and seen[-1].records is run.records
     wrapper(executor, torch.zeros(2, 16, 6, 5), {"cond_or_uncond": [0]})
     assert seen[-1] is None
+
+
+def test_flux2_reads_distilled_guidance_from_the_model():
+    flux2 = next(f for f in FAMILIES if f.name == "Flux.2")
+    dev, klein = FluxLike(), FluxLike()
+    dev.params = type("Params", (), {"guidance_embed": True})()
+    klein.params = type("Params", (), {"guidance_embed": False})()
+    assert flux2.guidance_distilled(dev) and not flux2.guidance_distilled(klein)
+
+
+def test_where_the_blocks_call_the_pre_attention_hook_the_engine_is_one_attn1_patch_on_the_image_tokens():
+    patched = attach_engine(FakePatcher(HookedFlux(), config("Flux")), JointMutualAttention(0.0, 3), None, "wrapper")
+    options = patched.model_options["transformer_options"]
+    assert "dit" not in options.get("patches_replace", {})
+    (patch,) = options["patches"]["attn1_patch"]
+    assert isinstance(patch, PreAttentionPatch) and sorted(patch.site) == [("single_block", 1), ("single_block", 2)]
+    q, k, v = (torch.randn(2, 1, 3 + 4 + 2, 8) for _ in range(3))  # 3 text, 4 image, 2 reference tokens
+    run = edit_run(4)
+    call = {RUN_KEY: run, "sigmas": run.grid[1:2], "cond_or_uncond": [0], "img_slice": [3, 9],
+            "reference_image_num_tokens": [2]}
+    assert patch(q, k, v, extra_options={**call, "block_type": "single", "block_index": 0}) == {}  # not controlled
+    assert patch(q, k, v, extra_options={**call, "block_type": "single", "block_index": 1, RUN_KEY: None}) == {}
+    out = patch(q, k, v, extra_options={**call, "block_type": "single", "block_index": 1})
+    assert torch.equal(out["k"][1, :, 3:7], k[0, :, 3:7]) and torch.equal(out["v"][1, :, 3:7], v[0, :, 3:7])
+    assert torch.equal(out["k"][1, :, :3], k[1, :, :3]) and torch.equal(out["v"][1, :, 7:], v[1, :, 7:])
+    assert torch.equal(out["k"][0], k[0])

@@ -26,10 +26,10 @@ def qkv(rows: int, token_dim: int = 1):
     return (torch.randn(shape) for _ in range(3))
 
 
-def joint(engine, q, k, v, step, chunks, block, token_dim=1, run=RUN):
-    """One joint attention call at ``block`` (its order) of ``run``."""
+def joint(engine, q, k, v, step, chunks, block, token_dim=1, run=RUN, image=(TEXT, TEXT + IMAGE)):
+    """One joint attention call at ``block`` (its order) of ``run``, its image tokens at ``image``."""
     call = AttentionCall(q, k, v, 2, "joint", DiTBlock("double_block", block, block), run, chunks, seen,
-                         image_tokens=IMAGE, token_dim=token_dim, step=step)
+                         image=image, token_dim=token_dim, step=step)
     return engine.attention(call)
 
 
@@ -73,7 +73,7 @@ def test_before_the_start_step_in_earlier_blocks_and_outside_a_run_attention_is_
 def test_image_only_attention_shares_all_its_tokens():
     engine = JointMutualAttention(0.0, 0)
     q, k, v = (t[:, TEXT:] for t in qkv(2))
-    out_k, _ = joint(engine, q, k, v, 0, Chunks([0]), 0)
+    out_k, _ = joint(engine, q, k, v, 0, Chunks([0]), 0, image=(0, IMAGE))  # as the override gives it
     assert torch.equal(out_k[1], k[0])
 
 
