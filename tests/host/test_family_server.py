@@ -42,24 +42,36 @@ def edit(g: ApiGraph, model: Any, inversion: NodeRef, source: Any, target: Any, 
     return g.add("SPDInvEditSampler", model=model, inversion=inversion, source=source, target=target, cfg=cfg)
 
 
+def loaded(g: ApiGraph, checkpoint: str, latent_file: str, source: str, target: str) -> tuple[NodeRef, ...]:
+    """``(model, clip, latent, source, target)``: the checkpoint, the photo's ``.latent`` file and both prompts."""
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
+    clip = ckpt[1]
+    latent = g.add("LoadLatent", latent=latent_file)
+    return ckpt, clip, latent, g.add("CLIPTextEncode", text=source, clip=clip), g.add("CLIPTextEncode", text=target,
+                                                                                      clip=clip)
+
+
+def reconstructions(g: ApiGraph, model: Any, source: Any, photo: Any, steps_list: tuple[int, ...],
+                    saved: dict[str, str], prefix: str) -> dict[tuple[str, int], NodeRef]:
+    """Plain (``ddim``) and SPDInv inversions at each step count, each reconstructed at CFG 1 and saved as
+    ``recon <method> <steps>``; returns the inversions."""
+    inversions: dict[tuple[str, int], NodeRef] = {}
+    for steps, method in itertools.product(steps_list, ("ddim", "spdinv")):
+        inversions[method, steps] = invert(g, model, source, photo, steps, method)
+        recon = edit(g, model, inversions[method, steps], source, source, cfg=1.0)
+        saved[f"recon {method} {steps}"] = save(g, recon[1], f"{prefix}recon_{method}_{steps}")
+    return inversions
+
+
 def family_prompt(checkpoint: str, latent_file: str, object_info: dict) -> tuple[dict, dict[str, str]]:
     """The whole check as one prompt, and which SaveLatent node holds which result."""
     g = ApiGraph()
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
-    model, clip = ckpt, ckpt[1]
-    latent = g.add("LoadLatent", latent=latent_file)
-    source = g.add("CLIPTextEncode", text=SOURCE, clip=clip)
-    target = g.add("CLIPTextEncode", text=TARGET, clip=clip)
+    model, clip, latent, source, target = loaded(g, checkpoint, latent_file, SOURCE, TARGET)
     ksampler = dict(model=model, seed=0, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal",
                     positive=source, negative=source)
     before = g.add("KSampler", latent_image=latent, **ksampler)
     saved: dict[str, str] = {"ksampler before": save(g, before, "ksampler_before")}
-    photo = after(g, latent, [before])
-    inversions: dict[tuple[str, int], NodeRef] = {}
-    for steps, method in itertools.product(RECONSTRUCTION_STEPS, ("ddim", "spdinv")):
-        inversions[method, steps] = invert(g, model, source, photo, steps, method)
-        recon = edit(g, model, inversions[method, steps], source, source, cfg=1.0)
-        saved[f"recon {method} {steps}"] = save(g, recon[1], f"recon_{method}_{steps}")
+    inversions = reconstructions(g, model, source, after(g, latent, [before]), RECONSTRUCTION_STEPS, saved, "")
     inversion = inversions["spdinv", EDIT_STEPS]
     edits: list[NodeRef] = []
     for name, settings in {"identity": dict(target_text=SOURCE),

@@ -9,7 +9,6 @@ VAE's own latents are far too small to judge reconstruction on).
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 
@@ -21,8 +20,8 @@ from spdinv_pack.tests.host import factory
 from spdinv_pack.tests.host.test_family_server import (
     after,
     check_reconstruction_gain,
-    edit,
-    invert,
+    loaded,
+    reconstructions,
     save,
     saved_latents,
 )
@@ -37,22 +36,13 @@ CFG = 4.0
 
 def flow_prompt(checkpoint: str, latent_file: str, object_info: dict) -> tuple[dict, dict[str, str]]:
     g = ApiGraph()
-    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
-    model, clip = ckpt, ckpt[1]
-    latent = g.add("LoadLatent", latent=latent_file)
-    source = g.add("CLIPTextEncode", text=SOURCE, clip=clip)
-    target = g.add("CLIPTextEncode", text=TARGET, clip=clip)
+    model, clip, latent, source, target = loaded(g, checkpoint, latent_file, SOURCE, TARGET)
     empty = g.add("CLIPTextEncode", text="", clip=clip)
     ksampler = dict(model=model, seed=0, steps=2, cfg=CFG, sampler_name="euler", scheduler="simple",
                     positive=source, negative=empty)
     before = g.add("KSampler", latent_image=latent, **ksampler)
     saved = {"ksampler before": save(g, before, "flow_ksampler_before")}
-    photo = after(g, latent, [before])
-    inversions = {}
-    for steps, method in itertools.product(RECONSTRUCTION_STEPS, ("ddim", "spdinv")):
-        inversions[method, steps] = invert(g, model, source, photo, steps, method)
-        recon = edit(g, model, inversions[method, steps], source, source, cfg=1.0)
-        saved[f"recon {method} {steps}"] = save(g, recon[1], f"flow_recon_{method}_{steps}")
+    inversions = reconstructions(g, model, source, after(g, latent, [before]), RECONSTRUCTION_STEPS, saved, "flow_")
     mutual = g.add("MMDiTMutualAttention", model=model)
     edits = []
     for name, prompt, negative in (("identity", source, {}), ("edit", target, {"negative": empty})):
