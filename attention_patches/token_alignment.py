@@ -56,25 +56,6 @@ class PromptTokens:
         return list(range(1, self.n_tokens + 1))
 
 
-def tokenize_prompt(text: str, tokenize: TokenizeFn, length: int = WINDOW) -> PromptTokens:
-    """Tokenize ``text`` word by word, checking that it fits the window and that words and tokens line up.
-
-    Words are tokenized one at a time so that each token is known to belong to one word; this is only valid
-    when the word-wise tokens equal those of the whole text, which weight syntax or embeddings would break.
-    """
-    full = list(tokenize(text))
-    if len(full) > length - 2:
-        raise ValueError(f"the prompt has {len(full)} tokens, the maximum is {length - 2}; shorten it: {text!r}")
-    words = tuple(text.split())
-    word_tokens = tuple(tuple(tokenize(word)) for word in words)
-    if [t for tokens in word_tokens for t in tokens] != full:
-        raise ValueError(
-            f"the prompt's words could not be matched to its tokens: {text!r}; avoid weight syntax like "
-            "(word:1.2) and embeddings in Prompt-to-Prompt prompts"
-        )
-    return PromptTokens(text=text, words=words, word_tokens=word_tokens, length=length)
-
-
 def _word_starts(prompt: PromptTokens) -> list[int]:
     """Indices into ``prompt.ids`` where a word begins (words that have no tokens are skipped)."""
     starts, offset = [], 0

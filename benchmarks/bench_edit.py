@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CUDA when available, else CPU (ComfyUI started with --cpu)")
     p.add_argument("--checkpoint", type=Path,
-                   help="SD checkpoint file (default: the random-weight SD1.5 of tests/host/factory.py)")
+                   help="SD checkpoint file (default: the random-weight SD1.5 of tests/host/factory/)")
     p.add_argument("--image", type=Path, help="photo to invert (default: synthetic); see bench_inversion.py")
     p.add_argument("--latent", choices=("auto", "vae", "sd-like"), default="auto",
                    help="what to invert, as in bench_inversion.py (auto: sd-like on the random checkpoint)")

@@ -49,7 +49,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="ComfyUI checkout (default: $COMFYUI_PATH)")
     p.add_argument("--python", default=sys.executable, help="interpreter that runs ComfyUI (default: this one)")
     p.add_argument("--checkpoint", type=Path, default=None,
-                   help="SD1.x checkpoint file (default: the random-weight SD1.5 of tests/host/factory.py)")
+                   help="SD1.x checkpoint file (default: the random-weight SD1.5 of tests/host/factory/)")
     p.add_argument("--workflow", default="p2p", choices=sorted(TARGETS),
                    help="shipped workflow whose API twin (workflows/api/) is run")
     p.add_argument("--target-template", default=None,

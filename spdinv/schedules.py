@@ -7,32 +7,6 @@ import math
 import torch
 
 
-def sd_train_sigmas(
-    timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
-) -> torch.Tensor:
-    """Training sigmas ``sqrt((1 - a) / a)`` of Stable Diffusion's scaled-linear schedule (ascending)."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
-    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-    return ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt().float()
-
-
-def ddim_uniform_sigmas(train_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
-    """The ``ddim_uniform`` grid of ComfyUI: every ``len // steps``-th training sigma from index 1, descending,
-    ending in 0. For 50 steps on a 1000-step schedule these are timesteps 981, 961, ..., 1 (diffusers' DDIM)."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    sigmas = [float(s) for s in train_sigmas]
-    start = 1
-    grid: list[float] = []
-    if math.isclose(sigmas[start], 0.0, abs_tol=1e-5):
-        steps += 1
-    else:
-        grid.append(0.0)
-    stride = max(len(sigmas) // steps, 1)
-    grid.extend(sigmas[start::stride])
-    return torch.tensor(grid[::-1], dtype=torch.float32)
-
-
 def reference_sigmas(train_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
     """The official SPDInv code's grid: timesteps ``(steps-1)·Δ, …, Δ, 0`` with ``Δ = len // steps`` (diffusers'
     DDIM with ``steps_offset`` 0: 980, 960, …, 20, 0 for 50 steps), descending, then 0. ComfyUI's

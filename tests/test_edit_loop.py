@@ -9,8 +9,7 @@ from spdinv_pack.spdinv.ddim import ddim_step
 from spdinv_pack.spdinv.edit_loop import pinned_steps, run_edit
 from spdinv_pack.spdinv.guidance import EditRecipe
 from spdinv_pack.spdinv.inversion import InversionSettings, invert
-from spdinv_pack.spdinv.sampling import ddim_sample
-from spdinv_pack.spdinv.schedules import ddim_uniform_sigmas
+from spdinv_pack.tests.sampling_helpers import ddim_sample, ddim_uniform_sigmas
 
 from toy_model import ToyDenoiser, toy_latent
 

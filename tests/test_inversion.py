@@ -17,18 +17,11 @@ from spdinv_pack.spdinv.inversion import (
     fixed_point_residual,
     invert,
     mean_square,
-    step_contraction,
     step_relaxation,
 )
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.spdinv.sampling import ddim_sample
-from spdinv_pack.spdinv.schedules import (
-    ddim_uniform_sigmas,
-    reference_sigmas,
-    sd_train_sigmas,
-    validate_sampling_grid,
-    vp_input_scale,
-)
+from spdinv_pack.spdinv.schedules import reference_sigmas, validate_sampling_grid, vp_input_scale
+from spdinv_pack.tests.sampling_helpers import ddim_sample, ddim_uniform_sigmas, sd_train_sigmas, step_contraction
 
 from toy_model import ToyDenoiser, ToyVDenoiser, toy_latent, v_skip
 

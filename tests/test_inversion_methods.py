@@ -11,7 +11,7 @@ from spdinv_pack.spdinv.guidance import EditRecipe
 from spdinv_pack.spdinv.inversion import InversionSettings, invert
 from spdinv_pack.spdinv.inversion_methods import INVERSION_METHODS, edit_recipe, protocol_of
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.spdinv.schedules import ddim_uniform_sigmas
+from spdinv_pack.tests.sampling_helpers import ddim_uniform_sigmas
 
 from toy_model import ToyDenoiser, toy_latent
 

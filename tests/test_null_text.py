@@ -9,7 +9,7 @@ from spdinv_pack.spdinv.ddim import ddim_step
 from spdinv_pack.spdinv.inversion import InversionSettings, invert
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.spdinv.null_text import NullTextSettings, optimise_null_text
-from spdinv_pack.spdinv.schedules import ddim_uniform_sigmas
+from spdinv_pack.tests.sampling_helpers import ddim_uniform_sigmas
 
 from toy_model import ToyDenoiser, toy_latent
 

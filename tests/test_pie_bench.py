@@ -16,14 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.pie_fixture import ENTRIES, box_mask, encode_mask, make_pie_folder
-from tools import pie_bench
-from tools.pie_data import PieDataError, clean_prompt, decode_mask, load_items
-from tools.pie_run import INVERSIONS, RunSettings, blend_settings, edit_prompt, plan_methods
+from spdinv_pack.benchmarks.pie import cli
+from spdinv_pack.benchmarks.pie.data import PieDataError, clean_prompt, decode_mask, load_items
+from spdinv_pack.benchmarks.pie.run import INVERSIONS, RunSettings, blend_settings, edit_prompt, plan_methods
+from spdinv_pack.tests.pie_fixture import ENTRIES, box_mask, encode_mask, make_pie_folder
 
 torchmetrics = pytest.importorskip("torchmetrics", reason="pip install torchmetrics (the PIE metrics use it)")
 
-from tools.pie_metrics import (  # noqa: E402
+from spdinv_pack.benchmarks.pie.metrics import (  # noqa: E402
     COLUMNS,
     MetricModels,
     Scorer,
@@ -302,7 +302,7 @@ def test_metrics_command_writes_rows_summary_and_says_what_is_missing(pie, tmp_p
         for item in load_items(pie)[:2 if method == "b+p2p" else 3]:
             img = np.asarray(Image.open(item.image_path)).astype(np.int16) + shift
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(edits / method / f"{item.image_id}.png")
-    code = pie_bench.main(["metrics", "--pie-dir", str(pie), "--edits", str(edits), "--out", str(tmp_path)])
+    code = cli.main(["metrics", "--pie-dir", str(pie), "--edits", str(edits), "--out", str(tmp_path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "structure_distance: left empty (no --dino" in printed and "b+p2p: 1 of 3 edits missing" in printed
@@ -351,7 +351,7 @@ def test_methods_and_their_graphs_follow_each_rows_protocol(pie):
 
 
 def test_a_resumed_run_refuses_other_settings_in_the_same_folder(tmp_path):
-    from tools.pie_run import check_settings
+    from spdinv_pack.benchmarks.pie.run import check_settings
 
     methods = plan_methods(["spdinv"], ["p2p"])
     check_settings(tmp_path, methods, RunSettings(checkpoint="sd.safetensors", steps=50))

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from spdinv_pack.spdinv.schedules import sd_train_sigmas
+from spdinv_pack.tests.sampling_helpers import sd_train_sigmas
 
 
 class ToyEpsNet(nn.Module):

@@ -53,9 +53,7 @@ def bootstrap_sys_path(root: Path, cpu: bool = True) -> None:
     only has an effect before ``comfy.model_management`` is imported; afterwards the mode is fixed for the
     process. ComfyUI does not parse argv when imported as a library, so the caller's arguments are safe.
     """
-    if str(root) in sys.path:
-        sys.path.remove(str(root))
-    sys.path.insert(0, str(root))
+    _first_on_sys_path(root)
     stale = sys.modules.get("nodes")
     if stale is not None and Path(getattr(stale, "__file__", "") or "").resolve() != root / "nodes.py":
         raise RuntimeError(f"a module named 'nodes' ({stale!r}) was imported before ComfyUI's nodes.py")
@@ -69,6 +67,14 @@ def bootstrap_sys_path(root: Path, cpu: bool = True) -> None:
     utils = importlib.import_module("utils")
     if Path(utils.__file__).resolve() != root / "utils" / "__init__.py":
         raise RuntimeError(f"'utils' resolved to {utils.__file__}, not ComfyUI's utils package")
+
+
+def _first_on_sys_path(root: Path) -> None:
+    """Put the checkout at the front of ``sys.path`` (again: pytest's collection may insert the repository in front
+    of it, which it does for a checkout folder whose name is not an identifier, such as ``spdinv-edit``)."""
+    while str(root) in sys.path:
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ def import_comfy(root: Path, model_dir: Path, kinds: Iterable[str] = ("checkpoin
 
     for kind in kinds:
         folder_paths.add_model_folder_path(kind, str(model_dir))
+    _first_on_sys_path(root)
     comfy_nodes = importlib.import_module("nodes")
     if Path(comfy_nodes.__file__).resolve() != root / "nodes.py":
         raise RuntimeError(f"'nodes' resolved to {comfy_nodes.__file__}, not ComfyUI's nodes.py")

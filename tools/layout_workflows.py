@@ -1,6 +1,6 @@
 """Lay out the shipped workflows in ComfyUI's real frontend and save them the way the frontend saves them.
 
-    COMFYUI_PATH=~/ComfyUI python tools/layout_workflows.py [--chromium /usr/bin/chromium] [STEM ...]
+    COMFYUI_PATH=~/ComfyUI python -m tools.layout_workflows [--chromium /usr/bin/chromium] [STEM ...]
 
 For each ``workflows/<stem>.json`` (all by default; a new workflow may be drafted as an API-format graph with
 titles in ``_meta``, which the frontend builds first), in a ``main.py --cpu`` server with the pack and the
@@ -30,13 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: import ``tools`` as a package so relative imports work
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import tools  # noqa: F401
-
-    __package__ = "tools"
-
-from .comfy_server import ComfyServer  # noqa: E402
+from .comfy_server import ComfyServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREEN = (1920, 1080)

@@ -1,6 +1,6 @@
 """Run a ComfyUI workflow headlessly with this node pack loaded, and collect its output images.
 
-    python tools/run_workflow.py "workflows/api/SPDInv edit with Prompt to Prompt.json" --comfyui ~/ComfyUI \\
+    python -m tools.run_workflow "workflows/api/SPDInv edit with Prompt to Prompt.json" --comfyui ~/ComfyUI \\
         --checkpoint ~/models/sd15.safetensors --image cat.png \\
         --source-prompt "a cat" --target-prompt "a tiger" --set "KSampler.steps=20" --out out/
 
@@ -27,14 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: import ``tools`` as a package so relative imports work
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import tools  # noqa: F401
-
-    __package__ = "tools"
-
-from .comfy_server import REPO_ROOT, ComfyServer, ComfyServerError  # noqa: E402
-from .workflow_api import (  # noqa: E402
+from .comfy_server import REPO_ROOT, ComfyServer, ComfyServerError
+from .workflow_api import (
     Conversion,
     OverrideError,
     WorkflowError,

@@ -46,6 +46,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from spdinv_pack.tests.host import factory
 from spdinv_pack.tools.comfy_inprocess import (
     ComfyEnv,
     RunNode,
@@ -55,8 +56,6 @@ from spdinv_pack.tools.comfy_inprocess import (
     load_extra_nodes,
 )
 from spdinv_pack.tools.comfy_server import ComfyServer
-
-import factory  # tests/host/factory.py; imported before ComfyUI goes first on sys.path
 
 HOST_DIR = Path(__file__).resolve().parent
 NOT_SET_REASON = "COMFYUI_PATH not set: host tests need a ComfyUI checkout (see README)"

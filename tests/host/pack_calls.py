@@ -42,8 +42,8 @@ class RowCount:
 
 
 def invert(run_node, pack_nodes, model, source, latent, **kw):
-    settings = dict(steps=STEPS, method="spdinv", solver="anderson", max_iters=25, lr=1e-3, delta=5e-6,
-                    rel_tol=0.0, measure_residual=True)
+    """SPDInvInvert's outputs with its defaults but ``STEPS`` steps and no relative tolerance (δ alone)."""
+    settings = dict(steps=STEPS, rel_tol=0.0)
     settings.update(kw)
     return run_node(pack_nodes.SPDInvInvert, model=model, source=source, latent=latent, **settings).result
 
@@ -73,26 +73,24 @@ def check_local_blend(edited: dict, recon: dict, attention) -> float:
     return coverage
 
 
-P2P_DEFAULTS = dict(mode="refine", cross_replace=0.8, self_replace=0.6, blend_source_words="",
-                    blend_target_words="", blend_threshold=0.3, blend_start=0.2, reweight="",
-                    proximal_guidance=True, proximal_quantile=0.7, inversion_guidance=True)
-MASA_DEFAULTS = dict(start_step=0.08, start_layer=10, mask_mode="none", proximal_guidance=True,
-                     proximal_quantile=0.6, source_from_inversion=False)
-PNP_DEFAULTS = dict(feature_fraction=0.8, attention_fraction=0.5)
+MASA_START_LAYER = 10
+"""MasaCtrl's start layer in the SD1.5 host tests (the reference's 10, set rather than derived from the model)."""
 ENGINES = ("p2p", "masactrl", "pnp")
 
 
 def engine_model(run_node, pack_nodes, engine: str, model, clip, source_text: str, target_text: str,
                  source, target):
-    """(patched MODEL, source, target CONDITIONING) for ``engine`` with its node's defaults.
+    """(patched MODEL, source, target CONDITIONING) for ``engine`` with its node's defaults (MasaCtrl: start layer
+    :data:`MASA_START_LAYER`); ``run_node`` fills the defaults.
 
     P2P encodes the texts itself and returns its own conditionings; the others return ``source``/``target``.
     """
     if engine == "p2p":
         return run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip, source_text=source_text,
-                        target_text=target_text, **P2P_DEFAULTS).result
+                        target_text=target_text).result
     if engine == "masactrl":
-        return run_node(pack_nodes.MasaCtrlMutualAttention, model=model, **MASA_DEFAULTS).result[0], source, target
+        masactrl = run_node(pack_nodes.MasaCtrlMutualAttention, model=model, start_layer=MASA_START_LAYER)
+        return masactrl.result[0], source, target
     if engine == "pnp":
-        return run_node(pack_nodes.PNPInjection, model=model, **PNP_DEFAULTS).result[0], source, target
+        return run_node(pack_nodes.PNPInjection, model=model).result[0], source, target
     raise ValueError(f"unknown engine {engine!r}")

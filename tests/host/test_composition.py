@@ -12,7 +12,7 @@ import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from spdinv_pack.attention_patches.unet_layers import transformer_layers
-from spdinv_pack.tests.host.pack_calls import MASA_DEFAULTS, P2P_DEFAULTS, edit, inverted_photo
+from spdinv_pack.tests.host.pack_calls import edit, inverted_photo
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 
@@ -57,7 +57,7 @@ def differ(a, b) -> float:
 def test_p2p_on_an_image_prompt_replacement_shows_both_effects(run_node, pack_nodes, scene):
     model, clip, source, inversion = scene
     ip_model = with_image_prompt(model)
-    settings = {**P2P_DEFAULTS, "inversion_guidance": False}
+    settings = {"inversion_guidance": False}
 
     def p2p(base):
         return run_node(pack_nodes.P2PAttentionControl, model=base, clip=clip, source_text=SOURCE,
@@ -76,7 +76,7 @@ def test_p2p_on_an_image_prompt_replacement_shows_both_effects(run_node, pack_no
     assert differ(edited_both, edited_p2p) > 1e-2  # the image prompt acts under P2P
     assert differ(edited_both, edited_ip) > 1e-2  # P2P acts on top of the image prompt
     identity, s2, t2 = run_node(pack_nodes.P2PAttentionControl, model=ip_model, clip=clip, source_text=SOURCE,
-                                target_text=SOURCE, **P2P_DEFAULTS).result
+                                target_text=SOURCE).result
     edited, recon, _ = edit(run_node, pack_nodes, identity, inversion, s2, t2)
     assert differ(edited, recon) <= 1e-4  # identity stays exact with the replacement chained
 
@@ -84,7 +84,7 @@ def test_p2p_on_an_image_prompt_replacement_shows_both_effects(run_node, pack_no
 def test_masactrl_on_an_image_prompt_replacement_shows_both_effects(comfy_env, run_node, pack_nodes, scene):
     model, clip, source, inversion = scene
     ip_model = with_image_prompt(model)
-    settings = {**MASA_DEFAULTS, "start_step": 0.0, "start_layer": 0}
+    settings = {"start_step": 0.0, "start_layer": 0}
     (target,) = run_node(comfy_env.nodes.CLIPTextEncode, text=TARGET, clip=clip)
     both = run_node(pack_nodes.MasaCtrlMutualAttention, model=ip_model, **settings).result[0]
     masa = run_node(pack_nodes.MasaCtrlMutualAttention, model=model, **settings).result[0]
@@ -126,7 +126,7 @@ def test_a_controlnet_on_the_target_changes_the_target_and_leaves_the_source_alo
     (target,) = run_node(comfy_env.nodes.CLIPTextEncode, text=TARGET, clip=clip)
     if engine == "p2p":
         model, source, target = run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip, source_text=SOURCE,
-                                         target_text=TARGET, **P2P_DEFAULTS).result
+                                         target_text=TARGET).result
     hint = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(3))
     controlled, negative = run_node(comfy_env.nodes.ControlNetApplyAdvanced, positive=target, negative=source,
                                     control_net=controlnet, image=hint, strength=1.0, start_percent=0.0,

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import factory
+from spdinv_pack.tests.host import factory
 
 MAPPER_TENSORS = 132
 CLIP_VISION_TENSORS = 392

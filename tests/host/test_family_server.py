@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host import factory
+from spdinv_pack.tools.api_graph import ApiGraph, NodeRef
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 RESOLUTION = 128
@@ -28,82 +29,72 @@ EDIT_STEPS = 10
 CHECKPOINTS = {"sdxl": factory.sdxl_checkpoint_path, "sd2-v": factory.sd2_checkpoint_path}
 
 
-class Prompt:
-    """An API-format prompt built node by node; ``add`` returns the node's id for links."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[str, dict[str, Any]] = {}
-        self._ids = itertools.count(1)
-
-    def add(self, class_type: str, **inputs: Any) -> str:
-        node_id = str(next(self._ids))
-        self.nodes[node_id] = {"class_type": class_type, "inputs": inputs}
-        return node_id
-
-    def save(self, samples: list, name: str) -> str:
-        return self.add("SaveLatent", samples=samples, filename_prefix=f"family_server/{name}")
+def save(g: ApiGraph, samples: Any, name: str) -> str:
+    """A SaveLatent node for ``samples``; returns its id (the key of its output in the history)."""
+    return g.add("SaveLatent", samples=samples, filename_prefix=f"family_server/{name}").id
 
 
-def invert(prompt: Prompt, model: list, source: list, latent: list, steps: int, method: str) -> str:
-    return prompt.add("SPDInvInvert", model=model, source=source, latent=latent, steps=steps, method=method,
-                      solver="anderson", max_iters=25, lr=1e-3, delta=5e-6, rel_tol=0.01, measure_residual=True)
+def invert(g: ApiGraph, model: Any, source: Any, latent: Any, steps: int, method: str) -> NodeRef:
+    return g.add("SPDInvInvert", model=model, source=source, latent=latent, steps=steps, method=method)
 
 
-def edit(prompt: Prompt, model: list, inversion: str, source: list, target: list, cfg: float = 7.5) -> str:
-    return prompt.add("SPDInvEditSampler", model=model, inversion=[inversion, 0], source=source, target=target,
-                      cfg=cfg)
+def edit(g: ApiGraph, model: Any, inversion: NodeRef, source: Any, target: Any, cfg: float = 7.5) -> NodeRef:
+    return g.add("SPDInvEditSampler", model=model, inversion=inversion, source=source, target=target, cfg=cfg)
 
 
-def p2p(prompt: Prompt, model: list, clip: list, target: str, **kw: Any) -> str:
-    settings = dict(mode="refine", cross_replace=0.8, self_replace=0.6, blend_source_words="",
-                    blend_target_words="", blend_threshold=0.3, blend_start=0.2, reweight="",
-                    proximal_guidance=True, proximal_quantile=0.7, inversion_guidance=True)
-    return prompt.add("P2PAttentionControl", model=model, clip=clip, source_text=SOURCE, target_text=target,
-                      **{**settings, **kw})
+def loaded(g: ApiGraph, checkpoint: str, latent_file: str, source: str, target: str) -> tuple[NodeRef, ...]:
+    """``(model, clip, latent, source, target)``: the checkpoint, the photo's ``.latent`` file and both prompts."""
+    ckpt = g.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
+    clip = ckpt[1]
+    latent = g.add("LoadLatent", latent=latent_file)
+    return ckpt, clip, latent, g.add("CLIPTextEncode", text=source, clip=clip), g.add("CLIPTextEncode", text=target,
+                                                                                      clip=clip)
 
 
-def family_prompt(checkpoint: str, latent_file: str) -> tuple[dict, dict[str, str]]:
+def reconstructions(g: ApiGraph, model: Any, source: Any, photo: Any, steps_list: tuple[int, ...],
+                    saved: dict[str, str], prefix: str) -> dict[tuple[str, int], NodeRef]:
+    """Plain (``ddim``) and SPDInv inversions at each step count, each reconstructed at CFG 1 and saved as
+    ``recon <method> <steps>``; returns the inversions."""
+    inversions: dict[tuple[str, int], NodeRef] = {}
+    for steps, method in itertools.product(steps_list, ("ddim", "spdinv")):
+        inversions[method, steps] = invert(g, model, source, photo, steps, method)
+        recon = edit(g, model, inversions[method, steps], source, source, cfg=1.0)
+        saved[f"recon {method} {steps}"] = save(g, recon[1], f"{prefix}recon_{method}_{steps}")
+    return inversions
+
+
+def family_prompt(checkpoint: str, latent_file: str, object_info: dict) -> tuple[dict, dict[str, str]]:
     """The whole check as one prompt, and which SaveLatent node holds which result."""
-    p = Prompt()
-    ckpt = p.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
-    model, clip = [ckpt, 0], [ckpt, 1]
-    latent = [p.add("LoadLatent", latent=latent_file), 0]
-    source = [p.add("CLIPTextEncode", text=SOURCE, clip=clip), 0]
-    target = [p.add("CLIPTextEncode", text=TARGET, clip=clip), 0]
+    g = ApiGraph()
+    model, clip, latent, source, target = loaded(g, checkpoint, latent_file, SOURCE, TARGET)
     ksampler = dict(model=model, seed=0, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal",
-                    positive=source, negative=source, denoise=1.0)
-    before = p.add("KSampler", latent_image=latent, **ksampler)
-    saved: dict[str, str] = {"ksampler before": p.save([before, 0], "ksampler_before")}
-    photo = after(p, latent, [before])
-    inversions: dict[tuple[str, int], str] = {}
-    for steps, method in itertools.product(RECONSTRUCTION_STEPS, ("ddim", "spdinv")):
-        inversions[method, steps] = invert(p, model, source, photo, steps, method)
-        recon = edit(p, model, inversions[method, steps], source, source, cfg=1.0)
-        saved[f"recon {method} {steps}"] = p.save([recon, 1], f"recon_{method}_{steps}")
+                    positive=source, negative=source)
+    before = g.add("KSampler", latent_image=latent, **ksampler)
+    saved: dict[str, str] = {"ksampler before": save(g, before, "ksampler_before")}
+    inversions = reconstructions(g, model, source, after(g, latent, [before]), RECONSTRUCTION_STEPS, saved, "")
     inversion = inversions["spdinv", EDIT_STEPS]
-    edits: list[str] = []
-    for name, settings in {"identity": dict(target=SOURCE),
-                           "blend": dict(target=TARGET, mode="word swap", blend_source_words="cat",
+    edits: list[NodeRef] = []
+    for name, settings in {"identity": dict(target_text=SOURCE),
+                           "blend": dict(target_text=TARGET, mode="word swap", blend_source_words="cat",
                                          blend_target_words="dog", blend_threshold=0.99)}.items():
-        control = p2p(p, model, clip, **settings)
-        edits.append(edit(p, [control, 0], inversion, [control, 1], [control, 2]))
-        saved[f"{name} edited"] = p.save([edits[-1], 0], f"{name}_edited")
-        saved[f"{name} recon"] = p.save([edits[-1], 1], f"{name}_recon")
-    masa = p.add("MasaCtrlMutualAttention", model=model, start_step=0.08, start_layer=-1, mask_mode="none",
-                 proximal_guidance=True, proximal_quantile=0.6, source_from_inversion=False)
-    pnp = p.add("PNPInjection", model=model, feature_fraction=0.8, attention_fraction=0.5)
-    edits += [edit(p, [engine, 0], inversion, source, target) for engine in (masa, pnp)]
-    later = p.add("KSampler", latent_image=after(p, latent, edits), **ksampler)
-    saved["ksampler after"] = p.save([later, 0], "ksampler_after")
-    return p.nodes, saved
+        control = g.add("P2PAttentionControl", model=model, clip=clip, source_text=SOURCE, **settings)
+        edits.append(edit(g, control, inversion, control[1], control[2]))
+        saved[f"{name} edited"] = save(g, edits[-1], f"{name}_edited")
+        saved[f"{name} recon"] = save(g, edits[-1][1], f"{name}_recon")
+    masa = g.add("MasaCtrlMutualAttention", model=model)
+    pnp = g.add("PNPInjection", model=model)
+    edits += [edit(g, engine, inversion, source, target) for engine in (masa, pnp)]
+    later = g.add("KSampler", latent_image=after(g, latent, edits), **ksampler)
+    saved["ksampler after"] = save(g, later, "ksampler_after")
+    return g.prompt(object_info), saved
 
 
-def after(p: Prompt, latent: list, nodes: list[str]) -> list:
+def after(g: ApiGraph, latent: Any, nodes: list[NodeRef]) -> Any:
     """``latent`` plus zero times each node's first LATENT output: the same values, but a link that ComfyUI can
     only resolve once those nodes ran (so the prompt's order of execution is fixed)."""
     for node in nodes:
-        zero = p.add("LatentMultiply", samples=[node, 0], multiplier=0.0)
-        latent = [p.add("LatentAdd", samples1=latent, samples2=[zero, 0]), 0]
+        zero = g.add("LatentMultiply", samples=node, multiplier=0.0)
+        latent = g.add("LatentAdd", samples1=latent, samples2=zero)
     return latent
 
 
@@ -124,7 +115,7 @@ def family_run(request, server) -> tuple[str, torch.Tensor, dict[str, torch.Tens
     latent_file = f"family_{name}.latent"
     save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])},
               str(Path(server.input_dir) / latent_file))
-    nodes, saved = family_prompt(checkpoint.name, latent_file)
+    nodes, saved = family_prompt(checkpoint.name, latent_file, server.object_info())
     history = server.run(nodes, timeout=3600)
     return name, samples, saved_latents(server, history, saved)
 

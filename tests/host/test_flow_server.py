@@ -9,7 +9,6 @@ VAE's own latents are far too small to judge reconstruction on).
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 
@@ -18,7 +17,15 @@ import torch
 from safetensors.torch import save_file
 
 from spdinv_pack.tests.host import factory
-from spdinv_pack.tests.host.test_family_server import Prompt, after, check_reconstruction_gain, saved_latents
+from spdinv_pack.tests.host.test_family_server import (
+    after,
+    check_reconstruction_gain,
+    loaded,
+    reconstructions,
+    save,
+    saved_latents,
+)
+from spdinv_pack.tools.api_graph import ApiGraph
 from spdinv_pack.tools.comfy_server import ExecutionInterrupted
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
@@ -27,41 +34,26 @@ EDIT_STEPS = 10
 CFG = 4.0
 
 
-def invert(p: Prompt, model: list, source: list, latent: list, steps: int, method: str) -> str:
-    return p.add("SPDInvInvert", model=model, source=source, latent=latent, steps=steps, method=method,
-                 solver="anderson", max_iters=25, lr=1e-3, delta=5e-6, rel_tol=0.01, measure_residual=True)
-
-
-def flow_prompt(checkpoint: str, latent_file: str) -> tuple[dict, dict[str, str]]:
-    p = Prompt()
-    ckpt = p.add("CheckpointLoaderSimple", ckpt_name=checkpoint)
-    model, clip = [ckpt, 0], [ckpt, 1]
-    latent = [p.add("LoadLatent", latent=latent_file), 0]
-    source = [p.add("CLIPTextEncode", text=SOURCE, clip=clip), 0]
-    target = [p.add("CLIPTextEncode", text=TARGET, clip=clip), 0]
-    empty = [p.add("CLIPTextEncode", text="", clip=clip), 0]
+def flow_prompt(checkpoint: str, latent_file: str, object_info: dict) -> tuple[dict, dict[str, str]]:
+    g = ApiGraph()
+    model, clip, latent, source, target = loaded(g, checkpoint, latent_file, SOURCE, TARGET)
+    empty = g.add("CLIPTextEncode", text="", clip=clip)
     ksampler = dict(model=model, seed=0, steps=2, cfg=CFG, sampler_name="euler", scheduler="simple",
-                    positive=source, negative=empty, denoise=1.0)
-    before = p.add("KSampler", latent_image=latent, **ksampler)
-    saved = {"ksampler before": p.save([before, 0], "flow_ksampler_before")}
-    photo = after(p, latent, [before])
-    inversions = {}
-    for steps, method in itertools.product(RECONSTRUCTION_STEPS, ("ddim", "spdinv")):
-        inversions[method, steps] = invert(p, model, source, photo, steps, method)
-        recon = p.add("SPDInvEditSampler", model=model, inversion=[inversions[method, steps], 0], source=source,
-                      target=source, cfg=1.0)
-        saved[f"recon {method} {steps}"] = p.save([recon, 1], f"flow_recon_{method}_{steps}")
-    mutual = p.add("MMDiTMutualAttention", model=model, start_step=0.1, start_block=-1.0, share="keys and values")
+                    positive=source, negative=empty)
+    before = g.add("KSampler", latent_image=latent, **ksampler)
+    saved = {"ksampler before": save(g, before, "flow_ksampler_before")}
+    inversions = reconstructions(g, model, source, after(g, latent, [before]), RECONSTRUCTION_STEPS, saved, "flow_")
+    mutual = g.add("MMDiTMutualAttention", model=model)
     edits = []
     for name, prompt, negative in (("identity", source, {}), ("edit", target, {"negative": empty})):
         # identity: the default negative (the source prompt) makes the guided target equal to the source
-        edits.append(p.add("SPDInvEditSampler", model=[mutual, 0], inversion=[inversions["spdinv", EDIT_STEPS], 0],
+        edits.append(g.add("SPDInvEditSampler", model=mutual, inversion=inversions["spdinv", EDIT_STEPS],
                            source=source, target=prompt, cfg=CFG, **negative))
-        saved[f"{name} edited"] = p.save([edits[-1], 0], f"flow_{name}_edited")
-        saved[f"{name} recon"] = p.save([edits[-1], 1], f"flow_{name}_recon")
-    later = p.add("KSampler", latent_image=after(p, latent, edits), **ksampler)
-    saved["ksampler after"] = p.save([later, 0], "flow_ksampler_after")
-    return p.nodes, saved
+        saved[f"{name} edited"] = save(g, edits[-1], f"flow_{name}_edited")
+        saved[f"{name} recon"] = save(g, edits[-1][1], f"flow_{name}_recon")
+    later = g.add("KSampler", latent_image=after(g, latent, edits), **ksampler)
+    saved["ksampler after"] = save(g, later, "flow_ksampler_after")
+    return g.prompt(object_info), saved
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +63,7 @@ def flow_run(server):
     samples = factory.sd_like_latent(128, channels=16, scale=1.5305, shift=0.0609)
     save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])},
               str(Path(server.input_dir) / "flow_photo.latent"))
-    nodes, saved = flow_prompt(checkpoint.name, "flow_photo.latent")
+    nodes, saved = flow_prompt(checkpoint.name, "flow_photo.latent", server.object_info())
     return samples, saved_latents(server, server.run(nodes, timeout=3600), saved), nodes
 
 

@@ -19,7 +19,7 @@ import torch
 from comfy_api.latest import io
 from safetensors import safe_open
 
-import factory
+from spdinv_pack.tests.host import factory
 
 # --------------------------------------------------------------------------------------------
 # Checkpoint vs ComfyUI's modules

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.pack_calls import MASA_DEFAULTS, edit, invert, photo
+from spdinv_pack.tests.host.pack_calls import MASA_START_LAYER, edit, invert, photo
 
 SOURCE, TARGET = "a photo of a cat sitting", "a photo of a cat standing"
 
@@ -22,7 +22,8 @@ def masa_scene(comfy_env, sd15, run_node, pack_nodes):
 
 
 def masactrl(run_node, pack_nodes, model, **kw):
-    return run_node(pack_nodes.MasaCtrlMutualAttention, model=model, **{**MASA_DEFAULTS, **kw}).result[0]
+    settings = {"start_layer": MASA_START_LAYER, **kw}
+    return run_node(pack_nodes.MasaCtrlMutualAttention, model=model, **settings).result[0]
 
 
 def masa_edit(run_node, pack_nodes, model, scene):

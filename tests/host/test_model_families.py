@@ -18,8 +18,6 @@ import torch
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import sd_like_latent
 from spdinv_pack.tests.host.pack_calls import (
-    MASA_DEFAULTS,
-    P2P_DEFAULTS,
     check_local_blend,
     edit,
     invert,
@@ -53,11 +51,11 @@ def encode(comfy_env, run_node, clip, text):
 
 def p2p(run_node, pack_nodes, model, clip, target, **kw):
     return run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip, source_text=SOURCE, target_text=target,
-                    **{**P2P_DEFAULTS, **kw}).result
+                    **kw).result
 
 
 def masactrl(run_node, pack_nodes, model):
-    return run_node(pack_nodes.MasaCtrlMutualAttention, model=model, **{**MASA_DEFAULTS, "start_layer": -1}).result[0]
+    return run_node(pack_nodes.MasaCtrlMutualAttention, model=model).result[0]
 
 
 def test_the_loader_detects_each_family(family):

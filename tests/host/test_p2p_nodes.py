@@ -7,7 +7,7 @@ import torch
 
 from spdinv_pack.spdinv.attention_grid import MapRow, grid_layout
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.pack_calls import P2P_DEFAULTS, check_local_blend, edit, inverted_photo
+from spdinv_pack.tests.host.pack_calls import check_local_blend, edit, inverted_photo
 
 SOURCE = "a photo of a cat"
 
@@ -20,9 +20,8 @@ def photo_scene(comfy_env, sd15, run_node, pack_nodes):
 
 
 def p2p(run_node, pack_nodes, model, clip, target, **kw):
-    settings = {**P2P_DEFAULTS, **kw}
     return run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip, source_text=SOURCE,
-                    target_text=target, **settings).result
+                    target_text=target, **kw).result
 
 
 def test_identity_edit_equals_the_reconstruction(run_node, pack_nodes, photo_scene):

@@ -13,14 +13,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.pie_fixture import make_pie_folder
+from spdinv_pack.tests.pie_fixture import make_pie_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "pie_bench.py"), *args], capture_output=True,
-                          text=True, timeout=1800)
+    return subprocess.run([sys.executable, "-m", "benchmarks.pie", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1800)
 
 
 def test_run_edits_every_item_and_method_resumes_and_scores(comfyui_path, sd15_checkpoint_path, tmp_path):

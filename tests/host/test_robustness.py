@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from spdinv_pack.tests.host.pack_calls import ENGINES, P2P_DEFAULTS, edit, engine_model, invert, photo
+from spdinv_pack.tests.host.pack_calls import ENGINES, MASA_START_LAYER, edit, engine_model, invert, photo
+from spdinv_pack.tools.api_graph import ApiGraph
 from spdinv_pack.tools.comfy_server import ComfyServer, ExecutionError, ExecutionInterrupted, PromptValidationError
 
 SOURCE_TEXT, TARGET_TEXT = "a photo of a cat", "a photo of a dog"
@@ -33,46 +34,41 @@ CKPT, PHOTO, RESIZE, ENCODE, SOURCE, INVERT, ENGINE, EDIT, SAVE, TARGET, DECODE,
     str(i) for i in range(1, 13))
 
 
-def edit_prompt(ckpt: str, image: str, *, engine: str = "p2p", size: tuple[int, int] = (64, 64),
-                source: str = SOURCE_TEXT, target: str = TARGET_TEXT, steps: int = 3, decode: bool = False,
-                prefix: str = "robustness") -> dict[str, dict[str, Any]]:
-    """photo -> resize -> VAEEncode -> SPDInvInvert -> engine node -> SPDInvEditSampler -> SaveLatent (+ PNG)."""
-    def node(class_type: str, **inputs: Any) -> dict[str, Any]:
-        return {"class_type": class_type, "inputs": inputs}
-
+def edit_prompt(ckpt: str, image: str, object_info: dict[str, Any], *, engine: str = "p2p",
+                size: tuple[int, int] = (64, 64), source: str = SOURCE_TEXT, target: str = TARGET_TEXT, steps: int = 3,
+                decode: bool = False, prefix: str = "robustness") -> dict[str, dict[str, Any]]:
+    """photo -> resize -> VAEEncode -> SPDInvInvert -> engine node -> SPDInvEditSampler -> SaveLatent (+ PNG);
+    what is not set here is the nodes' defaults (from ``object_info``)."""
     width, height = size
-    prompt = {
-        CKPT: node("CheckpointLoaderSimple", ckpt_name=ckpt),
-        PHOTO: node("LoadImage", image=image),
-        RESIZE: node("ImageScale", image=[PHOTO, 0], upscale_method="bilinear", width=width, height=height,
-                     crop="disabled"),
-        ENCODE: node("VAEEncode", pixels=[RESIZE, 0], vae=[CKPT, 2]),
-        SOURCE: node("CLIPTextEncode", text=source, clip=[CKPT, 1]),
-        INVERT: node("SPDInvInvert", model=[CKPT, 0], source=[SOURCE, 0], latent=[ENCODE, 0], steps=steps,
-                     method="spdinv", solver="anderson", max_iters=5, lr=1e-3, delta=5e-6, rel_tol=0.01,
-                     measure_residual=True),
-        EDIT: node("SPDInvEditSampler", model=[ENGINE, 0], inversion=[INVERT, 0], source=[SOURCE, 0],
-                   target=[TARGET, 0], cfg=7.5),
-        SAVE: node("SaveLatent", samples=[EDIT, 0], filename_prefix=prefix),
-        TARGET: node("CLIPTextEncode", text=target, clip=[CKPT, 1]),
-    }
+    g = ApiGraph()
+    ckpt_node = g.add("CheckpointLoaderSimple", _id=CKPT, ckpt_name=ckpt)
+    model, clip, vae = ckpt_node, ckpt_node[1], ckpt_node[2]
+    photo_node = g.add("LoadImage", _id=PHOTO, image=image)
+    resized = g.add("ImageScale", _id=RESIZE, image=photo_node, upscale_method="bilinear", width=width, height=height,
+                    crop="disabled")
+    latent = g.add("VAEEncode", _id=ENCODE, pixels=resized, vae=vae)
+    source_cond = g.add("CLIPTextEncode", _id=SOURCE, text=source, clip=clip)
+    inverted = g.add("SPDInvInvert", _id=INVERT, model=model, source=source_cond, latent=latent, steps=steps,
+                     max_iters=5)
     if engine == "p2p":
-        prompt[ENGINE] = node("P2PAttentionControl", model=[CKPT, 0], clip=[CKPT, 1], source_text=source,
-                              target_text=target, **P2P_DEFAULTS)
-        prompt[EDIT]["inputs"].update(source=[ENGINE, 1], target=[ENGINE, 2])
-        del prompt[TARGET]
-    elif engine == "masactrl":
-        prompt[ENGINE] = node("MasaCtrlMutualAttention", model=[CKPT, 0], start_step=0.08, start_layer=10,
-                              mask_mode="none", proximal_guidance=True, proximal_quantile=0.6,
-                              source_from_inversion=False)
-    elif engine == "pnp":
-        prompt[ENGINE] = node("PNPInjection", model=[CKPT, 0], feature_fraction=0.8, attention_fraction=0.5)
+        engine_node = g.add("P2PAttentionControl", _id=ENGINE, model=model, clip=clip, source_text=source,
+                            target_text=target)
+        edit_source, edit_target = engine_node[1], engine_node[2]
     else:
-        raise ValueError(engine)
+        edit_source, edit_target = source_cond, g.add("CLIPTextEncode", _id=TARGET, text=target, clip=clip)
+        if engine == "masactrl":
+            engine_node = g.add("MasaCtrlMutualAttention", _id=ENGINE, model=model, start_layer=MASA_START_LAYER)
+        elif engine == "pnp":
+            engine_node = g.add("PNPInjection", _id=ENGINE, model=model)
+        else:
+            raise ValueError(engine)
+    edited = g.add("SPDInvEditSampler", _id=EDIT, model=engine_node, inversion=inverted, source=edit_source,
+                   target=edit_target)
+    g.add("SaveLatent", _id=SAVE, samples=edited, filename_prefix=prefix)
     if decode:
-        prompt[DECODE] = node("VAEDecode", samples=[EDIT, 0], vae=[CKPT, 2])
-        prompt[SAVE_IMAGE] = node("SaveImage", images=[DECODE, 0], filename_prefix=prefix)
-    return prompt
+        decoded = g.add("VAEDecode", _id=DECODE, samples=edited, vae=vae)
+        g.add("SaveImage", _id=SAVE_IMAGE, images=decoded, filename_prefix=prefix)
+    return g.prompt(object_info)
 
 
 def saved_latents(server: ComfyServer, history: dict[str, Any]) -> list[torch.Tensor]:
@@ -99,7 +95,8 @@ def photo_name(server: ComfyServer, photo_file: Path) -> str:
 @pytest.fixture(scope="module")
 def good(server: ComfyServer, photo_name: str, sd15_checkpoint_path: Path) -> Callable[..., dict[str, Any]]:
     """``good(**kw)``: a valid edit prompt for the server (see :func:`edit_prompt`)."""
-    return lambda **kw: edit_prompt(sd15_checkpoint_path.name, photo_name, **kw)
+    object_info = server.object_info()
+    return lambda **kw: edit_prompt(sd15_checkpoint_path.name, photo_name, object_info, **kw)
 
 
 # ------------------------------------------------------------------------------------------------

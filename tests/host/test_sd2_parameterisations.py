@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spdinv_pack.spdinv.inversion import step_contraction, step_relaxation
+from spdinv_pack.spdinv.inversion import step_relaxation
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import sd_like_latent
 from spdinv_pack.tests.host.pack_calls import invert, reconstruct
+from spdinv_pack.tests.sampling_helpers import step_contraction
 
 pytestmark = pytest.mark.parametrize("family", ["sd2-v"], indirect=True, scope="module")
 

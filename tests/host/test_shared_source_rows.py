@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.pack_calls import P2P_DEFAULTS, RowCount, edit, engine_model, inverted_photo
+from spdinv_pack.tests.host.pack_calls import RowCount, edit, engine_model, inverted_photo
 
 SOURCE, TARGET, STEPS = "a photo of a cat", "a photo of a dog", 4
 
@@ -30,7 +30,7 @@ def test_the_edit_skips_the_source_uncond_rows_and_gives_the_same_result(run_nod
     if engine == "p2p":  # hard masks (inversion guidance) would turn batch-size rounding into flipped pixels
         patched, source, target = run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip,
                                            source_text=SOURCE, target_text=TARGET,
-                                           **{**P2P_DEFAULTS, "inversion_guidance": False}).result
+                                           inversion_guidance=False).result
     elif engine != "none":
         patched, source, target = engine_model(run_node, pack_nodes, engine, model, clip, SOURCE, TARGET, source,
                                                target)

@@ -113,12 +113,12 @@ def test_headless_runner_runs_a_shipped_workflow_from_the_command_line(comfyui_p
     if ui == P2P:
         sets += ["Prompt-to-Prompt.blend_source_words=dog", "Prompt-to-Prompt.blend_target_words=cat",
                  "Prompt-to-Prompt.reweight=cat:2.0"]
-    cmd = [sys.executable, str(ROOT / "tools" / "run_workflow.py"), str(ui), "--comfyui", str(comfyui_path),
+    cmd = [sys.executable, "-m", "tools.run_workflow", str(ui), "--comfyui", str(comfyui_path),
            "--python", sys.executable, "--checkpoint", str(sd15_checkpoint_path), "--image", str(photo_file),
            *prompts, "--out", str(tmp_path)]
     for s in sets:
         cmd += ["--set", s]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     for prefix in expected:

@@ -1,22 +1,22 @@
 """PIE-Bench with this pack: edit every item in a headless ComfyUI, then score the edits as PnPInversion does.
 
     # 1. the edits, resumable (rerun the same command after an interruption: finished edits are kept)
-    python tools/pie_bench.py run --comfyui ~/ComfyUI --python ~/ComfyUI/venv/bin/python --gpu \\
+    python -m benchmarks.pie run --comfyui ~/ComfyUI --python ~/ComfyUI/venv/bin/python --gpu \\
         --checkpoint ~/ComfyUI/models/checkpoints/sd-v1-4.safetensors --pie-dir ~/PIE-Bench_v1 --out pie_out \\
         --inversions ddim spdinv spdinv_paper negative_prompt null_text direct_inversion --engines p2p
 
     # 2. the seven metrics (and the corrected background ones) for every method folder under --edits
-    python tools/pie_bench.py metrics --pie-dir ~/PIE-Bench_v1 --edits pie_out --out pie_out \\
+    python -m benchmarks.pie metrics --pie-dir ~/PIE-Bench_v1 --edits pie_out --out pie_out \\
         --dino dino_vitbase8_pretrain.pth --lpips squeezenet1_1-b8a52dc0.pth \\
         --clip ~/ComfyUI/models/clip_vision/clip_vision_vit_l.safetensors \\
                ~/ComfyUI/models/text_encoders/clip_l.safetensors --clip-tokenizer ~/ComfyUI/comfy/sd1_tokenizer
 
 ``run`` saves each edit alone as ``<out>/<inversion>+<engine>/<image_id>.png`` (what the methods are:
-``tools/pie_run.py``). ``metrics`` scores any folder laid out that way, whatever made the edits, and writes
+``benchmarks/pie/run.py``). ``metrics`` scores any folder laid out that way, whatever made the edits, and writes
 ``<out>/metrics.csv`` (one row per image and method) and ``<out>/summary.md`` (the paper's units); a metric
 whose weight file is not given is left empty, and said so. Both take ``--ids`` / ``--categories`` /
 ``--limit`` to work on part of the set. ``metrics`` needs torchmetrics (and timm for ``--dino``, transformers
-for ``--clip``; see ``tools/pie_metrics.py``).
+for ``--clip``; see ``benchmarks/pie/metrics.py``).
 """
 
 from __future__ import annotations
@@ -31,15 +31,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import ``tools`` as a package so relative imports work
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import tools  # noqa: F401
-
-    __package__ = "tools"
-
-from .comfy_server import ComfyServer, ComfyServerError  # noqa: E402
-from .pie_data import PieDataError, PieItem, load_items  # noqa: E402
-from .pie_run import ENGINES, INVERSIONS, RunSettings, check_settings, edit_path, plan_methods, run_edits  # noqa: E402
+from ...tools.comfy_server import ComfyServer, ComfyServerError
+from .data import PieDataError, PieItem, load_items
+from .run import ENGINES, INVERSIONS, RunSettings, check_settings, edit_path, plan_methods, run_edits
 
 
 def _items(args: argparse.Namespace) -> list[PieItem]:
@@ -68,14 +62,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{method}: {len(secs)} edits, median {statistics.median(secs):.1f} s an edit")
     print(f"done {report.done}, already there {report.skipped}, failed {len(report.failed)}"
           + (f" (see {out / 'failures.jsonl'}; rerun to retry)" if report.failed else ""))
-    print(f"next: python tools/pie_bench.py metrics --pie-dir {args.pie_dir} --edits {out} --out {out} "
+    print(f"next: python -m benchmarks.pie metrics --pie-dir {args.pie_dir} --edits {out} --out {out} "
           "[--dino FILE] [--clip FILE ...] [--lpips FILE]")
     return 1 if report.failed else 0
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Score every method folder under --edits against the PIE photos and masks."""
-    from .pie_metrics import (
+    from .metrics import (
         COLUMNS,
         NEEDS_WEIGHTS,
         MetricModels,
@@ -141,7 +135,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pie_bench.py", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m benchmarks.pie", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -190,6 +184,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

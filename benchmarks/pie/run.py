@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .comfy_server import ComfyServer, ComfyServerError
-from .pie_data import PieItem
+from ...tools.api_graph import ApiGraph
+from ...tools.comfy_server import ComfyServer, ComfyServerError
+from .data import PieItem
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Inversion:
     """How one inversion row is run: SPDInvInvert's settings and what the edit sampler does with the source."""
 
     invert: Mapping[str, Any]
-    """SPDInvInvert widget values over :data:`INVERT_DEFAULTS`."""
+    """SPDInvInvert widget values over :data:`INVERT_PROTOCOL` (the others: the node's defaults)."""
     source_guidance: str = "exact"
     empty_negative: bool = False
     """The edit's negative is the empty prompt (else the sampler's default, the source prompt)."""
@@ -43,15 +44,13 @@ class Inversion:
     """Proximal and inversion guidance on, as SPDInv's editing code has them."""
 
 
-INVERT_DEFAULTS: Mapping[str, Any] = {
-    "method": "spdinv", "solver": "anderson", "max_iters": 25, "lr": 1e-3, "delta": 5e-6, "rel_tol": 0.01,
-    "measure_residual": False, "grid": "reference", "dci_rate": 0.0,
-}
-_PAPER_SOLVER = {"solver": "adamw", "rel_tol": 0.0}
+INVERT_PROTOCOL: Mapping[str, Any] = {"measure_residual": False, "grid": "reference"}
+"""SPDInvInvert settings of every row unless the row sets its own: no extra residual pass, the official grid."""
+_PAPER_SOLVER = {"method": "spdinv", "solver": "adamw", "max_iters": 25, "lr": 1e-3, "delta": 5e-6, "rel_tol": 0.0}
 
 INVERSIONS: Mapping[str, Inversion] = {
     "ddim": Inversion({"method": "ddim"}, source_guidance="like target", empty_negative=True),
-    "spdinv": Inversion({"grid": "ddim_uniform"}, spdinv_editing=True),
+    "spdinv": Inversion({"method": "spdinv", "grid": "ddim_uniform"}, spdinv_editing=True),
     "spdinv_paper": Inversion(_PAPER_SOLVER, spdinv_editing=True),
     "spdinv_dci": Inversion({**_PAPER_SOLVER, "dci_rate": 1.0}, spdinv_editing=True),
     "negative_prompt": Inversion({"method": "negative_prompt"}),
@@ -124,64 +123,64 @@ def blend_settings(item: PieItem) -> tuple[str, str, str, str | None]:
 
 
 def edit_prompt(item: PieItem, inversion: str, engine: str, settings: RunSettings,
-                photo_size: tuple[int, int], prefix: str) -> dict[str, Any]:
-    """The API prompt that edits one PIE item with one method and saves the edit alone under ``prefix``."""
+                photo_size: tuple[int, int], prefix: str,
+                object_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The API prompt that edits one PIE item with one method and saves the edit alone under ``prefix``.
+
+    Inputs the protocol does not set are left to the nodes' defaults: filled from ``object_info`` (the server's
+    ``/object_info``) when given, else left out of the prompt.
+    """
     inv = INVERSIONS[inversion]
-    nodes: dict[str, dict[str, Any]] = {}
-
-    def add(class_type: str, title: str, **inputs: Any) -> list[Any]:
-        key = str(len(nodes) + 1)
-        nodes[key] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": title}}
-        return [key, 0]
-
-    ckpt = add("CheckpointLoaderSimple", "Checkpoint", ckpt_name=settings.checkpoint)
-    model, clip, vae = ckpt, [ckpt[0], 1], [ckpt[0], 2]
-    pixels = add("LoadImage", "Photo", image=item.relative_path)
+    g = ApiGraph()
+    ckpt = g.add("CheckpointLoaderSimple", _title="Checkpoint", ckpt_name=settings.checkpoint)
+    model, clip, vae = ckpt, ckpt[1], ckpt[2]
+    pixels = g.add("LoadImage", _title="Photo", image=item.relative_path)
     working = (settings.size, settings.size)
     if photo_size != working:
-        pixels = add("ImageScale", "Resize", upscale_method="lanczos", width=working[0], height=working[1],
-                     crop="center", image=pixels)
-    latent = add("VAEEncode", "Encode photo", pixels=pixels, vae=vae)
-    source = add("CLIPTextEncode", "Source prompt", text=item.source_prompt, clip=clip)
-    empty = add("CLIPTextEncode", "Empty prompt", text="", clip=clip)
+        pixels = g.add("ImageScale", _title="Resize", upscale_method="lanczos", width=working[0],
+                       height=working[1], crop="center", image=pixels)
+    latent = g.add("VAEEncode", _title="Encode photo", pixels=pixels, vae=vae)
+    source = g.add("CLIPTextEncode", _title="Source prompt", text=item.source_prompt, clip=clip)
+    empty = g.add("CLIPTextEncode", _title="Empty prompt", text="", clip=clip)
     negative = empty if inv.empty_negative else None
     if engine == "p2p":
         src_word, tgt_word, reweight, _ = blend_settings(item)
         same_length = len(item.source_prompt.split(" ")) == len(item.target_prompt.split(" "))
-        control = add("P2PAttentionControl", "Prompt-to-Prompt", model=model, clip=clip,
-                      source_text=item.source_prompt, target_text=item.target_prompt,
-                      mode="word swap" if same_length else "refine", cross_replace=settings.cross_replace,
-                      self_replace=settings.self_replace, blend_source_words=src_word,
-                      blend_target_words=tgt_word, blend_threshold=0.3, blend_start=0.2, reweight=reweight,
-                      proximal_guidance=inv.spdinv_editing, proximal_quantile=0.7,
-                      inversion_guidance=inv.spdinv_editing, blend_maps="edited")
-        edit_model, edit_source, target = control, [control[0], 1], [control[0], 2]
+        control = g.add("P2PAttentionControl", _title="Prompt-to-Prompt", model=model, clip=clip,
+                        source_text=item.source_prompt, target_text=item.target_prompt,
+                        mode="word swap" if same_length else "refine", cross_replace=settings.cross_replace,
+                        self_replace=settings.self_replace, blend_source_words=src_word,
+                        blend_target_words=tgt_word, blend_threshold=0.3, blend_start=0.2, reweight=reweight,
+                        proximal_guidance=inv.spdinv_editing, proximal_quantile=0.7,
+                        inversion_guidance=inv.spdinv_editing, blend_maps="edited")
+        edit_model, edit_source, target = control, control[1], control[2]
     elif engine == "masactrl":
-        edit_model = add("MasaCtrlMutualAttention", "MasaCtrl", model=model, start_step=0.08, start_layer=-1,
-                         mask_mode="none", proximal_guidance=inv.spdinv_editing, proximal_quantile=0.6,
-                         source_from_inversion=False)
-        edit_source, target = source, add("CLIPTextEncode", "Target prompt", text=item.target_prompt, clip=clip)
+        edit_model = g.add("MasaCtrlMutualAttention", _title="MasaCtrl", model=model,
+                           proximal_guidance=inv.spdinv_editing)
+        edit_source = source
+        target = g.add("CLIPTextEncode", _title="Target prompt", text=item.target_prompt, clip=clip)
         negative = empty
     else:
-        edit_model = add("PNPInjection", "Plug-and-Play", model=model, feature_fraction=0.8, attention_fraction=0.5)
-        edit_source, target = empty, add("CLIPTextEncode", "Target prompt", text=item.target_prompt, clip=clip)
-        negative = add("CLIPTextEncode", "Negative", text=PNP_NEGATIVE, clip=clip)
-    invert_inputs = {**INVERT_DEFAULTS, **inv.invert, "steps": settings.steps, "cfg": settings.cfg}
-    if invert_inputs["method"] == "null_text":
+        edit_model = g.add("PNPInjection", _title="Plug-and-Play", model=model)
+        edit_source = empty
+        target = g.add("CLIPTextEncode", _title="Target prompt", text=item.target_prompt, clip=clip)
+        negative = g.add("CLIPTextEncode", _title="Negative", text=PNP_NEGATIVE, clip=clip)
+    invert_inputs = {**INVERT_PROTOCOL, **inv.invert, "steps": settings.steps, "cfg": settings.cfg}
+    if inv.invert.get("method") == "null_text":
         invert_inputs["negative"] = empty
-    inverted = add("SPDInvInvert", f"Inversion ({inversion})", model=model, source=source, latent=latent,
-                   **invert_inputs)
+    inverted = g.add("SPDInvInvert", _title=f"Inversion ({inversion})", model=model, source=source, latent=latent,
+                     **invert_inputs)
     sampler_inputs: dict[str, Any] = {"model": edit_model, "inversion": inverted, "source": edit_source,
                                       "target": target, "cfg": settings.cfg, "source_guidance": inv.source_guidance}
     if negative is not None:
         sampler_inputs["negative"] = negative
-    edited = add("SPDInvEditSampler", f"Edit ({engine})", **sampler_inputs)
-    image = add("VAEDecode", "Decode edit", samples=edited, vae=vae)
+    edited = g.add("SPDInvEditSampler", _title=f"Edit ({engine})", **sampler_inputs)
+    image = g.add("VAEDecode", _title="Decode edit", samples=edited, vae=vae)
     if photo_size != working:
-        image = add("ImageScale", "Back to the photo's size", upscale_method="lanczos", width=photo_size[0],
-                    height=photo_size[1], crop="disabled", image=image)
-    add("SaveImage", "Save edit", filename_prefix=prefix, images=image)
-    return nodes
+        image = g.add("ImageScale", _title="Back to the photo's size", upscale_method="lanczos",
+                      width=photo_size[0], height=photo_size[1], crop="disabled", image=image)
+    g.add("SaveImage", _title="Save edit", filename_prefix=prefix, images=image)
+    return g.prompt(object_info)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -245,6 +244,7 @@ def run_edits(server: ComfyServer, items: Sequence[PieItem], methods: Sequence[t
     if report.skipped:
         log(f"{report.skipped} edits already in {out}: skipped")
     noted: set[str] = set()
+    object_info = server.object_info() if todo else None
     started = time.monotonic()
     for n, (item, inv, eng) in enumerate(todo, 1):
         method = method_name(inv, eng)
@@ -259,7 +259,7 @@ def run_edits(server: ComfyServer, items: Sequence[PieItem], methods: Sequence[t
             if not item.image_path.is_file():
                 raise FileNotFoundError(f"{item.image_path} does not exist")
             prompt = edit_prompt(item, inv, eng, settings, image_size(item.image_path),
-                                 prefix=f"pie/{method}/{item.image_id}")
+                                 prefix=f"pie/{method}/{item.image_id}", object_info=object_info)
             history = server.run(prompt, timeout=timeout)
             images = server.output_images(history)
             if len(images) != 1:
