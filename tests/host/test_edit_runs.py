@@ -8,7 +8,7 @@ from pack_calls import edit, invert, photo
 
 from spdinv_pack.attention_patches.registration import engine_of
 
-SIZE = 64
+SIZE = 128
 
 
 def test_two_edits_on_clones_of_one_engine_patched_model_give_what_each_gives_alone(comfy_env, sd15, run_node,
@@ -17,8 +17,7 @@ def test_two_edits_on_clones_of_one_engine_patched_model_give_what_each_gives_al
     (latent,) = run_node(comfy_env.nodes.VAEEncode, pixels=photo(SIZE), vae=vae)
     patched, source, _ = run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip,
                                   source_text="a photo of a cat", target_text="a photo of a dog",
-                                  blend_source_words="cat", blend_target_words="dog", blend_threshold=0.2,
-                                  blend_start=0.0).result
+                                  blend_source_words="cat", blend_target_words="dog").result
     targets = {name: run_node(comfy_env.nodes.CLIPTextEncode, text=f"a photo of a {name}", clip=clip)[0]
                for name in ("dog", "fox")}
     inversions = {3: invert(run_node, pack_nodes, model, source, latent, steps=3)[0],

@@ -161,7 +161,8 @@ def test_mutual_attention_patches_only_a_clone_and_chains_onto_a_block_patch(run
 
 
 def test_mutual_attention_refuses_a_unet_model(run_node, pack_nodes, sd15):
-    with pytest.raises(ValueError, match="model: not an MM-DiT"):
+    with pytest.raises(ValueError, match="^model: SPDInv MM-DiT Mutual Attention runs on .*this model is SD1.x: use "
+                                         "SPDInv Prompt-to-Prompt"):
         mutual(run_node, pack_nodes, sd15[0])
 
 
@@ -231,11 +232,13 @@ def test_flux_edit_at_cfg_1_with_mutual_attention_on_single_stream_blocks(run_no
     recorded = flux.clone()
     recorded.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = recorder
     patched = mutual(run_node, pack_nodes, recorded)  # the default depth 0.65: blocks 4 and 5 of 6
-    keys = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    options = patched.model_options["transformer_options"]
+    hooks = options.get("patches", {}).get("attn1_patch", [])  # ComfyUI's pre-attention hook where it has one
+    keys = hooks[0].site if hooks else options["patches_replace"]["dit"]
     assert sorted(keys) == [("single_block", 2), ("single_block", 3)]
     edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=1.0)
     assert {rows for rows, _ in seen} == {2}  # CFG 1: one row per branch, no unconditional chunk
     assert len(seen) == 6 * 6 and sum(shared for _, shared in seen) == 2 * 6
     same, recon_same, _ = edit(run_node, pack_nodes, patched, inversion, source, source, cfg=1.0)
     assert torch.equal(same["samples"], recon_same["samples"])
-    assert "patches_replace" not in flux.model_options.get("transformer_options", {})
+    assert not {"patches", "patches_replace"} & set(flux.model_options.get("transformer_options", {}))

@@ -143,12 +143,12 @@ def test_cond_and_uncond_in_separate_unet_calls_give_the_same_edit(run_node, pac
                                   blend_source_words="cat", blend_target_words="dog", inversion_guidance=False)
     together, _, _ = edit(run_node, pack_nodes, patched, inversion, source, target)
     seen = []
-    engine = patched.model_options["transformer_options"]["spdinv_engine"]
+    engine = type(patched.model_options["transformer_options"]["spdinv_engine"])
     original = engine.cross_attention
 
-    def spy(*args, **kwargs):
-        seen.append(tuple(args[5]))
-        return original(*args, **kwargs)
+    def spy(self, call):
+        seen.append(tuple(call.chunks))
+        return original(self, call)
 
     monkeypatch.setattr(engine, "cross_attention", spy)
     monkeypatch.setattr(model.model, "memory_required", lambda *a, **k: float("inf"))

@@ -31,7 +31,14 @@ from __future__ import annotations
 
 from .cache import cache_dir
 from .elite import clip_vision_vitl_path, elite_mapper_path
-from .flow import flux_model_path, sd3_checkpoint_path
+from .flow import (
+    FLUX2_CONTEXT,
+    QWEN_IMAGE_CONTEXT,
+    flux2_model_path,
+    flux_model_path,
+    qwen_image_model_path,
+    sd3_checkpoint_path,
+)
 from .latents import sd_like_latent
 from .sd import (
     CHECKPOINT_NAME,
@@ -50,6 +57,7 @@ from .sd import (
 __all__ = [
     "CHECKPOINT_NAME", "CLIP_PREFIX", "LORA_NAME", "LORA_TARGETS", "UNET_PREFIX", "VAE_PREFIX",
     "build_lora_state_dict", "cache_dir", "clip_vision_vitl_path", "elite_mapper_path", "flux_model_path",
+    "FLUX2_CONTEXT", "flux2_model_path", "QWEN_IMAGE_CONTEXT", "qwen_image_model_path",
     "lora_path", "sd15_checkpoint_path", "sd2_checkpoint_path", "sd3_checkpoint_path",
     "sd_like_latent", "sdxl_checkpoint_path",
 ]

@@ -1,4 +1,5 @@
-"""Random flow models: an SD3-class checkpoint (depth-4 MM-DiT) and a Flux-dev-class diffusion model."""
+"""Random flow models: an SD3-class checkpoint (depth-4 MM-DiT), a Flux-dev-class and a Flux.2-Klein-class
+diffusion model, and a one-block Qwen-Image diffusion model."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from .shapes import Shapes, _conv, _linear, _prefixed, _random
 
 SD3_CHECKPOINT_NAME = f"spdinv-test-sd3-mmdit4-random-v{FORMAT_VERSION}.safetensors"
 FLUX_MODEL_NAME = f"spdinv-test-flux-dev-d2s4-random-v{FORMAT_VERSION}.safetensors"
+FLUX2_MODEL_NAME = f"spdinv-test-flux2-klein-d2s2-random-v{FORMAT_VERSION}.safetensors"
+QWEN_IMAGE_MODEL_NAME = f"spdinv-test-qwen-image-b1-random-v{FORMAT_VERSION}.safetensors"
+QWEN_IMAGE_CONTEXT = 3584
+"""Qwen-Image's text width: Qwen2.5-VL-7B's last hidden layer."""
+FLUX2_CONTEXT = 7680
+"""Flux.2 Klein 4B's text width: three stacked Qwen3-4B hidden layers of 2560."""
 
 
 def mmdit_shapes(depth: int, pos_embed_max: int = 64, context_in: int = 4096, adm_in: int = 2048) -> Shapes:
@@ -74,6 +81,64 @@ def flux_shapes(hidden: int = 256, double: int = 2, single: int = 4) -> Shapes:
     return s
 
 
+def flux2_shapes(hidden: int = 128, double: int = 2, single: int = 2, context: int = FLUX2_CONTEXT) -> Shapes:
+    """Flux.2's diffusion model (``comfy/ldm/flux`` with ``image_model="flux2"``, detected by its shared
+    modulation layers): heads of 128 (four rotary axes of 32), 128 latent channels at patch 1, bias-free layers,
+    SiLU-gated MLPs of 3 × hidden, no pooled or guidance input (Klein), ``double`` double- and ``single``
+    single-stream blocks."""
+    head, mlp = 128, 3 * hidden
+    s: Shapes = {}
+    for name, out, c_in in (("img_in", hidden, 128), ("time_in.in_layer", hidden, 256),
+                            ("time_in.out_layer", hidden, hidden), ("txt_in", hidden, context)):
+        s[f"{name}.weight"] = (out, c_in)
+    for i in range(double):
+        for stream in ("img", "txt"):
+            p = f"double_blocks.{i}.{stream}"
+            s[f"{p}_attn.qkv.weight"] = (3 * hidden, hidden)
+            s[f"{p}_attn.norm.query_norm.weight"] = (head,)
+            s[f"{p}_attn.norm.key_norm.weight"] = (head,)
+            s[f"{p}_attn.proj.weight"] = (hidden, hidden)
+            s[f"{p}_mlp.0.weight"] = (2 * mlp, hidden)
+            s[f"{p}_mlp.2.weight"] = (hidden, mlp)
+    for i in range(single):
+        p = f"single_blocks.{i}"
+        s[f"{p}.linear1.weight"] = (3 * hidden + 2 * mlp, hidden)
+        s[f"{p}.linear2.weight"] = (hidden, hidden + mlp)
+        s[f"{p}.norm.query_norm.weight"] = (head,)
+        s[f"{p}.norm.key_norm.weight"] = (head,)
+    s["final_layer.linear.weight"] = (128, hidden)
+    s["final_layer.adaLN_modulation.1.weight"] = (2 * hidden, hidden)
+    for stream in ("img", "txt"):
+        s[f"double_stream_modulation_{stream}.lin.weight"] = (6 * hidden, hidden)
+    s["single_stream_modulation.lin.weight"] = (3 * hidden, hidden)
+    return s
+
+
+def qwen_image_shapes(blocks: int = 1) -> Shapes:
+    """Qwen-Image's diffusion model (``comfy/ldm/qwen_image``, detected by ``txt_norm``): ComfyUI fixes its width
+    (24 heads of 128) and text width (3584) and reads only the block count from the keys; 64 inputs (16 latent
+    channels, patch 2), about 0.38 B parameters a block."""
+    width, heads_dim, mlp = 3072, 128, 4 * 3072
+    s: Shapes = {"txt_norm.weight": (QWEN_IMAGE_CONTEXT,)}
+    _linear(s, "time_text_embed.timestep_embedder.linear_1", width, 256)
+    _linear(s, "time_text_embed.timestep_embedder.linear_2", width, width)
+    _linear(s, "img_in", width, 64)
+    _linear(s, "txt_in", width, QWEN_IMAGE_CONTEXT)
+    for i in range(blocks):
+        p = f"transformer_blocks.{i}"
+        for stream in ("img", "txt"):
+            _linear(s, f"{p}.{stream}_mod.1", 6 * width, width)
+            _linear(s, f"{p}.{stream}_mlp.net.0.proj", mlp, width)
+            _linear(s, f"{p}.{stream}_mlp.net.2", width, mlp)
+        for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+            s[f"{p}.attn.{norm}.weight"] = (heads_dim,)
+        for proj in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"):
+            _linear(s, f"{p}.attn.{proj}", width, width)
+    _linear(s, "norm_out.linear", 2 * width, width)
+    _linear(s, "proj_out", 64, width)
+    return s
+
+
 SD3_DEPTH = 4
 SD3_CLIP_L_PREFIX = "text_encoders.clip_l.transformer.text_model."
 
@@ -88,6 +153,16 @@ def sd3_shapes() -> Shapes:
 def build_flux_state_dict(seed: int = SEED + 6, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """All tensors of the Flux-dev-class test diffusion model (:func:`flux_shapes`), deterministic random values."""
     return _random(flux_shapes(), torch.Generator().manual_seed(seed), dtype)
+
+
+def build_flux2_state_dict(seed: int = SEED + 7, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All tensors of the Flux.2-Klein-class test diffusion model (:func:`flux2_shapes`), deterministic random."""
+    return _random(flux2_shapes(), torch.Generator().manual_seed(seed), dtype)
+
+
+def build_qwen_image_state_dict(seed: int = SEED + 8, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All tensors of the one-block Qwen-Image test diffusion model (:func:`qwen_image_shapes`)."""
+    return _random(qwen_image_shapes(), torch.Generator().manual_seed(seed), dtype)
 
 
 def build_sd3_state_dict(seed: int = SEED + 5, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
@@ -106,3 +181,16 @@ def flux_model_path() -> Path:
     """Path of the cached random Flux-dev-class diffusion model (2 double, 4 single blocks; a few MiB)."""
     meta = {"spdinv_test": "random-weight Flux-dev-class diffusion model, not a real model", "seed": str(SEED + 6)}
     return _cached(FLUX_MODEL_NAME, build_flux_state_dict, meta)
+
+
+def flux2_model_path() -> Path:
+    """Path of the cached random Flux.2-Klein-class diffusion model (2 double, 2 single blocks; a few MiB)."""
+    meta = {"spdinv_test": "random-weight Flux.2-Klein-class diffusion model, not a real model", "seed": str(SEED + 7)}
+    return _cached(FLUX2_MODEL_NAME, build_flux2_state_dict, meta)
+
+
+def qwen_image_model_path() -> Path:
+    """Path of the cached random one-block Qwen-Image diffusion model (about 0.7 GiB in fp16)."""
+    meta = {"spdinv_test": "random-weight one-block Qwen-Image diffusion model, not a real model",
+            "seed": str(SEED + 8)}
+    return _cached(QWEN_IMAGE_MODEL_NAME, build_qwen_image_state_dict, meta)
