@@ -210,8 +210,9 @@ def bad_mappers(server_elite_folder: Path, elite_mapper_path_global: Path) -> di
 def test_bad_mapper_files_fail_the_loader_in_the_server_without_running_code(server, bad_mappers, kind, match):
     PICKLE_MARKER.unlink(missing_ok=True)
     # PreviewAny (an output node) makes ComfyUI execute the loader and nothing heavier.
-    prompt = {"1": {"class_type": "ELITEMapperLoader", "inputs": {"mapper_name": bad_mappers[kind]}},
-              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    g = ApiGraph()
+    g.add("PreviewAny", source=g.add("ELITEMapperLoader", mapper_name=bad_mappers[kind]))
+    prompt = g.prompt()
     with pytest.raises(ExecutionError, match=match):
         server.run(prompt, timeout=600)
     assert not PICKLE_MARKER.exists()
@@ -275,8 +276,9 @@ def test_the_same_workflow_twice_gives_bit_identical_output(server, good):
     assert status == 200
     # ComfyUI's worker reads the flag after a prompt (or when the flag wakes it while idle): run a tiny prompt
     # so the reset has happened, whatever the timing, before the workflow runs again.
-    server.run({"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-                "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=600)
+    tiny = ApiGraph()
+    tiny.add("PreviewImage", images=tiny.add("EmptyImage", width=8, height=8))
+    server.run(tiny.prompt(server.object_info()), timeout=600)
     second = server.run(prompt, timeout=1200)
     assert not executed_again(second), "the second run was served from the cache"
     (a,), (b,) = saved_latents(server, first), saved_latents(server, second)
