@@ -30,6 +30,18 @@ DEFAULT_REL_TOL = 0.01
 """Chosen by benchmarks/bench_inversion.py (see README, Performance)."""
 
 
+def latent_of_rank(model, samples: torch.Tensor) -> torch.Tensor:
+    """``samples`` in the rank the model takes: ``[B, C, H, W]``, or ``[B, C, T, H, W]`` for models with a
+    frame axis (Qwen-Image, Wan), to which an image latent gets one frame as ComfyUI's samplers give it."""
+    rank = 2 + getattr(model.get_model_object("latent_format"), "latent_dimensions", 2)
+    if samples.ndim == 4 and rank == 5:
+        samples = samples.unsqueeze(2)
+    if samples.ndim != rank:
+        layout = "[B, C, H, W]" if rank == 4 else "[B, C, T, H, W]"
+        raise ValueError(f"latent: this model takes latents {layout}, got shape {tuple(samples.shape)}")
+    return samples
+
+
 class SPDInvInvert(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -119,9 +131,7 @@ class SPDInvInvert(io.ComfyNode):
         settings = InversionSettings(method=protocol_of(method).trajectory, solver=solver, max_iters=max_iters,
                                      lr=lr, delta=delta, rel_tol=rel_tol, measure_ddim_residual=measure_residual,
                                      dci_rate=dci_rate)
-        samples = latent["samples"]
-        if samples.ndim != 4:
-            raise ValueError(f"latent: expected an image latent [B, C, H, W], got shape {tuple(samples.shape)}")
+        samples = latent_of_rank(model, latent["samples"])
         check_latent_channels(model, samples, "latent")
         if sigmas is None:
             sigmas = sampling_grid(model.get_model_object("model_sampling"), grid, steps, Family.of(model).grid)

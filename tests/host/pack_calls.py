@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import torch
+
+from spdinv_pack.spdinv.metrics import latent_psnr
 
 STEPS = 10
 
@@ -94,3 +101,31 @@ def engine_model(run_node, pack_nodes, engine: str, model, clip, source_text: st
     if engine == "pnp":
         return run_node(pack_nodes.PNPInjection, model=model).result[0], source, target
     raise ValueError(f"unknown engine {engine!r}")
+
+
+@contextlib.contextmanager
+def diffusion_model(path: Path) -> Iterator[Any]:
+    """A diffusion-model file as ComfyUI's diffusion-model loader loads it, unloaded afterwards."""
+    import comfy.model_management
+    import comfy.sd
+
+    model = comfy.sd.load_diffusion_model(str(path))
+    try:
+        yield model
+    finally:
+        del model
+        comfy.model_management.unload_all_models()
+
+
+def reconstruction_psnr(run_node, pack_nodes, model, source, latent: dict, steps: int, name: str) -> dict[str, float]:
+    """Reconstruction PSNR of plain inversion (``ddim``) and SPDInv at ``steps``, printed for the note."""
+    psnr = {}
+    for method in ("ddim", "spdinv"):
+        inversion, _ = invert(run_node, pack_nodes, model, source, latent, method=method, steps=steps, rel_tol=0.01,
+                              measure_residual=False)
+        _, recon = reconstruct(run_node, pack_nodes, model, inversion, source)
+        assert recon["samples"].shape == latent["samples"].shape
+        psnr[method] = latent_psnr(recon["samples"], latent["samples"])
+    print(f"\n[host] {name}, {steps} steps: reconstruction PSNR plain inversion {psnr['ddim']:.1f} dB, SPDInv "
+          f"{psnr['spdinv']:.1f} dB")
+    return psnr

@@ -17,7 +17,8 @@ def test_two_edits_on_clones_of_one_engine_patched_model_give_what_each_gives_al
     (latent,) = run_node(comfy_env.nodes.VAEEncode, pixels=photo(SIZE), vae=vae)
     patched, source, _ = run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip,
                                   source_text="a photo of a cat", target_text="a photo of a dog",
-                                  blend_source_words="cat", blend_target_words="dog").result
+                                  blend_source_words="cat", blend_target_words="dog",
+                                  blend_threshold=0.99).result
     targets = {name: run_node(comfy_env.nodes.CLIPTextEncode, text=f"a photo of a {name}", clip=clip)[0]
                for name in ("dog", "fox")}
     inversions = {3: invert(run_node, pack_nodes, model, source, latent, steps=3)[0],

@@ -16,7 +16,7 @@ import torch
 
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import sd3_checkpoint_path, sd_like_latent
-from spdinv_pack.tests.host.pack_calls import RowCount, edit, invert, reconstruct
+from spdinv_pack.tests.host.pack_calls import RowCount, diffusion_model, edit, invert, reconstruct, reconstruction_psnr
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 
@@ -169,21 +169,16 @@ def test_mutual_attention_refuses_a_unet_model(run_node, pack_nodes, sd15):
 @pytest.fixture(scope="module")
 def flux():
     """The random Flux-dev-class MODEL as ComfyUI's diffusion-model loader loads it, unloaded after the module."""
-    import comfy.model_management
-    import comfy.sd
-
     from spdinv_pack.tests.host.factory import flux_model_path
 
     try:
-        model = comfy.sd.load_diffusion_model(str(flux_model_path()))
+        with diffusion_model(flux_model_path()) as model:
+            yield model
     except RuntimeError as e:
         if "size mismatch" not in str(e):
             raise
         pytest.skip("this ComfyUI's Flux detection fixes the width at Flux's full 3072 (0.3.64 does; 0.33 reads it "
                     "from the weights), so the reduced-width random Flux does not load")
-    yield model
-    del model
-    comfy.model_management.unload_all_models()
 
 
 def flux_prompt(seed: int, guidance: float = 3.5) -> list:
@@ -202,14 +197,7 @@ def test_flux_inverts_with_its_guidance_far_better_than_plain_flow_inversion(run
     assert isinstance(flux.get_model_object("model_sampling"), comfy.model_sampling.CONST)
     source = flux_prompt(0)
     for steps in (10, 28):
-        psnr = {}
-        for method in ("ddim", "spdinv"):
-            inversion, _ = invert(run_node, pack_nodes, flux, source, photo_latent, method=method, steps=steps,
-                                  rel_tol=0.01, measure_residual=False)
-            _, recon = reconstruct(run_node, pack_nodes, flux, inversion, source)
-            psnr[method] = latent_psnr(recon["samples"], photo_latent["samples"])
-        print(f"\n[host] Flux, {steps} steps: reconstruction PSNR plain inversion {psnr['ddim']:.1f} dB, SPDInv "
-              f"{psnr['spdinv']:.1f} dB")
+        psnr = reconstruction_psnr(run_node, pack_nodes, flux, source, photo_latent, steps, "Flux")
         assert psnr["spdinv"] >= psnr["ddim"] + 10
     other = flux_prompt(0, guidance=1.0)  # the guidance value reaches the model: another inversion
     a, _ = invert(run_node, pack_nodes, flux, source, photo_latent, steps=4)

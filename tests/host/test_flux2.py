@@ -14,24 +14,19 @@ import torch
 
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.attention_patches.registration import PreAttentionPatch
-from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import FLUX2_CONTEXT, flux2_model_path, sd_like_latent
-from spdinv_pack.tests.host.pack_calls import edit, invert, reconstruct
+from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, reconstruction_psnr
 
 
 @pytest.fixture(scope="module")
 def flux2(comfy_env):
     """The random Flux.2-Klein-class MODEL as ComfyUI's diffusion-model loader loads it."""
-    import comfy.model_management
-    import comfy.sd
     import comfy.supported_models
 
     if not hasattr(comfy.supported_models, "Flux2"):
         pytest.skip("this ComfyUI has no Flux.2 (0.3.64)")
-    model = comfy.sd.load_diffusion_model(str(flux2_model_path()))
-    yield model
-    del model
-    comfy.model_management.unload_all_models()
+    with diffusion_model(flux2_model_path()) as model:
+        yield model
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +50,7 @@ def test_the_loader_detects_flux2_and_spdinv_reconstructs_far_better_than_plain_
     family = Family.of(flux2)
     assert type(flux2.model.model_config).__name__ == "Flux2" and family.name == "Flux.2"
     assert not family.guidance_distilled(flux2.get_model_object("diffusion_model"))  # Klein: no guidance_in
-    source = prompt(0)
-    psnr = {}
-    for method in ("ddim", "spdinv"):
-        inversion, _ = invert(run_node, pack_nodes, flux2, source, photo_latent, method=method, steps=10,
-                              rel_tol=0.01, measure_residual=False)
-        _, recon = reconstruct(run_node, pack_nodes, flux2, inversion, source)
-        psnr[method] = latent_psnr(recon["samples"], photo_latent["samples"])
-    print(f"\n[host] Flux.2, 10 steps: reconstruction PSNR plain inversion {psnr['ddim']:.1f} dB, SPDInv "
-          f"{psnr['spdinv']:.1f} dB")
+    psnr = reconstruction_psnr(run_node, pack_nodes, flux2, prompt(0), photo_latent, 10, "Flux.2")
     assert psnr["spdinv"] >= psnr["ddim"] + 10
 
 

@@ -14,19 +14,14 @@ import torch
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import QWEN_IMAGE_CONTEXT, qwen_image_model_path, sd_like_latent
-from spdinv_pack.tests.host.pack_calls import edit, invert, reconstruct
+from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, reconstruction_psnr
 
 
 @pytest.fixture(scope="module")
 def qwen(comfy_env):
     """The random one-block Qwen-Image MODEL as ComfyUI's diffusion-model loader loads it."""
-    import comfy.model_management
-    import comfy.sd
-
-    model = comfy.sd.load_diffusion_model(str(qwen_image_model_path()))
-    yield model
-    del model
-    comfy.model_management.unload_all_models()
+    with diffusion_model(qwen_image_model_path()) as model:
+        yield model
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +38,7 @@ def prompt(seed: int) -> list:
 def test_the_loader_detects_qwen_image_and_spdinv_reconstructs_far_better_than_plain_flow_inversion(
         run_node, pack_nodes, qwen, photo_latent):
     assert type(qwen.model.model_config).__name__ == "QwenImage" and Family.of(qwen).name == "Qwen-Image"
-    source = prompt(0)
-    psnr = {}
-    for method in ("ddim", "spdinv"):
-        inversion, _ = invert(run_node, pack_nodes, qwen, source, photo_latent, method=method, steps=10,
-                              rel_tol=0.01, measure_residual=False)
-        _, recon = reconstruct(run_node, pack_nodes, qwen, inversion, source)
-        assert recon["samples"].shape == photo_latent["samples"].shape
-        psnr[method] = latent_psnr(recon["samples"], photo_latent["samples"])
-    print(f"\n[host] Qwen-Image, 10 steps: reconstruction PSNR plain inversion {psnr['ddim']:.1f} dB, SPDInv "
-          f"{psnr['spdinv']:.1f} dB")
+    psnr = reconstruction_psnr(run_node, pack_nodes, qwen, prompt(0), photo_latent, 10, "Qwen-Image")
     assert psnr["spdinv"] >= psnr["ddim"] + 10
 
 
