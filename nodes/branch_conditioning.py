@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import comfy.controlnet
-import comfy.model_base
 import torch
 
 from ..attention_patches.families import Family
