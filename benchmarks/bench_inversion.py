@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import importlib.util
 import json
 import math
@@ -134,6 +135,8 @@ def parse_method(text: str) -> MethodSpec:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from spdinv_pack.tests.host.factory.standins import FLOW_TEST_MODELS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"),
                    help="ComfyUI checkout (default: $COMFYUI_PATH)")
@@ -141,6 +144,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="auto: CUDA when available, else CPU (ComfyUI started with --cpu)")
     p.add_argument("--checkpoint", type=Path,
                    help="SD checkpoint file (default: the random-weight SD1.5 of tests/host/factory/)")
+    p.add_argument("--family", choices=sorted(FLOW_TEST_MODELS),
+                   help="instead of a checkpoint: the random test diffusion model of this flow family, with\n"
+                        "stand-in prompt encodings in its text encoder's real shape (tests/host/factory/standins.py)\n"
+                        "and an SD-like latent in its layout")
+    p.add_argument("--engine", choices=("none", "mmdit"), default="none",
+                   help="engine on the model of the timed and identity edits (mmdit: SPDInv MM-DiT Mutual\n"
+                        "Attention at its family defaults, sharing from the first step)")
     p.add_argument("--image", type=Path, help="photo to invert, centre-cropped and resized (default: synthetic)")
     p.add_argument("--latent", choices=("auto", "vae", "sd-like"), default="auto",
                    help="what to invert: the VAE-encoded image, or a smooth latent with a real VAE latent's\n"
@@ -167,6 +177,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.methods is None:
         args.methods = [parse_method(m) for m in DEFAULT_METHODS]
+    if args.family is not None and args.checkpoint is not None:
+        p.error("--family and --checkpoint exclude each other")
     if args.resolution < 8 or args.resolution % 8:
         p.error("--resolution must be a positive multiple of 8")
     if min(args.steps) < 1 or args.repeats < 1 or args.warmup_steps < 1:
@@ -327,6 +339,15 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def weights_digest(model_patcher: Any) -> str:
+    """SHA-256 of the model's weights (names and bytes): equal before and after iff no weight changed."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model_patcher.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _inversion_order(t: torch.Tensor) -> list[Any]:
     """Per-step values (item 0 of the batch) from the first inversion step (lowest noise) to the last."""
     return (t[:, 0] if t.dim() > 1 else t).flip(0).tolist()
@@ -342,16 +363,20 @@ class Bench:
         if root is None:
             raise SystemExit(f"bench_inversion: {reason}")
         bootstrap_sys_path(root, cpu=not cuda)
-        if args.checkpoint is None:
-            from spdinv_pack.tests.host import factory
+        from spdinv_pack.tests.host import factory
 
+        self.test_model = None if args.family is None else factory.FLOW_TEST_MODELS[args.family]
+        if self.test_model is not None:
+            ckpt = self.test_model.model_path()
+        elif args.checkpoint is None:
             ckpt = factory.sd15_checkpoint_path()
         else:
             ckpt = args.checkpoint.expanduser().resolve()
             if not ckpt.is_file():
                 raise SystemExit(f"bench_inversion: --checkpoint {ckpt} is not a file")
-        self.env = import_comfy(root, ckpt.parent, kinds=("checkpoints",))
-        found = self.env.folder_paths.get_full_path("checkpoints", ckpt.name)
+        kind = "checkpoints" if self.test_model is None else "diffusion_models"
+        self.env = import_comfy(root, ckpt.parent, kinds=(kind,))
+        found = self.env.folder_paths.get_full_path(kind, ckpt.name)
         if found is None or Path(found).resolve() != ckpt:
             raise SystemExit(f"bench_inversion: ComfyUI resolves {ckpt.name} to {found}, not {ckpt}; rename the file")
         import comfy.model_management as mm
@@ -361,21 +386,35 @@ class Bench:
 
         from spdinv_pack.nodes.edit_sampler import SPDInvEditSampler
         from spdinv_pack.nodes.invert import SPDInvInvert
+        from spdinv_pack.nodes.mmdit_attention import MMDiTMutualAttention
 
         self.args, self.cuda, self.ckpt = args, cuda, ckpt
         self.run_node = RunNode()
         self.invert_node, self.edit_node = SPDInvInvert, SPDInvEditSampler
         n = self.env.nodes
         log(f"loading {ckpt}")
-        self.model, self.clip, self.vae = self.run_node(n.CheckpointLoaderSimple, ckpt_name=ckpt.name)
-        self.latent_source = args.latent
-        if self.latent_source == "auto":
-            self.latent_source = "vae" if args.image is not None or args.checkpoint is not None else "sd-like"
-        self.latent = self.make_latent(args.resolution)
-        (self.source,) = self.run_node(n.CLIPTextEncode, text=args.prompt, clip=self.clip)
-        (self.target,) = self.run_node(n.CLIPTextEncode, text=args.target_prompt, clip=self.clip)
-        (self.null,) = self.run_node(n.CLIPTextEncode, text="", clip=self.clip)
+        if self.test_model is not None:
+            if args.image is not None or args.latent == "vae":
+                raise SystemExit("bench_inversion: --family has no VAE; it inverts an SD-like latent")
+            (self.model,) = self.run_node(n.UNETLoader, unet_name=ckpt.name, weight_dtype="default")
+            self.latent_source = "sd-like"
+            self.latent = self.test_model.photo(args.resolution)
+            self.source, self.target, self.null = (self.test_model.prompt(seed) for seed in (0, 1, 2))
+        else:
+            self.model, self.clip, self.vae = self.run_node(n.CheckpointLoaderSimple, ckpt_name=ckpt.name)
+            self.latent_source = args.latent
+            if self.latent_source == "auto":
+                self.latent_source = "vae" if args.image is not None or args.checkpoint is not None else "sd-like"
+            self.latent = self.make_latent(args.resolution)
+            (self.source,) = self.run_node(n.CLIPTextEncode, text=args.prompt, clip=self.clip)
+            (self.target,) = self.run_node(n.CLIPTextEncode, text=args.target_prompt, clip=self.clip)
+            (self.null,) = self.run_node(n.CLIPTextEncode, text="", clip=self.clip)
         self.memory_how = PeakMemory(cuda).how
+        self.digest_before = weights_digest(self.model)
+        self.edit_model = self.model
+        if args.engine == "mmdit":
+            (self.edit_model,) = self.run_node(MMDiTMutualAttention, model=self.model, start_step=0.0,
+                                               start_block=-1.0, share="keys and values")
 
     def make_latent(self, resolution: int) -> dict[str, torch.Tensor]:
         """The LATENT to invert at ``resolution`` pixels (see ``--latent``)."""
@@ -493,12 +532,16 @@ class Bench:
         return row, inversion
 
     def edit_row(self, inversion: Any) -> dict[str, Any]:
-        """Time the edit sampler (source + target branches, target prompt at ``--edit-cfg``)."""
+        """Time the edit sampler (source + target branches, target prompt at ``--edit-cfg``) on the ``--engine``
+        model, and measure how far an identity edit (target = source) is from its reconstruction."""
         args = self.args
 
-        def call() -> Any:
-            return self.run_node(self.edit_node, model=self.model, inversion=inversion, source=self.source,
-                                 target=self.target, cfg=args.edit_cfg)
+        def call(target: Any = self.target) -> Any:
+            return self.run_node(self.edit_node, model=self.edit_model, inversion=inversion, source=self.source,
+                                 target=target, cfg=args.edit_cfg)
+
+        edited, recon, _ = call(self.source).result
+        identity = float((edited["samples"] - recon["samples"]).abs().max())
 
         log("edit: warm-up")
         call()
@@ -506,7 +549,8 @@ class Bench:
         with PeakMemory(self.cuda) as mem:
             for _ in range(args.repeats):
                 times.append(self._timed(call)[0])
-        return {"cfg": args.edit_cfg, "target_prompt": args.target_prompt, "times_s": times,
+        return {"cfg": args.edit_cfg, "target_prompt": args.target_prompt, "engine": args.engine,
+                "identity_max_abs": identity, "times_s": times,
                 "median_s": statistics.median(times), "peak_mem_bytes": mem.peak, "mem_base_bytes": mem.base}
 
     def run(self) -> dict[str, Any]:
@@ -538,6 +582,10 @@ class Bench:
             "comfyui_git": git_state(self.env.root),
             "pack_git": git_state(ROOT),
             "checkpoint": str(self.ckpt),
+            "family": None if self.test_model is None else self.test_model.family,
+            "weights_unchanged": weights_digest(self.model) == self.digest_before,
+            "base_model_options_unpatched": not {"patches", "patches_replace"} & set(
+                self.model.model_options.get("transformer_options", {})),
             "model": type(base.model_config).__name__,
             "unet_dtype": str(base.get_dtype()),
             "resolution": args.resolution,
@@ -580,12 +628,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- model: {Path(m['checkpoint']).name} ({m['model']}, UNet {m['unet_dtype']}); "
         f"{'VAE-encoded image ' + m['image'] if m['latent'] == 'vae' else 'SD-like synthetic latent'} at "
         f"{m['resolution']}x{m['resolution']} (latent {m['latent_shape']}); "
-        f"prompt \"{m['prompt']}\"",
+        + (f"stand-in encodings of the {m['family']} text encoder's shape" if m.get("family")
+           else f"prompt \"{m['prompt']}\""),
         f"- wall time: median of {m['repeats']} SPDInvInvert calls after a {m['warmup_steps']}-step warm-up; "
         "residuals re-measured afterwards (one untimed UNet forward per step)",
         f"- memory: {m['memory']} during the timed calls",
         f"- {m['date']}: `{m['command']}`",
     ]
+    if "weights_unchanged" in m:
+        lines.append(f"- after every run: model weights {'bit-identical' if m['weights_unchanged'] else 'CHANGED'}, "
+                     f"base MODEL {'without' if m['base_model_options_unpatched'] else 'WITH'} the engine's patches")
     delta = f"{m['delta']:.0e}"
     for table in report["tables"]:
         n = table["steps"]
@@ -593,23 +645,28 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"## {n} steps",
             "",
-            f"| method | wall s | × ddim | UNet fwd | UNet bwd | steps < δ={delta} | median residual | max residual "
-            "| recon PSNR dB | peak mem MiB | Δ mem MiB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| method | wall s | × ddim | UNet fwd | fwd/step | UNet bwd | steps < δ={delta} | median residual "
+            "| max residual | recon PSNR dB | peak mem MiB | Δ mem MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in table["rows"]:
             ratio = "–" if r["time_vs_ddim"] is None else f"{r['time_vs_ddim']:.2f}"
             lines.append(
-                f"| {r['method']} | {r['median_s']:.2f} | {ratio} | {r['forwards']} | {r['backwards']} "
+                f"| {r['method']} | {r['median_s']:.2f} | {ratio} | {r['forwards']} | {r['forwards'] / n:.2f} "
+                f"| {r['backwards']} "
                 f"| {r['steps_under_delta']}/{n} | {r['residual_median']:.2e} | {r['residual_max']:.2e} "
                 f"| {r['recon_psnr_db']:.2f} | {_mib(r['peak_mem_bytes'])} "
                 f"| {_mib(r['peak_mem_bytes'] - r['mem_base_bytes'])} |"
             )
         e = table["edit"]
         if e is not None:
-            lines += ["", f"Edit (SPDInvEditSampler, source + target branches, CFG {e['cfg']:g}, {n} steps): "
+            engine = "" if e.get("engine", "none") == "none" else f", engine {e['engine']}"
+            lines += ["", f"Edit (SPDInvEditSampler, source + target branches, CFG {e['cfg']:g}{engine}, {n} steps): "
                           f"{e['median_s']:.2f} s median, peak mem {_mib(e['peak_mem_bytes'])} MiB "
                           f"(Δ {_mib(e['peak_mem_bytes'] - e['mem_base_bytes'])} MiB)."]
+            if "identity_max_abs" in e:
+                lines.append(f"Identity edit (target = source): max |edited − reconstruction| = "
+                             f"{e['identity_max_abs']:.3g}.")
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,8 @@ with their branch:
   control and keeps its output on that branch's rows only, so a ControlNet on the target leaves the source
   reconstruction untouched. ``control_apply_to_uncond`` (the legacy apply node) also gives the control to
   the same branch's negative when that has none.
+* ``guidance`` (FluxGuidance) on a guidance-distilled model: each branch's rows get their own value, so the
+  inversion's guidance can ride on the source (which retraces the inversion) and the edit's on the target.
 * everything else (SDXL sizes, masks, areas, strength, hooks, …) must agree between the branches of one side:
   one entry cannot carry two values, and copying one branch's value to the other would silently change it.
 
@@ -21,6 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import comfy.conds
 import comfy.controlnet
 import torch
 
@@ -125,9 +128,24 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _shared_extras(branches: list[tuple[str, dict]]) -> dict:
+def _branch_guidance(branches: list[tuple[str, dict]], rows: int) -> dict:
+    """The extras giving each branch's ``rows`` their own distilled guidance: none where every branch has the
+    same (the shared extra then carries it), else ``guidance`` None (no model default over it) and the per-row
+    values as the model's ``guidance`` cond, the way ComfyUI's samplers batch it."""
+    values = [meta.get("guidance") for _, meta in branches]
+    if all(v == values[0] for v in values):
+        return {}
+    if any(v is None for v in values):
+        unset = ", ".join(name for (name, _), v in zip(branches, values, strict=True) if v is None)
+        raise ValueError(f"{unset}: sets no guidance while the other branch does (FluxGuidance); put a FluxGuidance "
+                         "on it too (a negative may also stay unconnected)")
+    per_row = torch.tensor([float(v) for v in values for _ in range(rows)])
+    return {"guidance": None, "model_conds": {"guidance": comfy.conds.CONDRegular(per_row)}}
+
+
+def _shared_extras(branches: list[tuple[str, dict]], per_branch: set[str] = _PER_BRANCH) -> dict:
     """The extras that are not per branch; they must be the same on every branch."""
-    keys = sorted({k for _, meta in branches for k in meta} - _PER_BRANCH)
+    keys = sorted({k for _, meta in branches for k in meta} - per_branch)
     out = {}
     for key in keys:
         (first_name, first), *rest = branches
@@ -140,9 +158,11 @@ def _shared_extras(branches: list[tuple[str, dict]]) -> dict:
     return out
 
 
-def stack_branches(branches: list[Branch], rows: int, control: BranchControl | None = None) -> list:
+def stack_branches(branches: list[Branch], rows: int, control: BranchControl | None = None,
+                   branch_guidance: bool = False) -> list:
     """One CONDITIONING whose batch holds each branch's prompt ``rows`` times, in order, with the shared
-    extras and ``control`` (the branches' controls, see :func:`edit_conditioning`).
+    extras and ``control`` (the branches' controls, see :func:`edit_conditioning`); with ``branch_guidance``
+    (a guidance-distilled model) each branch keeps its own ``guidance``.
 
     Token lengths that differ are matched by repetition to their least common multiple, as ComfyUI batches
     conds.
@@ -150,7 +170,9 @@ def stack_branches(branches: list[Branch], rows: int, control: BranchControl | N
     entries = [_entry(name, cond, rows) for name, cond in branches]
     tensors = [_rows(t, rows) for t, _ in entries]
     length = math.lcm(*(t.shape[1] for t in tensors))
-    meta = _shared_extras([(name, m) for (name, _), (_, m) in zip(branches, entries, strict=True)])
+    metas = [(name, m) for (name, _), (_, m) in zip(branches, entries, strict=True)]
+    own = _branch_guidance(metas, rows) if branch_guidance else {}
+    meta = {**_shared_extras(metas, _PER_BRANCH | own.keys()), **own}
     pooled = [m.get("pooled_output") for _, m in entries]
     if all(p is not None for p in pooled):
         meta["pooled_output"] = torch.cat([_rows(p, rows) for p in pooled])
@@ -178,15 +200,15 @@ def at_photo_size(cond: list, latent: torch.Tensor, model: Any) -> list:
             for t, meta in cond]
 
 
-def edit_conditioning(source: list, target: list, negative: list | None, rows: int, guided_source: bool = False
-                      ) -> tuple[list, list]:
+def edit_conditioning(source: list, target: list, negative: list | None, rows: int, guided_source: bool = False,
+                      branch_guidance: bool = False) -> tuple[list, list]:
     """``(positive, negative)`` of the edit sampler: ``[source, target]`` and ``[source, negative]`` (the
     negative defaults to the source prompt, the paper's recipe), or ``[negative, negative]`` for a
     ``guided_source`` (the source branch guided against the negative too).
 
     A branch's control marked ``control_apply_to_uncond`` also acts on that branch's negative when the
     negative has none. When both sides carry the same controls they share one :class:`BranchControl`, so
-    ComfyUI still batches cond and uncond into one UNet call.
+    ComfyUI still batches cond and uncond into one UNet call. ``branch_guidance``: see :func:`stack_branches`.
     """
     negative = source if negative is None else negative
     source_uncond = "negative" if guided_source else "source"
@@ -202,6 +224,6 @@ def edit_conditioning(source: list, target: list, negative: list | None, rows: i
         uncond_control = cond_control
     else:
         uncond_control = BranchControl(uncond_controls) if any(c is not None for c in uncond_controls) else None
-    return (stack_branches([("source", source), ("target", target)], rows, cond_control),
+    return (stack_branches([("source", source), ("target", target)], rows, cond_control, branch_guidance),
             stack_branches([(source_uncond, source if source_uncond == "source" else negative),
-                            ("negative", negative)], rows, uncond_control))
+                            ("negative", negative)], rows, uncond_control, branch_guidance))

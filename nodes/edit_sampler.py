@@ -82,7 +82,8 @@ class SPDInvEditSampler(io.ComfyNode):
             logging.warning(f"SPDInv Edit Sampler: the null-text embeddings were tuned for CFG {null_text.cfg:g} "
                             f"but cfg is {cfg:g}; the source branch will not retrace the inversion exactly")
         family = Family.of(model)
-        if family.guidance_distilled(model.get_model_object("diffusion_model")) and abs(cfg - 1.0) > 1e-6:
+        distilled = family.guidance_distilled(model.get_model_object("diffusion_model"))
+        if distilled and abs(cfg - 1.0) > 1e-6:
             logging.warning(f"SPDInv Edit Sampler: {family.name} is guidance-distilled (its guidance comes "
                             f"from FluxGuidance on the prompts); cfg {cfg:g} also runs true CFG against the "
                             "negative: set cfg 1 unless that is what you want")
@@ -98,7 +99,8 @@ class SPDInvEditSampler(io.ComfyNode):
         guider = comfy.samplers.CFGGuider(model)
         source, target, negative = (None if c is None else at_photo_size(c, inversion.source_latent, model)
                                     for c in (source, target, negative))
-        guider.set_conds(*edit_conditioning(source, target, negative, rows, guided_source=proto.guided))
+        guider.set_conds(*edit_conditioning(source, target, negative, rows, guided_source=proto.guided,
+                                            branch_guidance=distilled))
         timesteps = model.get_model_object("model_sampling").timestep(result.sigmas[:-1].float()).tolist()
 
         def routine(guider, extra_args, start, _latent, grid, progress):

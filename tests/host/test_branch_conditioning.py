@@ -78,3 +78,16 @@ def test_extras_that_differ_between_branches_are_refused_naming_both_inputs():
     assert positive[0][1]["width"] == 1024 and positive[0][1]["pooled_output"].shape == (2, 4)
     with pytest.raises(ValueError, match="'mask'"):
         edit_conditioning(cond(mask=torch.ones(1, 8, 8)), cond(), None, rows=1)
+
+
+def test_each_branch_keeps_its_distilled_guidance_on_a_guidance_distilled_model():
+    positive, negative = edit_conditioning(cond(guidance=1.0), cond(guidance=3.5), None, rows=2,
+                                           branch_guidance=True)
+    meta = positive[0][1]
+    assert meta["guidance"] is None  # no model default over the per-row values
+    assert meta["model_conds"]["guidance"].cond.tolist() == [1.0, 1.0, 3.5, 3.5]
+    assert negative[0][1]["guidance"] == 1.0 and "model_conds" not in negative[0][1]  # [source, source]: one value
+    with pytest.raises(ValueError, match="source, target: the conditionings differ in 'guidance'"):
+        edit_conditioning(cond(guidance=1.0), cond(guidance=3.5), None, rows=1)  # a model without it: refused
+    with pytest.raises(ValueError, match="^negative: sets no guidance .*FluxGuidance"):
+        edit_conditioning(cond(guidance=1.0), cond(guidance=3.5), cond(), rows=1, branch_guidance=True)

@@ -230,3 +230,22 @@ def test_flux_edit_at_cfg_1_with_mutual_attention_on_single_stream_blocks(run_no
     same, recon_same, _ = edit(run_node, pack_nodes, patched, inversion, source, source, cfg=1.0)
     assert torch.equal(same["samples"], recon_same["samples"])
     assert not {"patches", "patches_replace"} & set(flux.model_options.get("transformer_options", {}))
+
+
+def test_flux_inverts_and_edits_at_separate_distilled_guidances(run_node, pack_nodes, flux, photo_latent, caplog):
+    """The inversion's guidance rides on the source (the edit's source branch too, so it retraces the inversion),
+    the edit's on the target: the reconstruction stays the photo whatever the target's guidance, the edit follows
+    the target's guidance, and a source at another guidance than the inversion's is warned about."""
+    source = flux_prompt(0, guidance=1.0)
+    inversion, _ = invert(run_node, pack_nodes, flux, source, photo_latent, steps=6, rel_tol=0.01)
+    _, alone = reconstruct(run_node, pack_nodes, flux, inversion, source)
+    edits = {g: edit(run_node, pack_nodes, flux, inversion, source, flux_prompt(1, guidance=g), cfg=1.0)
+             for g in (1.0, 3.5)}
+    for _, recon, _ in edits.values():
+        assert (recon["samples"] - alone["samples"]).abs().max() < 1e-4
+    assert latent_psnr(alone["samples"], photo_latent["samples"]) > 40
+    assert not torch.allclose(edits[1.0][0]["samples"], edits[3.5][0]["samples"], atol=1e-3)
+    assert "another FluxGuidance" not in caplog.text
+    with caplog.at_level("WARNING"):
+        edit(run_node, pack_nodes, flux, inversion, flux_prompt(0, guidance=3.5), flux_prompt(1), cfg=1.0)
+    assert "another FluxGuidance value" in caplog.text
