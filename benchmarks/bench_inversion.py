@@ -214,12 +214,13 @@ def slug(text: str) -> str:
 
 
 def git_state(path: Path) -> dict[str, Any]:
-    """Commit of the repository at ``path`` and whether its working tree differs (untracked files too)."""
+    """Commit of the repository at ``path`` and whether its working tree differs (untracked files too, except
+    result files under ``benchmarks/results/``, which a series of runs writes one after another)."""
     def git(*a: str) -> str:
         return subprocess.run(["git", "-C", str(path), *a], capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", ".", ":!benchmarks/results"))}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
 
