@@ -3,13 +3,14 @@
 The batch is the :class:`~.branches.BranchLayout` ``[source rows, target rows]``, both starting from the
 inverted noise. Each step, in order:
 
-1. **replay** (``recipe.source_from_inversion``): the source rows are set to the stored inversion latent of
-   this step, so engines that read the source's features read the inverted trajectory's (PnP);
-2. **prediction**: ``predict`` returns the conditional (and, when the guidance needs it, unconditional)
+1. **prediction**: ``predict`` returns the conditional (and, when the guidance needs it, unconditional)
    denoised predictions of the whole batch;
-3. **guidance**: the recipe's per-branch rule mixes them (source at CFG 1, target at ``cfg``; ProxEdit's
+2. **guidance**: the recipe's per-branch rule mixes them (source at CFG 1, target at ``cfg``; ProxEdit's
    proximal rule also returns the step's edit mask);
-4. **DDIM step** to the next sigma (deterministic; Euler in sigma space);
+3. **DDIM step** to the next sigma (deterministic; Euler in sigma space);
+4. **replay** (``recipe.source_from_inversion``): the source rows are set to the stored inversion latent of
+   the next step, so the next prediction reads the inverted trajectory's features (PnP) and the engine hook
+   below copies the inverted background (DirectInversion corrects the source before P2P's local blend);
 5. **pinning** (``recipe.pin_below``, the reference's inversion guidance): on steps whose model timestep is
    below ``pin_below`` of 1000, elements outside the edit mask are set to the stored inversion latent;
 6. **engine hook** (e.g. P2P's local blend) on the stacked latent.
@@ -90,12 +91,12 @@ def run_edit(
 
     x = layout.join(stored(0), stored(0))
     for i in range(steps):
-        if recipe.source_from_inversion:
-            x = layout.join(stored(i), layout.split(x)[1])
         cond, uncond = predict(x, grid[i], guidance.needs_uncond(i))
         denoised, mask = guidance.guide(i, x, grid[i], cond, uncond)
         denoised = denoised.float()
         x = ddim_step(x, denoised, grid[i], grid[i + 1])
+        if recipe.source_from_inversion:
+            x = layout.join(stored(i + 1), layout.split(x)[1])
         if i in pinned and mask is not None:
             x = torch.where(mask, x, layout.join(stored(i + 1), stored(i + 1)))
         if engine_step is not None:

@@ -100,8 +100,9 @@ class EditRecipe:
     ``pin_below``: inversion guidance. While the model timestep is below ``pin_below`` of the training
     range (reference: t < 400 of 1000), elements outside the step's edit mask are set to the stored
     inversion latent after the step; the source branch has no edit, so it is pinned whole.
-    ``source_from_inversion``: before each step the source branch is set to the stored inversion latent of
-    that step, so engines that read the source's features get those of the inverted trajectory.
+    ``source_from_inversion``: after each step the source branch is set to the stored inversion latent of
+    the next step (before an engine's step hook), so engines that read the source's features get those of
+    the inverted trajectory and a local blend copies the inverted background (DirectInversion's order).
     """
 
     source_cfg: float = 1.0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spdinv_pack.spdinv.ddim import ddim_step
 from spdinv_pack.spdinv.edit_loop import pinned_steps, run_edit
 from spdinv_pack.spdinv.guidance import EditRecipe
 from spdinv_pack.spdinv.inversion import InversionSettings, invert
@@ -118,10 +117,31 @@ def test_replay_feeds_the_source_rows_the_stored_trajectory_before_each_predicti
     out = run_edit(prompt_predictor(model, 1.0, calls), inv.latents, sigmas, recipe, 7.5, timesteps_of(model, sigmas))
     for i, (x, _, _) in enumerate(calls):
         assert torch.equal(x[:1], inv.latents[i])
-    # The last step's source row is one DDIM step from the stored latent, not a free trajectory.
-    last = calls[-1][0][:1]
-    torch.testing.assert_close(out.reconstruction, ddim_step(last, model(last, float(sigmas[-2])), float(sigmas[-2]),
-                                                             0.0))
+    assert torch.equal(out.reconstruction, inv.latents[-1])  # the last step ends on the photo's latent too
+
+
+def test_replay_corrects_the_source_before_the_local_blend_so_the_background_is_the_photo():
+    """DirectInversion + P2P (PnPInversion's ``p2p_guidance_forward``): the source is set back onto the inversion
+    after each step, then the local blend copies it outside the mask; the edit's background ends as the photo's
+    latent exactly, where a blend of the free DDIM source would end elsewhere."""
+    model, sigmas, inv = inverted()
+    outside = torch.ones_like(inv.latents[0], dtype=torch.bool)
+    outside[..., : outside.shape[-2] // 2, : outside.shape[-1] // 2] = False
+    seen: list[bool] = []
+
+    def local_blend(i, x):
+        seen.append(torch.equal(x[:1], inv.latents[i + 1]))
+        return torch.cat([x[:1], torch.where(outside, x[:1], x[1:])])
+
+    ends = {}
+    for replay in (True, False):
+        out = run_edit(prompt_predictor(model, 3.0), inv.latents, sigmas, EditRecipe(source_from_inversion=replay),
+                       7.5, timesteps_of(model, sigmas), engine_step=local_blend)
+        ends[replay] = out.edited
+    assert seen[:STEPS] == [True] * STEPS
+    assert torch.equal(ends[True][outside], inv.latents[-1][outside])
+    assert not torch.allclose(ends[True][~outside], inv.latents[-1][~outside], atol=1e-3)  # the edit is inside
+    assert not torch.allclose(ends[False][outside], inv.latents[-1][outside], atol=1e-4)
 
 
 def test_the_engine_hook_runs_after_each_step_on_the_stacked_latent_and_its_result_is_kept():
