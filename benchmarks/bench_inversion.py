@@ -220,7 +220,8 @@ def git_state(path: Path) -> dict[str, Any]:
         return subprocess.run(["git", "-C", str(path), *a], capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", ".", ":!benchmarks/results"))}
+        dirty = git("status", "--porcelain", "--", ".", ":!benchmarks/results")
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(dirty)}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
 
@@ -390,6 +391,7 @@ class Bench:
         from spdinv_pack.nodes.mmdit_attention import MMDiTMutualAttention
 
         self.args, self.cuda, self.ckpt = args, cuda, ckpt
+        self.pack_git = git_state(ROOT)  # the code this run imports; later edits of the tree do not change it
         self.run_node = RunNode()
         self.invert_node, self.edit_node = SPDInvInvert, SPDInvEditSampler
         n = self.env.nodes
@@ -581,7 +583,7 @@ class Bench:
             "python": platform.python_version(),
             "comfyui_version": self.env.version,
             "comfyui_git": git_state(self.env.root),
-            "pack_git": git_state(ROOT),
+            "pack_git": self.pack_git,
             "checkpoint": str(self.ckpt),
             "family": None if self.test_model is None else self.test_model.family,
             "weights_unchanged": weights_digest(self.model) == self.digest_before,
