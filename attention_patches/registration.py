@@ -36,6 +36,9 @@ WRAPPER_KEY = "spdinv"
 BLOCK_KEY = "spdinv_block"
 """Entry of a model call's own ``transformer_options`` naming the block running now (:class:`ModelAttentionOverride`),
 set by the :class:`EditCallWrapper`'s block pre-hooks for that call only; ``None`` outside the blocks."""
+SEEN_KEY = "spdinv_override_seen"
+"""Entry of a model call's own ``transformer_options`` that :class:`ModelAttentionOverride` sets when it sees a block's
+attention: without it the call wrapper knows that another node's override replaced the engine's."""
 
 HostAttention = Callable[..., torch.Tensor]
 """The host's attention, ``attend(q, k, v, heads, **options)`` (ComfyUI's ``optimized_attention``)."""
@@ -133,6 +136,8 @@ class ModelAttentionOverride:
 
         inner = None if self.previous is None else (lambda q, k, v: self.previous(func, q, k, v, *rest, **kwargs))
         block, run = options.get(BLOCK_KEY), EditRun.of(options)
+        if block is not None:
+            options[SEEN_KEY] = True
         if block is None or run is None or run.image_tokens is None or not self.engine.controls(block):
             return (plain if inner is None else inner)(q, k, v)
         heads = rest[0] if rest else kwargs.get("heads", 1)
@@ -180,7 +185,8 @@ class EditCallWrapper:
     pre-hooks on ``blocks`` (module path → block) name the running block in the call's ``transformer_options``
     (:data:`BLOCK_KEY`, for :class:`ModelAttentionOverride`). The hooks are removed when the call ends, even on error
     or Cancel, so nothing stays on the shared model. A call with one of the model inputs in ``refuses`` is refused
-    before it runs."""
+    before it runs, and one in whose blocks the engine's override never ran (another node's override replaced it
+    rather than chaining onto it) after it ran."""
 
     def __init__(self, engine: EditEngine, patch_size: int | None = None, blocks: Mapping[str, DiTBlock] | None = None,
                  refuses: tuple[str, ...] = ()):
@@ -224,12 +230,17 @@ class EditCallWrapper:
                 module = executor.class_obj.get_submodule(path)
                 handles.append(module.register_forward_pre_hook(
                     lambda _m, _a, block=block: options.__setitem__(BLOCK_KEY, block)))
-            return executor(*args, **kwargs)
+            out = executor(*args, **kwargs)
+            if self.blocks and not options.get(SEEN_KEY):
+                raise ValueError(f"model: {self.engine.node}'s attention override did not run: a node applied after "
+                                 "it replaced it; apply that node before the engine node")
+            return out
         finally:
             for handle in handles:
                 handle.remove()
             if self.blocks:
                 options.pop(BLOCK_KEY, None)
+                options.pop(SEEN_KEY, None)
 
 
 def _inner_attention(model_patcher: Any, kind: str, layer: TransformerLayer) -> Any:

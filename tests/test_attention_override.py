@@ -19,6 +19,7 @@ from spdinv_pack.attention_patches.families import FAMILIES, MMDIT, Family
 from spdinv_pack.attention_patches.joint_attention import JointMutualAttention
 from spdinv_pack.attention_patches.registration import (
     BLOCK_KEY,
+    SEEN_KEY,
     WRAPPER_KEY,
     EditCallWrapper,
     ModelAttentionOverride,
@@ -186,7 +187,7 @@ def test_z_image_shares_the_image_range_of_the_controlled_layers_and_leaves_refi
         assert torch.equal(k[1, 4:10], tokens[0, 4:10])  # the target's image tokens are the source's
         assert torch.equal(k[1, :4], tokens[1, :4]) and torch.equal(k[1, 10:], tokens[1, 10:])  # caption, pads
         assert torch.equal(k[0], tokens[0])
-    assert BLOCK_KEY not in options and not any(m._forward_pre_hooks for m in model.modules())
+    assert not {BLOCK_KEY, SEEN_KEY} & set(options) and not any(m._forward_pre_hooks for m in model.modules())
     model.log.clear()
     run_call(patched, torch.zeros(2, 16, 4, 6), tokens, with_run=False)  # a call outside an edit: plain
     assert all(torch.equal(k, tokens) for _, k in model.log)
@@ -226,3 +227,20 @@ def test_the_block_comes_with_the_call_and_hooks_go_even_when_the_call_fails():
         wrapper(executor, torch.zeros(2, 16, 4, 4), torch.zeros(2, 4, 2), options)
     assert seen == [None, DiTBlock("double_block", 0, 0)]
     assert BLOCK_KEY not in options and not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_an_edit_call_in_which_the_engines_override_never_ran_is_refused():
+    model = HiDreamLike()
+    patched = attach_engine(FakePatcher(model, config("HiDream")), JointMutualAttention(0.0, 1), None, "wrapper")
+    tokens = torch.randn(2, 6 + 5, 4)
+    chained = patched.clone()
+    ours = chained.model_options["transformer_options"][OVERRIDE]
+    chained.model_options["transformer_options"][OVERRIDE] = lambda func, *a, **kw: ours(func, *a, **kw)
+    run_call(chained, torch.zeros(2, 16, 4, 6), tokens)  # a later node's override that chains: fine
+    replaced = patched.clone()
+    replaced.model_options["transformer_options"][OVERRIDE] = lambda func, *a, **kw: func(*a, **kw)
+    with pytest.raises(ValueError, match="^model: SPDInv MM-DiT Mutual Attention's attention override did not run: "
+                                         "a node applied after it replaced it; apply that node before the engine"):
+        run_call(replaced, torch.zeros(2, 16, 4, 6), tokens)
+    options = run_call(replaced, torch.zeros(2, 16, 4, 6), tokens, with_run=False)  # outside an edit: no matter
+    assert not {BLOCK_KEY, SEEN_KEY} & set(options)
