@@ -1,4 +1,5 @@
-"""The blocks of a diffusion transformer, in forward order, as ComfyUI's ``dit`` replace patches name them."""
+"""The blocks of a diffusion transformer, in forward order, as ComfyUI's ``dit`` replace patches name them, and where
+its attention calls hold the noisy image's tokens."""
 
 from __future__ import annotations
 
@@ -29,6 +30,34 @@ def dit_blocks(diffusion_model: Any, block_lists: Sequence[tuple[str, str]]) -> 
         for index in range(len(getattr(diffusion_model, attribute, ()))):
             found.append(DiTBlock(kind, index, len(found)))
     return found
+
+
+def block_paths(block_lists: Sequence[tuple[str, str]], blocks: Sequence[DiTBlock]) -> dict[str, DiTBlock]:
+    """Module path (inside the diffusion model) of each of ``blocks``: ``"<attribute>.<index>"``."""
+    attribute = dict(block_lists)
+    return {f"{attribute[b.kind]}.{b.index}": b for b in blocks}
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """Where a DiT's attention calls hold the noisy image's tokens: ``first`` (HiDream: the image, then the text),
+    else after everything else, padded to a multiple of ``pad_multiple`` (Z-Image pads caption and image tokens to
+    32 each; 1: SD3/Flux, the image's tokens are the last)."""
+
+    first: bool = False
+    pad_multiple: int = 1
+
+    def __post_init__(self) -> None:
+        if self.pad_multiple < 1:
+            raise ValueError(f"pad_multiple: must be at least 1, got {self.pad_multiple}")
+
+    def span(self, tokens: int, image: int) -> tuple[int, int]:
+        """The ``(start, stop)`` range of ``image`` image tokens in a call of ``tokens`` tokens."""
+        padded = image if self.first else -(-image // self.pad_multiple) * self.pad_multiple
+        if not 0 < image <= padded <= tokens:
+            raise ValueError(f"a call of {tokens} tokens cannot hold {image} image tokens ({padded} padded)")
+        start = 0 if self.first else tokens - padded
+        return start, start + image
 
 
 def block_from(relative_depth: float, blocks: int) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .dit_blocks import DiTBlock, dit_blocks
+from .dit_blocks import DiTBlock, ImageTokens, dit_blocks
 from .unet_layers import TransformerLayer, transformer_layers
 
 P2P = "SPDInv Prompt-to-Prompt"
@@ -42,8 +42,14 @@ class Family:
     """One model family (see the module docstring). ``tokens``: ``"spatial"`` (UNet layers see an ``h×w`` grid),
     ``"joint"`` (MM-DiT: text and image tokens attend together) or ``"joint+single"`` (double-stream then
     single-stream blocks). ``blocks``: a DiT's ``(dit patch kind, attribute)`` block lists in forward order.
-    ``grid``: the scheduler of the ``auto`` inversion grid. ``hook``: the host's pre-attention hook the DiT engine is
-    installed through where this ComfyUI's blocks call it (``"attn1_patch"``), else block patches.
+    ``grid``: the scheduler of the ``auto`` inversion grid. ``hook``: how the DiT engine is installed:
+    ``"attn1_patch"``, the host's pre-attention hook, where this ComfyUI's blocks call it (else ``dit`` block
+    patches, as with ``None``); ``"optimized_attention_override"``, one attention override for the whole model, for
+    models with neither (Z-Image, HiDream): the pack's call wrapper tells it which block is running.
+    ``image_at``: where the noisy image's tokens lie in a block's attention call, ``"last"`` (after the text, padded
+    to the model's ``pad_tokens_multiple`` where it has one) or ``"first"``. ``marks``: attributes a diffusion model
+    of a config no entry names must also have to count as this family (Z-Image's ``layers`` is a common name).
+    ``refuses``: model inputs that put image tokens the engine cannot tell from the photo's into the calls.
     ``distilled_guidance``: the model takes its guidance as an input (FluxGuidance) and runs at CFG 1; ``None``: read
     from the model (a ``guidance_in`` embedder, as Flux.2 dev has and Klein has not)."""
 
@@ -55,6 +61,9 @@ class Family:
     size_conditioning: bool = False
     distilled_guidance: bool | None = False
     hook: str | None = None
+    image_at: str = "last"
+    marks: tuple[str, ...] = ()
+    refuses: tuple[str, ...] = ()
     engines: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -67,6 +76,11 @@ class Family:
         if self.is_unet:
             return transformer_layers(diffusion_model)
         return dit_blocks(diffusion_model, self.blocks)
+
+    def image_tokens(self, diffusion_model: Any) -> ImageTokens:
+        """Where this model's attention calls hold the noisy image's tokens (see ``image_at``)."""
+        pad = getattr(diffusion_model, "pad_tokens_multiple", None)
+        return ImageTokens(first=self.image_at == "first", pad_multiple=1 if self.image_at == "first" else pad or 1)
 
     def guidance_distilled(self, diffusion_model: Any) -> bool:
         """Whether this model takes distilled guidance (see ``distilled_guidance``)."""
@@ -94,7 +108,8 @@ class Family:
         """Whether ``diffusion_model`` has this family's structure (for models of configs no entry names)."""
         if self.is_unet:
             return all(hasattr(diffusion_model, a) for a in ("input_blocks", "output_blocks"))
-        return bool(self.blocks) and all(hasattr(diffusion_model, attribute) for _, attribute in self.blocks)
+        attributes = [attribute for _, attribute in self.blocks] + list(self.marks)
+        return bool(self.blocks) and all(hasattr(diffusion_model, a) for a in attributes)
 
     @staticmethod
     def of(model_patcher: Any) -> Family:
@@ -115,6 +130,9 @@ class Family:
 
 
 FLUX_BLOCKS = (("double_block", "double_blocks"), ("single_block", "single_blocks"))
+HIDREAM_BLOCKS = (("double_block", "double_stream_blocks"), ("single_block", "single_stream_blocks"))
+OVERRIDE = "optimized_attention_override"
+"""``hook`` of the families installed through one model-wide attention override."""
 
 FAMILIES: tuple[Family, ...] = (
     Family("SD1.x", ("SD15",), grid="ddim_uniform", engines=(P2P, MASACTRL, PNP, ELITE), defaults=UNET_DEFAULTS),
@@ -131,8 +149,11 @@ FAMILIES: tuple[Family, ...] = (
            engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
     Family("Qwen-Image", ("QwenImage",), tokens="joint", blocks=(("double_block", "transformer_blocks"),),
            grid="simple", hook="attn1_patch", engines=(MMDIT,), defaults={"mmdit_start_block": 0.5}),
-    Family("Z-Image", ("ZImage",), tokens="joint", grid="simple"),
-    Family("HiDream", ("HiDream",), tokens="joint+single", grid="simple"),
+    Family("Z-Image", ("ZImage",), tokens="joint", blocks=(("double_block", "layers"),), grid="simple",
+           hook=OVERRIDE, marks=("noise_refiner", "context_refiner"), engines=(MMDIT,),
+           defaults={"mmdit_start_block": 0.5}),
+    Family("HiDream", ("HiDream",), tokens="joint+single", blocks=HIDREAM_BLOCKS, grid="simple", hook=OVERRIDE,
+           image_at="first", refuses=("image_cond",), engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
     Family("Wan", ("WAN21_T2V",), tokens="video", grid="simple"),
 )
 """The families the pack knows. A model's family is the entry naming its config class, else the nearest parent
@@ -143,4 +164,11 @@ MM-DiT start blocks: SD3.x shares from half its joint blocks on; Flux.1 from 0.6
 its 38 single-stream blocks, the block range where RF-Solver-Edit shares values. Sharing keys and values from a
 start step is MasaCtrl's rule, as KV-Edit carries it to flow transformers. Flux.2 and Chroma (Flux's double- then
 single-stream layout) take Flux.1's depth, Qwen-Image (joint blocks only) SD3.x's: by analogy, not yet measured on
-real weights. Z-Image, HiDream and Wan invert (any flow model does) but have no editing engine yet."""
+real weights. Likewise by analogy: Z-Image (30 single-stream layers in which caption and image attend together,
+like SD3.x's joint blocks) takes SD3.x's 0.5, HiDream (16 double- then 32 single-stream blocks, Flux's layout) Flux's
+0.65 (block 31 of 48: its last 17 single-stream blocks). Neither calls ComfyUI's pre-attention hook nor has ``dit``
+block patches, so the engine is one model-wide attention override there (ComfyUI 0.33 for Z-Image, 0.3.64 too for
+HiDream); a Lumina 2 model (Z-Image's parent config: the same transformer, no pad tokens) is Z-Image-like by its
+structure and runs it too. HiDream E1's reference image (``image_cond``) is concatenated with the latent along the
+width, which interleaves its tokens with the photo's: the engine refuses it. Wan inverts (any flow model does) but has
+no editing engine yet."""

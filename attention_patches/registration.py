@@ -6,23 +6,26 @@ here imports ComfyUI. UNet engines become ``attn1``/``attn2`` replace patches (:
 engines ``dit`` block replace patches that set an attention override for the block (:class:`JointBlockPatch`);
 both hand the engine one :class:`~.attention_call.AttentionCall`. Where the family and this ComfyUI have the DiT
 pre-attention hook (``attn1_patch``), the engine is installed through it instead (:class:`PreAttentionPatch`; other
-nodes' hooks in the same list run before or after it). Another node's patch already on a site stays as that site's
-inner attention, so both act. The patches hold only the (immutable) engine and their site: clones
-may share them (ComfyUI after 0.3.64 copies only dicts and lists), and the run comes with each call.
+nodes' hooks in the same list run before or after it). Families with neither (Z-Image, HiDream) get one attention
+override for the whole model (:class:`ModelAttentionOverride`), told the running block by the call wrapper. Another
+node's patch or override already on a site stays as that site's inner attention, so both act. The patches hold only
+the (immutable) engine and their site: clones may share them (ComfyUI after 0.3.64 copies only dicts and lists), and
+the run (and, for the model-wide override, the running block) comes with each call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from ..spdinv.branches import Chunks
 from .attention_call import AttentionCall
-from .dit_blocks import DiTBlock, calls_pre_attention_patch
+from .dit_blocks import DiTBlock, ImageTokens, block_paths, calls_pre_attention_patch
 from .engine import EditEngine
-from .families import Family
+from .families import OVERRIDE, Family
 from .run import RUN_KEY, EditRun
 from .unet_layers import TransformerLayer
 
@@ -30,6 +33,12 @@ ENGINE_KEY = "spdinv_engine"
 """``transformer_options`` key holding the engine a MODEL carries (:func:`engine_of`)."""
 WRAPPER_KEY = "spdinv"
 """Key of the pack's ``DIFFUSION_MODEL`` wrapper (:class:`EditCallWrapper`)."""
+BLOCK_KEY = "spdinv_block"
+"""Entry of a model call's own ``transformer_options`` naming the block running now (:class:`ModelAttentionOverride`),
+set by the :class:`EditCallWrapper`'s block pre-hooks for that call only; ``None`` outside the blocks."""
+SEEN_KEY = "spdinv_override_seen"
+"""Entry of a model call's own ``transformer_options`` that :class:`ModelAttentionOverride` sets when it sees a block's
+attention: without it the call wrapper knows that another node's override replaced the engine's."""
 
 HostAttention = Callable[..., torch.Tensor]
 """The host's attention, ``attend(q, k, v, heads, **options)`` (ComfyUI's ``optimized_attention``)."""
@@ -106,6 +115,42 @@ class JointBlockPatch(EnginePatch):
         return extra["original_block"](args)
 
 
+class ModelAttentionOverride:
+    """``optimized_attention_override`` of a whole model whose blocks have neither the pre-attention hook nor ``dit``
+    block patches (Z-Image, HiDream). In an edit call, an attention of a block the engine controls goes to the engine
+    with the image tokens' range (``image``: where they lie, the latent's token count from the run); every other
+    attention (Z-Image's refiners, which run before the first block, calls outside an edit, other blocks) goes
+    unchanged to the override that was there before (``previous``, another node's) or the host's attention. The
+    running block comes from the call's own ``transformer_options`` (:data:`BLOCK_KEY`), so this object holds only
+    configuration and clones may share it."""
+
+    def __init__(self, engine: EditEngine, image: ImageTokens, previous: Any = None):
+        self.engine, self.image, self.previous = engine, image, previous
+
+    def __call__(self, func: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+        q, k, v, *rest = args
+        options = kwargs.get("transformer_options") or {}
+
+        def plain(q, k, v):
+            return func(q, k, v, *rest, **kwargs)
+
+        inner = None if self.previous is None else (lambda q, k, v: self.previous(func, q, k, v, *rest, **kwargs))
+        block, run = options.get(BLOCK_KEY), EditRun.of(options)
+        if block is not None:
+            options[SEEN_KEY] = True
+        if block is None or run is None or run.image_tokens is None or not self.engine.controls(block):
+            return (plain if inner is None else inner)(q, k, v)
+        heads = rest[0] if rest else kwargs.get("heads", 1)
+        token_dim = 2 if kwargs.get("skip_reshape") else 1
+        try:
+            image = self.image.span(k.shape[token_dim], run.image_tokens)
+        except ValueError as e:
+            raise ValueError(f"model: {e}") from None
+        call = AttentionCall.of(q, k, v, heads, "joint", block, options, plain, inner, image=image,
+                                token_dim=token_dim)
+        return self.engine.attention(call)
+
+
 class PreAttentionPatch(EnginePatch):
     """ComfyUI's DiT pre-attention hook (``attn1_patch``, Flux/Flux.2/Chroma/Qwen-Image blocks since ComfyUI 0.3.7x):
     one patch for the whole model, called by every block with ``q``, ``k``, ``v`` ``[B, heads, tokens, dim]`` (text
@@ -136,17 +181,37 @@ def call_options(args: tuple, kwargs: dict) -> dict | None:
 class EditCallWrapper:
     """``DIFFUSION_MODEL`` wrapper for the calls of an edit run: tells the run how many image tokens the call's
     latent makes (patches of ``patch_size``; a single-stream block sees text and image tokens concatenated), and
-    while the model runs, forward hooks let the engine rewrite the outputs of the modules it taps. The hooks are
-    removed when the call ends, even on error or Cancel, so nothing stays on the shared model."""
+    while the model runs, forward hooks let the engine rewrite the outputs of the modules it taps, and forward
+    pre-hooks on ``blocks`` (module path → block) name the running block in the call's ``transformer_options``
+    (:data:`BLOCK_KEY`, for :class:`ModelAttentionOverride`). The hooks are removed when the call ends, even on error
+    or Cancel, so nothing stays on the shared model. A call with one of the model inputs in ``refuses`` is refused
+    before it runs, and one in whose blocks the engine's override never ran (another node's override replaced it
+    rather than chaining onto it) after it ran."""
 
-    def __init__(self, engine: EditEngine, patch_size: int | None = None):
-        self.engine, self.patch_size = engine, patch_size
+    def __init__(self, engine: EditEngine, patch_size: int | None = None, blocks: Mapping[str, DiTBlock] | None = None,
+                 refuses: tuple[str, ...] = ()):
+        self.engine, self.patch_size, self.blocks, self.refuses = engine, patch_size, dict(blocks or {}), refuses
+
+    def check_inputs(self, executor: Any, args: tuple, kwargs: dict) -> None:
+        """Refuse a call that has an input of ``refuses`` (read by name from the wrapped forward's signature)."""
+        if not self.refuses:
+            return
+        try:
+            given = inspect.signature(executor.original).bind_partial(*args, **kwargs).arguments
+        except (AttributeError, TypeError, ValueError):
+            given = kwargs
+        for name in self.refuses:
+            if given.get(name) is not None:
+                raise ValueError(f"model: the model is called with {name} (such as HiDream E1's reference image), "
+                                 f"whose image tokens {self.engine.name} cannot tell from the photo's; edit without "
+                                 f"it, or without the {self.engine.node} node")
 
     def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
         options = call_options(args, kwargs)
         run = EditRun.of(options)
         if run is None:
             return executor(*args, **kwargs)
+        self.check_inputs(executor, args, kwargs)
         if self.patch_size is not None:
             h, w = args[0].shape[-2:]
             run = run.for_call(image_tokens=-(-h // self.patch_size) * -(-w // self.patch_size))
@@ -159,10 +224,23 @@ class EditCallWrapper:
                 module = executor.class_obj.get_submodule(path)
                 handles.append(module.register_forward_hook(
                     lambda _m, _i, out, tap=tap: tap(out, run, step, chunks), prepend=True))
-            return executor(*args, **kwargs)
+            if self.blocks:
+                options[BLOCK_KEY] = None
+            for path, block in self.blocks.items():
+                module = executor.class_obj.get_submodule(path)
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, _a, block=block: options.__setitem__(BLOCK_KEY, block)))
+            out = executor(*args, **kwargs)
+            if self.blocks and not options.get(SEEN_KEY):
+                raise ValueError(f"model: {self.engine.node}'s attention override did not run: a node applied after "
+                                 "it replaced it; apply that node before the engine node")
+            return out
         finally:
             for handle in handles:
                 handle.remove()
+            if self.blocks:
+                options.pop(BLOCK_KEY, None)
+                options.pop(SEEN_KEY, None)
 
 
 def _inner_attention(model_patcher: Any, kind: str, layer: TransformerLayer) -> Any:
@@ -200,6 +278,10 @@ def attach_engine(model_patcher: Any, engine: EditEngine, host_attention: HostAt
     elif family.hook == "attn1_patch" and calls_pre_attention_patch(diffusion_model, family.blocks):
         patched.set_model_attn1_patch(PreAttentionPatch(engine, {(b.kind, b.index): b for b in sites
                                                                  if engine.controls(b)}))
+    elif family.hook == OVERRIDE:
+        options = patched.model_options.setdefault("transformer_options", {})
+        options["optimized_attention_override"] = ModelAttentionOverride(
+            engine, family.image_tokens(diffusion_model), options.get("optimized_attention_override"))
     else:
         existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
         for block in sites:
@@ -207,7 +289,9 @@ def attach_engine(model_patcher: Any, engine: EditEngine, host_attention: HostAt
                 patched.set_model_patch_replace(JointBlockPatch(engine, block, existing.get((block.kind, block.index))),
                                                 "dit", block.kind, block.index)
     patch_size = None if family.is_unet else int(getattr(diffusion_model, "patch_size", 2))
+    blocks = block_paths(family.blocks, sites) if family.hook == OVERRIDE else {}
+    refuses = family.refuses if family.hook == OVERRIDE else ()
     if patch_size is not None or engine.feature_taps():
-        patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, EditCallWrapper(engine, patch_size))
+        patched.add_wrapper_with_key(wrapper_type, WRAPPER_KEY, EditCallWrapper(engine, patch_size, blocks, refuses))
     patched.model_options.setdefault("transformer_options", {})[ENGINE_KEY] = engine
     return patched

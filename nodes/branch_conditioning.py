@@ -8,6 +8,8 @@ with their branch:
   control and keeps its output on that branch's rows only, so a ControlNet on the target leaves the source
   reconstruction untouched. ``control_apply_to_uncond`` (the legacy apply node) also gives the control to
   the same branch's negative when that has none.
+* per-prompt tensors beside the text encoding (:data:`ROW_EXTRAS`: the pooled vector, HiDream's Llama-3.1 layers)
+  are stacked per row like the encoding itself;
 * ``guidance`` (FluxGuidance) on a guidance-distilled model: each branch's rows get their own value, so the
   inversion's guidance can ride on the source (which retraces the inversion) and the edit's on the target.
 * everything else (SDXL sizes, masks, areas, strength, hooks, …) must agree between the branches of one side:
@@ -33,7 +35,10 @@ from ..spdinv.branches import BranchLayout
 Branch = tuple[str, list]
 """``(input name, CONDITIONING)``; the name goes into errors."""
 
-_PER_BRANCH = {"pooled_output", "control", "control_apply_to_uncond"}
+ROW_EXTRAS = ("pooled_output", "conditioning_llama3")
+"""Extras that encode the prompt itself (CLIP's pooled vector; HiDream's Llama-3.1 hidden states
+``[B, 32, tokens, 4096]``): one per row, stacked as the text encoding is."""
+_PER_BRANCH = {*ROW_EXTRAS, "control", "control_apply_to_uncond"}
 
 
 class BranchControl(comfy.controlnet.ControlBase):
@@ -173,12 +178,19 @@ def stack_branches(branches: list[Branch], rows: int, control: BranchControl | N
     metas = [(name, m) for (name, _), (_, m) in zip(branches, entries, strict=True)]
     own = _branch_guidance(metas, rows) if branch_guidance else {}
     meta = {**_shared_extras(metas, _PER_BRANCH | own.keys()), **own}
-    pooled = [m.get("pooled_output") for _, m in entries]
-    if all(p is not None for p in pooled):
-        meta["pooled_output"] = torch.cat([_rows(p, rows) for p in pooled])
-    elif any(p is not None for p in pooled):
-        raise ValueError(f"{', '.join(n for n, _ in branches)}: only some conditionings have a pooled output; "
-                         "encode every prompt with the same text encoder")
+    names = ", ".join(n for n, _ in branches)
+    for key in ROW_EXTRAS:
+        extras = [m.get(key) for _, m in entries]
+        if all(x is None for x in extras):
+            continue
+        if any(x is None for x in extras):
+            raise ValueError(f"{names}: only some conditionings have '{key}'; encode every prompt with the same "
+                             "text encoder")
+        if len({tuple(x.shape[1:]) for x in extras}) > 1:
+            shapes = ", ".join(str(list(x.shape)) for x in extras)
+            raise ValueError(f"{names}: the prompts' '{key}' differ in shape ({shapes}), so they cannot run in one "
+                             "batch; shorten the longer prompt (HiDream pads its Llama tokens to 128)")
+        meta[key] = torch.cat([_rows(x, rows) for x in extras])
     if control is not None:
         meta["control"] = control
         meta["control_apply_to_uncond"] = False

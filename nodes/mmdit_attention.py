@@ -1,5 +1,5 @@
 """MMDiTMutualAttention: mutual attention on a flow transformer's joint attention (SD3.x, Flux.1, Flux.2, Chroma,
-Qwen-Image), on a MODEL clone."""
+Qwen-Image, Z-Image, HiDream), on a MODEL clone."""
 
 from __future__ import annotations
 
@@ -23,25 +23,27 @@ class MMDiTMutualAttention(io.ComfyNode):
             node_id="MMDiTMutualAttention",
             display_name="SPDInv MM-DiT Mutual Attention",
             category="SPDInv/engines",
-            description="Mutual attention for flow transformers (SD3.x, Flux.1, Flux.2, Chroma, Qwen-Image) with the "
+            description="Mutual attention for flow transformers (SD3.x, Flux.1, Flux.2, Chroma, Qwen-Image, "
+                        "Z-Image, HiDream) with the "
                         "SPDInv Edit Sampler: from a "
                         "start step, in the blocks from a start depth on, the target's image tokens attend to the "
                         "source's image-token keys and values (or values only, as RF-Solver-Edit), next to its own "
                         "prompt's tokens: the new prompt changes the content, the photo's layout and appearance "
                         "stay. Installed on a clone through ComfyUI's pre-attention hook (or block patches where "
-                        "the model has no hook); other samplers see plain attention.",
+                        "the model has no hook; Z-Image and HiDream: one attention override for the model, "
+                        "chained onto one already there); other samplers see plain attention.",
             inputs=[
                 io.Model.Input("model", tooltip="The flow model the photo was inverted with (SD3.x, Flux.1, "
-                               "Flux.2, Chroma, Qwen-Image)."),
+                               "Flux.2, Chroma, Qwen-Image, Z-Image, HiDream)."),
                 io.Float.Input("start_step", default=0.1, min=0.0, max=1.0, step=0.02,
                                tooltip="Fraction of the steps before sharing starts (0.1). Later: the target "
                                        "forms more of its own layout first."),
                 io.Float.Input("start_block", default=AUTO_DEPTH, min=AUTO_DEPTH, max=1.0, step=0.05,
                                tooltip="Relative depth (0 = first block, 1 = last) of the first block that "
                                        "shares, in the order joint blocks, then single-stream blocks. -1: the "
-                                       "model's default (SD3.x and Qwen-Image: 0.5, the second half of the joint "
-                                       "blocks; Flux.1: 0.65, the last 20 of its 38 single-stream blocks; Flux.2 "
-                                       "and Chroma: 0.65). Lower: more of the photo kept."),
+                                       "model's default (SD3.x, Qwen-Image and Z-Image: 0.5, the second half of "
+                                       "the blocks; Flux.1: 0.65, the last 20 of its 38 single-stream blocks; "
+                                       "Flux.2, Chroma and HiDream: 0.65). Lower: more of the photo kept."),
                 io.Combo.Input("share", options=list(SHARES), default=SHARES[0],
                                tooltip="keys and values: the target's image tokens see the source's (MasaCtrl, "
                                        "KV-Edit). values: only the values are the source's (RF-Solver-Edit): "

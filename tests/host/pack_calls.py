@@ -117,6 +117,33 @@ def diffusion_model(path: Path) -> Iterator[Any]:
         comfy.model_management.unload_all_models()
 
 
+@contextlib.contextmanager
+def bypassed_model(config_name: str, unet_config: dict[str, Any], seed: int) -> Iterator[Any]:
+    """A MODEL of ComfyUI's ``comfy.supported_models.<config_name>`` built from ``unet_config`` without the
+    loader's detection (for families whose detection fixes the width: Z-Image, HiDream), with deterministic random
+    fp32 weights (the factory's init), in a ModelPatcher as the loader makes it; unloaded afterwards."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    from spdinv_pack.tests.host.factory.shapes import _init_tensor
+
+    config = getattr(comfy.supported_models, config_name)(dict(unet_config))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    gen = torch.Generator().manual_seed(seed)
+    weights = {k: _init_tensor(k, tuple(t.shape), gen) for k, t in sorted(model.diffusion_model.state_dict().items())}
+    model.diffusion_model.load_state_dict(weights, strict=True)
+    model = model.to(comfy.model_management.unet_offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                               offload_device=comfy.model_management.unet_offload_device())
+    try:
+        yield patcher
+    finally:
+        del patcher, model
+        comfy.model_management.unload_all_models()
+
+
 def reconstruction_psnr(run_node, pack_nodes, model, source, latent: dict, steps: int, name: str) -> dict[str, float]:
     """Reconstruction PSNR of plain inversion (``ddim``) and SPDInv at ``steps``, printed for the note."""
     psnr = {}
@@ -129,3 +156,47 @@ def reconstruction_psnr(run_node, pack_nodes, model, source, latent: dict, steps
     print(f"\n[host] {name}, {steps} steps: reconstruction PSNR plain inversion {psnr['ddim']:.1f} dB, SPDInv "
           f"{psnr['spdinv']:.1f} dB")
     return psnr
+
+
+class AttentionProbe:
+    """Every attention call of an edit on a MODEL whose engine is a model-wide attention override: which block ran it
+    (read by the probe's own forward pre-hooks on ``blocks``, module path → label; ``None`` outside them, as in
+    Z-Image's refiners), and the keys and values the model passed in (``k_in``, ``v_in``: an override installed
+    after the engine's, wrapping it, :meth:`wrap`) and those that reached the attention (``k_out``, ``v_out``: an
+    override another node had installed before the engine, :meth:`earlier`, which must still run)."""
+
+    def __init__(self, model: Any, blocks: dict[str, str]):
+        self.diffusion_model = model.get_model_object("diffusion_model")
+        self.blocks, self.current, self.calls = blocks, None, []
+
+        def earlier(func, q, k, v, *rest, **kwargs):  # a function: ComfyUI 0.3.64's clones deep-copy methods' objects
+            self.calls[-1].update(k_out=k.clone(), v_out=v.clone())
+            return func(q, k, v, *rest, **kwargs)
+
+        self.earlier = earlier
+
+    def wrap(self, patched: Any) -> None:
+        """Install the recording override around the engine's on ``patched`` (a clone)."""
+        options = patched.model_options["transformer_options"]
+        engine = options["optimized_attention_override"]
+
+        def recording(func, q, k, v, *rest, **kwargs):
+            self.calls.append(dict(block=self.current, k_in=k.clone(), v_in=v.clone()))
+            return engine(func, q, k, v, *rest, **kwargs)
+
+        options["optimized_attention_override"] = recording
+
+    def _enter(self, label: str | None):
+        def hook(_module, _args):
+            self.current = label
+        return hook
+
+    def __enter__(self) -> AttentionProbe:
+        self.handles = [self.diffusion_model.register_forward_pre_hook(self._enter(None))]
+        self.handles += [self.diffusion_model.get_submodule(path).register_forward_pre_hook(self._enter(label))
+                         for path, label in self.blocks.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()

@@ -91,3 +91,21 @@ def test_each_branch_keeps_its_distilled_guidance_on_a_guidance_distilled_model(
         edit_conditioning(cond(guidance=1.0), cond(guidance=3.5), None, rows=1)  # a model without it: refused
     with pytest.raises(ValueError, match="^negative: sets no guidance .*FluxGuidance"):
         edit_conditioning(cond(guidance=1.0), cond(guidance=3.5), cond(), rows=1, branch_guidance=True)
+
+
+def test_hidreams_llama_layers_are_stacked_per_row_like_the_prompt_and_unequal_lengths_are_refused():
+    def llama(seed: int, tokens: int = 127) -> torch.Tensor:
+        return torch.randn(1, 32, tokens, 8, generator=torch.Generator().manual_seed(seed))
+
+    source, target, negative = llama(0), llama(1), llama(2)
+    positive, uncond = edit_conditioning(cond(conditioning_llama3=source), cond(conditioning_llama3=target),
+                                         cond(conditioning_llama3=negative), rows=2)
+    stacked = positive[0][1]["conditioning_llama3"]
+    assert stacked.shape == (4, 32, 127, 8)
+    assert torch.equal(stacked[1], source[0]) and torch.equal(stacked[2], target[0])
+    assert torch.equal(uncond[0][1]["conditioning_llama3"][3], negative[0])
+    with pytest.raises(ValueError, match="source, target: the prompts' 'conditioning_llama3' differ in shape "
+                                         r"\(\[1, 32, 127, 8\], \[1, 32, 140, 8\]\).*shorten the longer prompt"):
+        edit_conditioning(cond(conditioning_llama3=source), cond(conditioning_llama3=llama(1, 140)), None, rows=1)
+    with pytest.raises(ValueError, match="only some conditionings have 'conditioning_llama3'"):
+        edit_conditioning(cond(conditioning_llama3=source), cond(), None, rows=1)
