@@ -18,7 +18,7 @@ FLUX2_MODEL_NAME = f"spdinv-test-flux2-klein-d2s2-random-v{FORMAT_VERSION}.safet
 QWEN_IMAGE_MODEL_NAME = f"spdinv-test-qwen-image-b1-random-v{FORMAT_VERSION}.safetensors"
 FLUX_VAE_NAME = f"spdinv-test-flux-vae-random-v{FORMAT_VERSION}.safetensors"
 FLUX2_VAE_NAME = f"spdinv-test-flux2-vae-random-v{FORMAT_VERSION}.safetensors"
-WAN21_VAE_NAME = f"spdinv-test-wan21-vae-dim16-random-v{FORMAT_VERSION}.safetensors"
+WAN21_VAE_NAME = f"spdinv-test-wan21-vae-random-v{FORMAT_VERSION}.safetensors"
 QWEN_IMAGE_CONTEXT = 3584
 """Qwen-Image's text width: Qwen2.5-VL-7B's last hidden layer."""
 FLUX2_CONTEXT = 7680
@@ -165,10 +165,10 @@ def _wan_middle(s: Shapes, name: str, c: int) -> None:
     _wan_resblock(s, f"{name}.2", c, c)
 
 
-def wan21_vae_shapes(dim: int = 16, z: int = 16) -> Shapes:
+def wan21_vae_shapes(dim: int = 96, z: int = 16) -> Shapes:
     """Wan 2.1's causal 3-D VAE (``comfy/ldm/wan/vae.py``; Qwen-Image's VAE) keys: channel multipliers 1, 2, 4, 4,
-    two residual blocks a level, time downsampling at the two deeper levels, 16 latent channels. ComfyUI reads
-    ``dim`` (96 in the real file) from ``decoder.head.0.gamma``."""
+    two residual blocks a level, time downsampling at the two deeper levels, 16 latent channels. ComfyUI 0.33 reads
+    ``dim`` from ``decoder.head.0.gamma``; 0.3.64 fixes it at the real 96, the default here."""
     mult, n_res, temporal = (1, 2, 4, 4), 2, (False, True, True)
     s: Shapes = {}
     _conv3d(s, "encoder.conv1", dim, 3, (3, 3, 3))
@@ -267,8 +267,8 @@ def flux2_vae_path() -> Path:
 
 
 def wan21_vae_path() -> Path:
-    """Path of the cached random Wan 2.1 VAE at a sixth of the real width (Qwen-Image's VAE; a few MiB)."""
-    meta = {"spdinv_test": "random-weight Wan 2.1-class VAE (dim 16), not a real model", "seed": str(SEED + 11)}
+    """Path of the cached random Wan 2.1 VAE at the real width (Qwen-Image's VAE; about 0.24 GiB)."""
+    meta = {"spdinv_test": "random-weight Wan 2.1-class VAE, not a real model", "seed": str(SEED + 11)}
     return _cached(WAN21_VAE_NAME, lambda: build_vae_state_dict(wan21_vae_shapes(), SEED + 11), meta)
 
 
