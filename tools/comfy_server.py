@@ -161,6 +161,7 @@ class ComfyServer:
         python: interpreter that runs ComfyUI; defaults to ``$COMFYUI_PYTHON`` or this interpreter.
         pack_dir: node pack to load (linked into a private ``custom_nodes`` folder); ``None`` loads none.
         pack_name: folder/module name of that link.
+        extra_packs: more node folders to link next to it (``{folder name: path}``; tests load test-only nodes).
         gpu: if False (default) ComfyUI runs with ``--cpu``.
         checkpoints / loras / clip_vision: extra model folders to register.
         extra_folders: any other ``{kind: [folders]}`` to register (``vae``, ``embeddings``...).
@@ -182,6 +183,7 @@ class ComfyServer:
         python: str | os.PathLike[str] | None = None,
         pack_dir: str | os.PathLike[str] | None = REPO_ROOT,
         pack_name: str = DEFAULT_PACK_NAME,
+        extra_packs: Mapping[str, str | os.PathLike[str]] | None = None,
         gpu: bool = False,
         checkpoints: Iterable[str | os.PathLike[str]] = (),
         loras: Iterable[str | os.PathLike[str]] = (),
@@ -209,6 +211,7 @@ class ComfyServer:
         self.python = os.path.abspath(py) if os.sep in py or (os.altsep and os.altsep in py) else py
         self.pack_dir = Path(pack_dir).resolve() if pack_dir is not None else None
         self.pack_name = pack_name
+        self.extra_packs = {name: Path(p).resolve() for name, p in (extra_packs or {}).items()}
         self.gpu = gpu
         self.folders: dict[str, list[str]] = {}
         for kind, paths in (
@@ -334,14 +337,16 @@ class ComfyServer:
         for d in (self.output_dir, self.input_dir, wd / "tmp", wd / "user"):
             d.mkdir(parents=True, exist_ok=True)
         folders = {k: list(v) for k, v in self.folders.items()}
-        if self.pack_dir is not None:
-            if not (self.pack_dir / "__init__.py").is_file():
-                raise ComfyServerError(f"{self.pack_dir} is not a node pack (no __init__.py)")
+        packs = {**({self.pack_name: self.pack_dir} if self.pack_dir is not None else {}), **self.extra_packs}
+        if packs:
             nodes_dir = wd / "custom_nodes"
             nodes_dir.mkdir(exist_ok=True)
-            link = nodes_dir / self.pack_name
-            if not link.exists():
-                link.symlink_to(self.pack_dir, target_is_directory=True)
+            for name, pack in packs.items():
+                if not (pack / "__init__.py").is_file():
+                    raise ComfyServerError(f"{pack} is not a node pack (no __init__.py)")
+                link = nodes_dir / name
+                if not link.exists():
+                    link.symlink_to(pack, target_is_directory=True)
             folders.setdefault("custom_nodes", []).append(str(nodes_dir))
         write_extra_model_paths(wd / "extra_model_paths.yaml", folders)
 

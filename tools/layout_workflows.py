@@ -7,7 +7,8 @@ titles in ``_meta``, which the frontend builds first), in a ``main.py --cpu`` se
 frontend in headless Chromium (Debian's ``chromium`` driven by the ``playwright`` package):
 
 1. nodes that kept a default title get one that says what they hold ("Decode edit", "Save attention maps");
-2. a Note with the three things to change is added (once);
+2. a Note with the three things to change is added (once), and loaders of the model files in ``MODEL_FILES``
+   get the frontend's download metadata;
 3. nodes are placed in columns by link depth, at the size the frontend computes for their widgets (images
    get room to show), with gaps, and the view is fitted to a 1920×1080 screen below the menus;
 4. the graph is saved as the frontend serialises it, its API twin ``workflows/api/<stem>.json`` is what
@@ -77,10 +78,64 @@ NOTES = {
     "MM-DiT": "Edit a photo with a flow model (SD3.x, Flux): SPDInv + MM-DiT mutual attention\n\n" + PHOTO + SOURCE
               + "3. Target prompt: the edit.\n\nThen Run. Saved: the edit, reconstruction | edit. Flux: CFG 1 "
                 "in the edit sampler and the guidance from FluxGuidance.",
+    "Flux.1 edit": "Edit a photo with Flux.1-dev: SPDInv + MM-DiT mutual attention\n\nModels: models/diffusion_models/"
+                   "flux1-dev.safetensors; models/text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors; "
+                   "models/vae/ae.safetensors.\n\n" + PHOTO + SOURCE + "3. Target prompt: the edit.\n\n"
+                   "Guidance 2 on both prompts (FluxGuidance; RF-Solver-Edit and FireFlow invert and edit Flux at "
+                   "2), kept equal: the edit sampler runs both branches in one batch. Edit CFG 1 (Flux.1-dev is "
+                   "guidance-distilled). 28 steps (FlowEdit's on Flux). Saved: the edit, reconstruction | edit, the "
+                   "residual plot.",
+    "Flux.2 edit": "Edit a photo with Flux.2 [klein] 4B: SPDInv + MM-DiT mutual attention\n\nModels: "
+                   "models/diffusion_models/flux-2-klein-base-4b.safetensors; models/text_encoders/"
+                   "qwen_3_4b.safetensors; models/vae/flux2-vae.safetensors.\n\n" + PHOTO + SOURCE
+                   + "3. Target prompt: the edit.\n\nThe base (undistilled) Klein with true CFG 5 against an empty "
+                     "negative and 20 steps, as ComfyUI's Klein template samples it; inversion at CFG 1. Saved: the "
+                     "edit, reconstruction | edit, the residual plot.",
+    "Qwen-Image edit": "Edit a photo with Qwen-Image: SPDInv + MM-DiT mutual attention\n\nModels: models/"
+                       "diffusion_models/qwen_image_fp8_e4m3fn.safetensors; models/text_encoders/"
+                       "qwen_2.5_vl_7b_fp8_scaled.safetensors; models/vae/qwen_image_vae.safetensors.\n\n" + PHOTO
+                       + SOURCE + "3. Target prompt: the edit.\n\nTrue CFG 4 against an empty negative and 50 "
+                         "steps (Qwen-Image's reference settings), shift 3.1 as ComfyUI's template; inversion at "
+                         "CFG 1. Fewer steps run faster. Saved: the edit, reconstruction | edit, the residual plot.",
     "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE
                       + "3. Steps (SPDInv inversion): the same on both inversions.\n\nThen Run. Saved: both "
                         "reconstructions and the residual plot.",
 }
+
+MODEL_FILES = {
+    "flux1-dev.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/"),
+    "clip_l.safetensors": ("text_encoders", "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/"),
+    "t5xxl_fp16.safetensors": ("text_encoders",
+                               "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/"),
+    "ae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/"
+                              "vae/"),
+    "flux-2-klein-base-4b.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/flux2-klein/resolve/"
+                                                             "main/split_files/diffusion_models/"),
+    "qwen_3_4b.safetensors": ("text_encoders", "https://huggingface.co/Comfy-Org/flux2-klein/resolve/main/"
+                                               "split_files/text_encoders/"),
+    "flux2-vae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/flux2-dev/resolve/main/split_files/vae/"),
+    "qwen_image_fp8_e4m3fn.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/"
+                                                              "resolve/main/split_files/diffusion_models/"),
+    "qwen_2.5_vl_7b_fp8_scaled.safetensors": ("text_encoders", "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/"
+                                                               "resolve/main/split_files/text_encoders/"),
+    "qwen_image_vae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/"
+                                          "split_files/vae/"),
+}
+"""Model file -> (ComfyUI models folder, download folder URL), as ComfyUI's own templates name and link them
+(comfyui-workflow-templates: flux_dev_full_text_to_image, image_flux2_klein_text_to_image, image_qwen_image)."""
+LOADERS = ("UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple")
+
+
+def link_model_files(workflow: dict) -> None:
+    """Put the frontend's model metadata (``properties.models``: name, url, directory) on loader nodes whose
+    widgets name a file of :data:`MODEL_FILES`, so the frontend offers the download when the file is missing."""
+    for node in workflow["nodes"]:
+        if node["type"] not in LOADERS:
+            continue
+        names = [v for v in node.get("widgets_values") or [] if isinstance(v, str) and v in MODEL_FILES]
+        if names:
+            node.setdefault("properties", {})["models"] = [
+                {"name": n, "url": MODEL_FILES[n][1] + n, "directory": MODEL_FILES[n][0]} for n in names]
 
 
 def note_text(stem: str) -> str:
@@ -239,6 +294,7 @@ def without_nulls(value: Any) -> Any:
 def lay_out(page: Any, path: Path, object_info: dict) -> None:
     workflow = json.loads(path.read_text())
     name_default_titles(workflow, object_info)
+    link_model_files(workflow)
     page.evaluate("async ([w, name]) => { await window.app.loadGraphData(w, true, true, name); }",
                   [workflow, path.stem])
     page.wait_for_function(f"window.app.graph._nodes.length >= {len(workflow['nodes'])}", timeout=60_000)

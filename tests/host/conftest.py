@@ -21,7 +21,8 @@ Fixtures (all session-scoped):
 * ``run_node -> RunNode`` -- ``run_node(node_cls, **inputs)`` runs a V3 or V1 node like the
   executor does (see :class:`RunNode`).
 * ``server -> ComfyServer`` -- one real ``main.py --cpu`` server with the pack, the random models and
-  ``server_elite_folder`` registered, shared by every server test of the session.
+  ``server_elite_folder`` registered, and the test-only text-encoder stand-in (``text_encoder_stand_in/``),
+  shared by every server test of the session.
 * ``server_elite_folder -> Path`` -- an extra ``models/elite`` folder of that server where tests may
   write mapper files (ComfyUI lists new files in a registered folder on the next request).
 * ``photo_file -> Path`` -- a smooth 96x96 PNG photo to upload.
@@ -307,15 +308,25 @@ def server_elite_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("server_elite")
 
 
+TEXT_ENCODER_STAND_IN = HOST_DIR / "text_encoder_stand_in"
+"""Test-only node folder loaded next to the pack: CONDITIONING in the real text encoders' shapes (Flux, Qwen-Image)."""
+
+
 @pytest.fixture(scope="session")
 def server(comfyui_path: Path, sd15_checkpoint_path: Path, clip_vision_path: Path, elite_mapper_path_global: Path,
            server_elite_folder: Path) -> Iterator[ComfyServer]:
-    """``main.py --cpu`` with the pack, the random SD1.5, CLIP vision and ELITE mapper; one per session."""
-    with ComfyServer(comfyui_path, python=sys.executable, checkpoints=[sd15_checkpoint_path.parent],
+    """``main.py --cpu`` with the pack, the random SD1.5, CLIP vision and ELITE mapper, the model cache also as the
+    ``diffusion_models`` and ``vae`` folders (random flow models and VAEs), and the test-only text-encoder stand-in;
+    one per session."""
+    cache = sd15_checkpoint_path.parent
+    with ComfyServer(comfyui_path, python=sys.executable, checkpoints=[cache],
                      clip_vision=[clip_vision_path.parent],
-                     extra_folders={"elite": [elite_mapper_path_global.parent, server_elite_folder]},
-                     require_nodes=["SPDInvInvert", "SPDInvEditSampler", "SPDInvResidualPlot", "P2PAttentionControl",
-                                    "SPDInvAttentionPreview", "MasaCtrlMutualAttention", "PNPInjection",
+                     extra_folders={"elite": [elite_mapper_path_global.parent, server_elite_folder],
+                                    "diffusion_models": [cache], "vae": [cache]},
+                     extra_packs={"spdinv-test-text-encoders": TEXT_ENCODER_STAND_IN},
+                     require_nodes=["SPDInvTestTextEncoderStandIn", "SPDInvInvert", "SPDInvEditSampler",
+                                    "SPDInvResidualPlot", "P2PAttentionControl", "SPDInvAttentionPreview",
+                                    "MasaCtrlMutualAttention", "MMDiTMutualAttention", "PNPInjection",
                                     "SPDInvWaveletColorFix", "ELITEMapperLoader", "ELITEMapper"]) as srv:
         yield srv
     assert not srv.running

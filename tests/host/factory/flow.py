@@ -1,5 +1,6 @@
 """Random flow models: an SD3-class checkpoint (depth-4 MM-DiT), a Flux-dev-class and a Flux.2-Klein-class
-diffusion model, and a one-block Qwen-Image diffusion model."""
+diffusion model, a one-block Qwen-Image diffusion model, and stand-alone VAE files in each family's layout
+(Flux.1's 16-channel, Flux.2's 32-channel batch-normed and Qwen-Image's Wan 2.1 VAE) as ``VAELoader`` loads them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ SD3_CHECKPOINT_NAME = f"spdinv-test-sd3-mmdit4-random-v{FORMAT_VERSION}.safetens
 FLUX_MODEL_NAME = f"spdinv-test-flux-dev-d2s4-random-v{FORMAT_VERSION}.safetensors"
 FLUX2_MODEL_NAME = f"spdinv-test-flux2-klein-d2s2-random-v{FORMAT_VERSION}.safetensors"
 QWEN_IMAGE_MODEL_NAME = f"spdinv-test-qwen-image-b1-random-v{FORMAT_VERSION}.safetensors"
+FLUX_VAE_NAME = f"spdinv-test-flux-vae-random-v{FORMAT_VERSION}.safetensors"
+FLUX2_VAE_NAME = f"spdinv-test-flux2-vae-random-v{FORMAT_VERSION}.safetensors"
+WAN21_VAE_NAME = f"spdinv-test-wan21-vae-random-v{FORMAT_VERSION}.safetensors"
 QWEN_IMAGE_CONTEXT = 3584
 """Qwen-Image's text width: Qwen2.5-VL-7B's last hidden layer."""
 FLUX2_CONTEXT = 7680
@@ -139,6 +143,80 @@ def qwen_image_shapes(blocks: int = 1) -> Shapes:
     return s
 
 
+def _conv3d(s: Shapes, name: str, c_out: int, c_in: int, kernel: tuple[int, int, int]) -> None:
+    s[f"{name}.weight"] = (c_out, c_in, *kernel)
+    s[f"{name}.bias"] = (c_out,)
+
+
+def _wan_resblock(s: Shapes, name: str, c_in: int, c_out: int) -> None:
+    s[f"{name}.residual.0.gamma"] = (c_in, 1, 1, 1)
+    _conv3d(s, f"{name}.residual.2", c_out, c_in, (3, 3, 3))
+    s[f"{name}.residual.3.gamma"] = (c_out, 1, 1, 1)
+    _conv3d(s, f"{name}.residual.6", c_out, c_out, (3, 3, 3))
+    if c_in != c_out:
+        _conv3d(s, f"{name}.shortcut", c_out, c_in, (1, 1, 1))
+
+
+def _wan_middle(s: Shapes, name: str, c: int) -> None:
+    _wan_resblock(s, f"{name}.0", c, c)
+    s[f"{name}.1.norm.gamma"] = (c, 1, 1)
+    _conv(s, f"{name}.1.to_qkv", 3 * c, c, 1)
+    _conv(s, f"{name}.1.proj", c, c, 1)
+    _wan_resblock(s, f"{name}.2", c, c)
+
+
+def wan21_vae_shapes(dim: int = 96, z: int = 16) -> Shapes:
+    """Wan 2.1's causal 3-D VAE (``comfy/ldm/wan/vae.py``; Qwen-Image's VAE) keys: channel multipliers 1, 2, 4, 4,
+    two residual blocks a level, time downsampling at the two deeper levels, 16 latent channels. ComfyUI 0.33 reads
+    ``dim`` from ``decoder.head.0.gamma``; 0.3.64 fixes it at the real 96, the default here."""
+    mult, n_res, temporal = (1, 2, 4, 4), 2, (False, True, True)
+    s: Shapes = {}
+    _conv3d(s, "encoder.conv1", dim, 3, (3, 3, 3))
+    dims = [dim * m for m in (1, *mult)]
+    index = 0
+    for level, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        for _ in range(n_res):
+            _wan_resblock(s, f"encoder.downsamples.{index}", c_in, c_out)
+            c_in, index = c_out, index + 1
+        if level != len(mult) - 1:
+            _conv(s, f"encoder.downsamples.{index}.resample.1", c_out, c_out, 3)
+            if temporal[level]:
+                _conv3d(s, f"encoder.downsamples.{index}.time_conv", c_out, c_out, (3, 1, 1))
+            index += 1
+    _wan_middle(s, "encoder.middle", dims[-1])
+    s["encoder.head.0.gamma"] = (dims[-1], 1, 1, 1)
+    _conv3d(s, "encoder.head.2", 2 * z, dims[-1], (3, 3, 3))
+    _conv3d(s, "conv1", 2 * z, 2 * z, (1, 1, 1))
+    _conv3d(s, "conv2", z, z, (1, 1, 1))
+    dims = [dim * m for m in (mult[-1], *mult[::-1])]
+    _conv3d(s, "decoder.conv1", dims[0], z, (3, 3, 3))
+    _wan_middle(s, "decoder.middle", dims[0])
+    index = 0
+    for level, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        if level in (1, 2, 3):
+            c_in //= 2
+        for _ in range(n_res + 1):
+            _wan_resblock(s, f"decoder.upsamples.{index}", c_in, c_out)
+            c_in, index = c_out, index + 1
+        if level != len(mult) - 1:
+            _conv(s, f"decoder.upsamples.{index}.resample.1", c_out // 2, c_out, 3)
+            if temporal[::-1][level]:
+                _conv3d(s, f"decoder.upsamples.{index}.time_conv", 2 * c_out, c_out, (3, 1, 1))
+            index += 1
+    s["decoder.head.0.gamma"] = (dims[-1], 1, 1, 1)
+    _conv3d(s, "decoder.head.2", 3, dims[-1], (3, 3, 3))
+    return s
+
+
+def flux2_vae_shapes() -> Shapes:
+    """Flux.2's VAE keys: the SD AutoencoderKL with 32 latent channels and its quant convs, plus the batch norm
+    over 2×2-patchified latents (``bn``, 128 channels) that ComfyUI detects it by (128-channel latents at /16)."""
+    s = vae_shapes(z=32)
+    s["bn.running_mean"] = (128,)
+    s["bn.running_var"] = (128,)
+    return s
+
+
 SD3_DEPTH = 4
 SD3_CLIP_L_PREFIX = "text_encoders.clip_l.transformer.text_model."
 
@@ -168,6 +246,30 @@ def build_qwen_image_state_dict(seed: int = SEED + 8, dtype: torch.dtype = torch
 def build_sd3_state_dict(seed: int = SEED + 5, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """All tensors of the SD3-class test checkpoint (:func:`sd3_shapes`), deterministic random values."""
     return _random(sd3_shapes(), torch.Generator().manual_seed(seed), dtype)
+
+
+def build_vae_state_dict(shapes: Shapes, seed: int, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All tensors of a stand-alone VAE file, deterministic random values; RMS-norm scales (``gamma``) one."""
+    sd = _random(shapes, torch.Generator().manual_seed(seed), dtype)
+    return {k: torch.ones_like(v) if k.endswith("gamma") else v for k, v in sd.items()}
+
+
+def flux_vae_path() -> Path:
+    """Path of the cached random Flux.1 / SD3 VAE (16 latent channels, no quant convs; ``models/vae``)."""
+    meta = {"spdinv_test": "random-weight Flux.1-class VAE, not a real model", "seed": str(SEED + 9)}
+    return _cached(FLUX_VAE_NAME, lambda: build_vae_state_dict(vae_shapes(z=16, quant_convs=False), SEED + 9), meta)
+
+
+def flux2_vae_path() -> Path:
+    """Path of the cached random Flux.2 VAE (32 channels, batch-normed 128-channel latents at /16)."""
+    meta = {"spdinv_test": "random-weight Flux.2-class VAE, not a real model", "seed": str(SEED + 10)}
+    return _cached(FLUX2_VAE_NAME, lambda: build_vae_state_dict(flux2_vae_shapes(), SEED + 10), meta)
+
+
+def wan21_vae_path() -> Path:
+    """Path of the cached random Wan 2.1 VAE at the real width (Qwen-Image's VAE; about 0.24 GiB)."""
+    meta = {"spdinv_test": "random-weight Wan 2.1-class VAE, not a real model", "seed": str(SEED + 11)}
+    return _cached(WAN21_VAE_NAME, lambda: build_vae_state_dict(wan21_vae_shapes(), SEED + 11), meta)
 
 
 def sd3_checkpoint_path() -> Path:

@@ -1,0 +1,46 @@
+"""Test-only ComfyUI node that stands in for the real text encoders of Flux.1, Flux.2 and Qwen-Image.
+
+T5-XXL (4.7 B), Qwen3-4B / Mistral-3 24B and Qwen2.5-VL 7B cannot run in the CPU host tests, so the server tests
+replace a workflow's text-encoder loader + ``CLIPTextEncode`` with this node (``FluxGuidance`` stays). It returns
+CONDITIONING in each family's real shapes, with random values seeded from the text so that different prompts
+differ and the same prompt is the same: Flux.1 T5 tokens ``[1, L, 4096]`` + CLIP-L ``pooled_output [1, 768]``;
+Flux.2 Klein 4B ``[1, 512, 7680]`` (three stacked Qwen3-4B layers, padded to 512 tokens as ComfyUI pads it);
+Qwen-Image ``[1, L, 3584]``. Loaded into the test server next to the pack; never shipped as a node of the pack.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+FAMILIES = {"flux": (4096, 768), "flux2": (7680, None), "qwen_image": (3584, None)}
+"""Loader ``type`` -> (text width, pooled width or None)."""
+FLUX2_TOKENS = 512
+
+
+def stand_in_conditioning(text: str, family: str) -> list:
+    """CONDITIONING for ``text`` in ``family``'s shapes, seeded from the text."""
+    width, pooled = FAMILIES[family]
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{family}:{text}".encode()))
+    tokens = FLUX2_TOKENS if family == "flux2" else 4 + len(text.split())
+    extra = {"pooled_output": torch.randn(1, pooled, generator=gen)} if pooled else {}
+    return [[torch.randn(1, tokens, width, generator=gen), extra]]
+
+
+class SPDInvTestTextEncoderStandIn:
+    """CONDITIONING of a prompt in a family's real shapes, without the real encoder (tests only)."""
+
+    CATEGORY = "SPDInv/tests"
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802 - ComfyUI's V1 node interface
+        return {"required": {"text": ("STRING", {"multiline": True}), "family": (list(FAMILIES),)}}
+
+    def encode(self, text: str, family: str) -> tuple[list]:
+        return (stand_in_conditioning(text, family),)
+
+
+NODE_CLASS_MAPPINGS = {"SPDInvTestTextEncoderStandIn": SPDInvTestTextEncoderStandIn}
