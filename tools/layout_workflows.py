@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -81,10 +82,10 @@ NOTES = {
     "Flux.1 edit": "Edit a photo with Flux.1-dev: SPDInv + MM-DiT mutual attention\n\nModels: models/diffusion_models/"
                    "flux1-dev.safetensors; models/text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors; "
                    "models/vae/ae.safetensors.\n\n" + PHOTO + SOURCE + "3. Target prompt: the edit.\n\n"
-                   "Guidance 2 on both prompts (FluxGuidance; RF-Solver-Edit and FireFlow invert and edit Flux at "
-                   "2), kept equal: the edit sampler runs both branches in one batch. Edit CFG 1 (Flux.1-dev is "
-                   "guidance-distilled). 28 steps (FlowEdit's on Flux). Saved: the edit, reconstruction | edit, the "
-                   "residual plot.",
+                   "Guidance (FluxGuidance): 1 on the source prompt, which the inversion and the edit's source "
+                   "branch use, 2 on the target, the edit's (RF-Solver-Edit and FireFlow invert Flux at 1 and edit "
+                   "at 2); each branch keeps its own. Edit CFG 1 (Flux.1-dev is guidance-distilled). 28 steps "
+                   "(FlowEdit's on Flux). Saved: the edit, reconstruction | edit, the residual plot.",
     "Flux.2 edit": "Edit a photo with Flux.2 [klein] 4B: SPDInv + MM-DiT mutual attention\n\nModels: "
                    "models/diffusion_models/flux-2-klein-base-4b.safetensors; models/text_encoders/"
                    "qwen_3_4b.safetensors; models/vae/flux2-vae.safetensors.\n\n" + PHOTO + SOURCE
@@ -340,6 +341,17 @@ def from_api_draft(page: Any, path: Path) -> None:
     path.write_text(json.dumps(workflow, indent=1, ensure_ascii=False) + "\n")
 
 
+def model_placeholders(folder: Path) -> dict[str, list[Path]]:
+    """Empty files named as :data:`MODEL_FILES` in ``folder``, by ComfyUI models folder: the layout server lists
+    them, so the frontend finds the models the workflows name and the thumbnails show no missing-model notice."""
+    folders: dict[str, list[Path]] = {}
+    for name, (kind, _) in MODEL_FILES.items():
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        (folder / kind / name).touch()
+        folders[kind] = [folder / kind]
+    return folders
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stems", nargs="*", help="workflow names without .json (default: all)")
@@ -351,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     paths = [ROOT / "workflows" / f"{s}.json" for s in args.stems] or sorted((ROOT / "workflows").glob("*.json"))
-    with ComfyServer(args.comfyui) as server, sync_playwright() as playwright:
+    placeholders = tempfile.TemporaryDirectory(prefix="spdinv-layout-models-")
+    folders = model_placeholders(Path(placeholders.name))
+    with placeholders, ComfyServer(args.comfyui, extra_folders=folders) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
         object_info = server.object_info()
         def fresh_page() -> Any:  # a fresh page each time: one tab in the thumbnail, named after the workflow
