@@ -12,6 +12,7 @@ here only; the tests never time anything. See ``benchmarks/README.md`` for what 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -368,7 +369,10 @@ class Bench:
         from spdinv_pack.tests.host import factory
 
         self.test_model = None if args.family is None else factory.FLOW_TEST_MODELS[args.family]
-        if self.test_model is not None:
+        self.bypass = self.test_model is not None and self.test_model.bypass is not None
+        if self.bypass:
+            ckpt = factory.cache_dir() / f"{self.test_model.bypass[0]} built bypassing detection"
+        elif self.test_model is not None:
             ckpt = self.test_model.model_path()
         elif args.checkpoint is None:
             ckpt = factory.sd15_checkpoint_path()
@@ -379,7 +383,7 @@ class Bench:
         kind = "checkpoints" if self.test_model is None else "diffusion_models"
         self.env = import_comfy(root, ckpt.parent, kinds=(kind,))
         found = self.env.folder_paths.get_full_path(kind, ckpt.name)
-        if found is None or Path(found).resolve() != ckpt:
+        if not self.bypass and (found is None or Path(found).resolve() != ckpt):
             raise SystemExit(f"bench_inversion: ComfyUI resolves {ckpt.name} to {found}, not {ckpt}; rename the file")
         import comfy.model_management as mm
 
@@ -399,7 +403,12 @@ class Bench:
         if self.test_model is not None:
             if args.image is not None or args.latent == "vae":
                 raise SystemExit("bench_inversion: --family has no VAE; it inverts an SD-like latent")
-            (self.model,) = self.run_node(n.UNETLoader, unet_name=ckpt.name, weight_dtype="default")
+            if self.bypass:
+                from spdinv_pack.tests.host.pack_calls import bypassed_model
+
+                self.model = contextlib.ExitStack().enter_context(bypassed_model(*self.test_model.bypass))
+            else:
+                (self.model,) = self.run_node(n.UNETLoader, unet_name=ckpt.name, weight_dtype="default")
             self.latent_source = "sd-like"
             self.latent = self.test_model.photo(args.resolution)
             self.source, self.target, self.null = (self.test_model.prompt(seed) for seed in (0, 1, 2))

@@ -14,7 +14,7 @@ import torch
 
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.attention_patches.registration import PreAttentionPatch
-from spdinv_pack.tests.host.factory import FLUX2_CONTEXT, flux2_model_path, sd_like_latent
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, flux2_model_path, sd_like_latent
 from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, reconstruction_psnr
 
 
@@ -37,7 +37,7 @@ def photo_latent():
 
 def prompt(seed: int) -> list:
     """A stand-in for a Flux.2 Klein prompt's CONDITIONING (16 tokens of width 7680; ComfyUI pads to 512)."""
-    return [[torch.randn(1, 16, FLUX2_CONTEXT, generator=torch.Generator().manual_seed(seed)), {}]]
+    return FLOW_TEST_MODELS["flux2"].prompt(seed)
 
 
 def mutual(run_node, pack_nodes, model, **kw):

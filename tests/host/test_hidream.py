@@ -21,16 +21,11 @@ import torch
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.attention_patches.registration import ModelAttentionOverride
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.factory import sd_like_latent
-from spdinv_pack.tests.host.factory.cache import SEED
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, sd_like_latent
 from spdinv_pack.tests.host.pack_calls import AttentionProbe, bypassed_model, edit, invert, reconstruction_psnr
 
 OVERRIDE = "optimized_attention_override"
-HIDREAM = dict(image_model="hidream", attention_head_dim=128, axes_dims_rope=[64, 32, 32],
-               caption_channels=[4096, 4096], max_resolution=[128, 128], in_channels=16, llama_layers=[0, 10, 20, 31],
-               num_attention_heads=1, num_routed_experts=4, num_activated_experts=2, num_layers=2,
-               num_single_layers=2, out_channels=16, patch_size=2, text_emb_dim=2048)
-"""ComfyUI's detected HiDream config (model_detection.py) at 2 + 2 blocks of one head."""
+HIDREAM_TEST = FLOW_TEST_MODELS["hidream"]
 IMAGE, TEXT = 36, 8 + 8 + 8
 """6×6 image tokens first; then T5 and the last Llama layer (and, in a double block's text stream or a single block,
 that block's Llama layer)."""
@@ -42,7 +37,7 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def hidream(comfy_env):
     """The reduced random HiDream MODEL."""
-    with bypassed_model("HiDream", HIDREAM, SEED + 10) as model:
+    with bypassed_model(*HIDREAM_TEST.bypass) as model:
         yield model
 
 
@@ -54,9 +49,7 @@ def photo_latent():
 
 def prompt(seed: int) -> list:
     """A stand-in for a HiDream prompt's CONDITIONING: T5-XXL tokens, every Llama-3.1 layer, the pooled CLIPs."""
-    gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, 8, 4096, generator=gen), {"conditioning_llama3": torch.randn(1, 32, 8, 4096, generator=gen),
-                                                      "pooled_output": torch.randn(1, 2048, generator=gen)}]]
+    return HIDREAM_TEST.prompt(seed)
 
 
 def mutual(run_node, pack_nodes, model, **kw):

@@ -13,7 +13,7 @@ import torch
 
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.factory import QWEN_IMAGE_CONTEXT, qwen_image_model_path, sd_like_latent
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, qwen_image_model_path, sd_like_latent
 from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, reconstruction_psnr
 
 
@@ -32,7 +32,7 @@ def photo_latent():
 
 def prompt(seed: int) -> list:
     """A stand-in for a Qwen-Image prompt's CONDITIONING (8 tokens of Qwen2.5-VL's width)."""
-    return [[torch.randn(1, 8, QWEN_IMAGE_CONTEXT, generator=torch.Generator().manual_seed(seed)), {}]]
+    return FLOW_TEST_MODELS["qwen-image"].prompt(seed)
 
 
 def test_the_loader_detects_qwen_image_and_spdinv_reconstructs_far_better_than_plain_flow_inversion(

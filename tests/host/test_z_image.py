@@ -21,16 +21,12 @@ import torch
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.attention_patches.registration import ModelAttentionOverride
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.factory import sd_like_latent
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, sd_like_latent
 from spdinv_pack.tests.host.factory.cache import SEED
 from spdinv_pack.tests.host.pack_calls import AttentionProbe, bypassed_model, edit, invert, reconstruction_psnr
 
 OVERRIDE = "optimized_attention_override"
-Z_IMAGE = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, cap_feat_dim=2560, n_layers=2,
-               n_refiner_layers=1, n_heads=2, n_kv_heads=2, qk_norm=True, axes_dims=[32, 48, 48],
-               axes_lens=[1536, 512, 512], rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True,
-               time_scale=1000.0, pad_tokens_multiple=32)
-"""ComfyUI's detected Z-Image config (model_detection.py) at width 256, 2 layers, 1 refiner each."""
+Z_IMAGE_TEST = FLOW_TEST_MODELS["z-image"]
 CAPTION, IMAGE, TOKENS = 32, (32, 32 + 36), 32 + 64
 """8 caption tokens padded to 32; 6×6 image tokens after them, padded to 64 (28 pad tokens last)."""
 STEPS = 6
@@ -43,7 +39,7 @@ def zimage(comfy_env):
 
     if not hasattr(comfy.supported_models, "ZImage"):
         pytest.skip("this ComfyUI has no Z-Image (0.3.64)")
-    with bypassed_model("ZImage", Z_IMAGE, SEED + 9) as model:
+    with bypassed_model(*Z_IMAGE_TEST.bypass) as model:
         yield model
 
 
@@ -55,7 +51,7 @@ def photo_latent():
 
 def prompt(seed: int) -> list:
     """A stand-in for a Z-Image prompt's CONDITIONING (8 tokens of Qwen3-4B's width)."""
-    return [[torch.randn(1, 8, 2560, generator=torch.Generator().manual_seed(seed)), {}]]
+    return Z_IMAGE_TEST.prompt(seed)
 
 
 def mutual(run_node, pack_nodes, model, **kw):

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from .cache import SEED
 from .flow import FLUX2_CONTEXT, QWEN_IMAGE_CONTEXT, flux2_model_path, flux_model_path, qwen_image_model_path
 from .latents import sd_like_latent
 
@@ -23,27 +25,30 @@ from .latents import sd_like_latent
 class FlowTestModel:
     """One family's random diffusion-model file and the shapes of its inputs.
 
-    ``context``/``tokens``: the text encoder's width and the stand-in prompt's length; ``pooled``: the pooled
-    vector's width (Flux.1's CLIP-L), if any; ``guidance``: the distilled guidance a prompt carries (FluxGuidance),
-    if any; ``channels``/``downscale``: latent channels and pixels per latent cell; ``frames``: 5-D latents."""
+    ``model_path``: the file ComfyUI's diffusion-model loader detects, or ``None`` for a family whose detection fixes
+    a width too large to test (Z-Image, HiDream): ``bypass`` then names the ComfyUI config class, the reduced
+    ``unet_config`` to build it from and the weights' seed (``tests/host/pack_calls.bypassed_model``).
+    ``context``/``tokens``: the text encoder's width and the stand-in prompt's length; ``extras``: the other
+    per-prompt tensors by conditioning key and shape (Flux.1's CLIP-L ``pooled_output``, HiDream's Llama layers);
+    ``guidance``: the distilled guidance a prompt carries (FluxGuidance), if any; ``channels``/``downscale``: latent
+    channels and pixels per latent cell; ``frames``: 5-D latents."""
 
     family: str
-    model_path: Callable[[], Path]
+    model_path: Callable[[], Path] | None
     context: int
     tokens: int = 16
-    pooled: int | None = None
+    extras: tuple[tuple[str, tuple[int, ...]], ...] = ()
     guidance: float | None = None
     channels: int = 16
     downscale: int = 8
     frames: bool = False
+    bypass: tuple[str, dict[str, Any], int] | None = None
 
     def prompt(self, seed: int, guidance: float | None = None) -> list:
         """A stand-in CONDITIONING for prompt number ``seed`` (at ``guidance``, default the family's)."""
         gen = torch.Generator().manual_seed(seed)
-        options: dict = {}
         tokens = torch.randn(1, self.tokens, self.context, generator=gen)
-        if self.pooled is not None:
-            options["pooled_output"] = torch.randn(1, self.pooled, generator=gen)
+        options: dict = {key: torch.randn(*shape, generator=gen) for key, shape in self.extras}
         if self.guidance is not None:
             options["guidance"] = self.guidance if guidance is None else guidance
         return [[tokens, options]]
@@ -54,10 +59,26 @@ class FlowTestModel:
         return {"samples": samples.unsqueeze(2) if self.frames else samples}
 
 
+Z_IMAGE = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, cap_feat_dim=2560, n_layers=2,
+               n_refiner_layers=1, n_heads=2, n_kv_heads=2, qk_norm=True, axes_dims=[32, 48, 48],
+               axes_lens=[1536, 512, 512], rope_theta=256.0, ffn_dim_multiplier=8.0 / 3.0, z_image_modulation=True,
+               time_scale=1000.0, pad_tokens_multiple=32)
+"""ComfyUI's detected Z-Image config (model_detection.py) at width 256, 2 layers, 1 refiner each."""
+HIDREAM = dict(image_model="hidream", attention_head_dim=128, axes_dims_rope=[64, 32, 32],
+               caption_channels=[4096, 4096], max_resolution=[128, 128], in_channels=16, llama_layers=[0, 10, 20, 31],
+               num_attention_heads=1, num_routed_experts=4, num_activated_experts=2, num_layers=2,
+               num_single_layers=2, out_channels=16, patch_size=2, text_emb_dim=2048)
+"""ComfyUI's detected HiDream config (model_detection.py) at 2 + 2 blocks of one head."""
+
 FLOW_TEST_MODELS: dict[str, FlowTestModel] = {
-    "flux": FlowTestModel("Flux.1", flux_model_path, 4096, pooled=768, guidance=3.5),
+    "flux": FlowTestModel("Flux.1", flux_model_path, 4096, extras=(("pooled_output", (1, 768)),), guidance=3.5),
     "flux2": FlowTestModel("Flux.2", flux2_model_path, FLUX2_CONTEXT, channels=128, downscale=16),
     "qwen-image": FlowTestModel("Qwen-Image", qwen_image_model_path, QWEN_IMAGE_CONTEXT, tokens=8, frames=True),
+    "z-image": FlowTestModel("Z-Image", None, 2560, tokens=8, bypass=("ZImage", Z_IMAGE, SEED + 9)),
+    "hidream": FlowTestModel("HiDream", None, 4096, tokens=8,
+                             extras=(("conditioning_llama3", (1, 32, 8, 4096)), ("pooled_output", (1, 2048))),
+                             bypass=("HiDream", HIDREAM, SEED + 10)),
 }
 """By command-line name: Flux.1-dev (T5-XXL tokens, CLIP-L pooled, guidance 3.5), Flux.2 Klein (three Qwen3-4B
-layers), Qwen-Image (Qwen2.5-VL-7B, 5-D latents)."""
+layers), Qwen-Image (Qwen2.5-VL-7B, 5-D latents), Z-Image (Qwen3-4B's width), HiDream (T5-XXL tokens, every
+Llama-3.1 layer, the pooled CLIP-L + CLIP-G)."""
