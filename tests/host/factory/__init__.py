@@ -57,7 +57,7 @@ from .sd import (
     sd15_checkpoint_path,
     sdxl_checkpoint_path,
 )
-from .standins import FLOW_TEST_MODELS, HIDREAM, Z_IMAGE, FlowTestModel
+from .standins import FLOW_TEST_MODELS, FlowTestModel
 
 __all__ = [
     "CHECKPOINT_NAME", "CLIP_PREFIX", "LORA_NAME", "LORA_TARGETS", "UNET_PREFIX", "VAE_PREFIX",
