@@ -157,6 +157,8 @@ def stack_branches(branches: list[Branch], rows: int, control: BranchControl | N
     elif any(p is not None for p in pooled):
         raise ValueError(f"{', '.join(n for n, _ in branches)}: only some conditionings have a pooled output; "
                          "encode every prompt with the same text encoder")
+    elif any("pooled_output" in m for _, m in entries):
+        meta["pooled_output"] = None  # a T5-only encoder's (Chroma): ComfyUI 0.3.64's Flux models read the key
     if control is not None:
         meta["control"] = control
         meta["control_apply_to_uncond"] = False

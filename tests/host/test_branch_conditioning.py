@@ -78,3 +78,13 @@ def test_extras_that_differ_between_branches_are_refused_naming_both_inputs():
     assert positive[0][1]["width"] == 1024 and positive[0][1]["pooled_output"].shape == (2, 4)
     with pytest.raises(ValueError, match="'mask'"):
         edit_conditioning(cond(mask=torch.ones(1, 8, 8)), cond(), None, rows=1)
+
+
+def test_a_text_encoder_without_pooled_output_keeps_the_key_as_comfyui_0_3_64_reads_it():
+    """T5-only encoders (Chroma's) give ``pooled_output=None``; 0.3.64's Flux-family models index the key."""
+    t5 = [[torch.zeros(1, 16, 8), {"pooled_output": None}]]
+    positive, negative = edit_conditioning(t5, t5, None, rows=1)
+    assert "pooled_output" in positive[0][1] and positive[0][1]["pooled_output"] is None
+    assert negative[0][1]["pooled_output"] is None
+    positive, _ = edit_conditioning([[torch.zeros(1, 16, 8), {}]], [[torch.zeros(1, 16, 8), {}]], None, rows=1)
+    assert "pooled_output" not in positive[0][1]
