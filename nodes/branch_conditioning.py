@@ -182,6 +182,8 @@ def stack_branches(branches: list[Branch], rows: int, control: BranchControl | N
     for key in ROW_EXTRAS:
         extras = [m.get(key) for _, m in entries]
         if all(x is None for x in extras):
+            if key == "pooled_output" and any(key in m for _, m in entries):
+                meta[key] = None  # a T5-only encoder's (Chroma): ComfyUI 0.3.64's Flux models read the key
             continue
         if any(x is None for x in extras):
             raise ValueError(f"{names}: only some conditionings have '{key}'; encode every prompt with the same "

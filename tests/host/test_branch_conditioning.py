@@ -109,3 +109,13 @@ def test_hidreams_llama_layers_are_stacked_per_row_like_the_prompt_and_unequal_l
         edit_conditioning(cond(conditioning_llama3=source), cond(conditioning_llama3=llama(1, 140)), None, rows=1)
     with pytest.raises(ValueError, match="only some conditionings have 'conditioning_llama3'"):
         edit_conditioning(cond(conditioning_llama3=source), cond(), None, rows=1)
+
+
+def test_a_text_encoder_without_pooled_output_keeps_the_key_as_comfyui_0_3_64_reads_it():
+    """T5-only encoders (Chroma's) give ``pooled_output=None``; 0.3.64's Flux-family models index the key."""
+    t5 = [[torch.zeros(1, 16, 8), {"pooled_output": None}]]
+    positive, negative = edit_conditioning(t5, t5, None, rows=1)
+    assert "pooled_output" in positive[0][1] and positive[0][1]["pooled_output"] is None
+    assert negative[0][1]["pooled_output"] is None
+    positive, _ = edit_conditioning([[torch.zeros(1, 16, 8), {}]], [[torch.zeros(1, 16, 8), {}]], None, rows=1)
+    assert "pooled_output" not in positive[0][1]

@@ -1,7 +1,9 @@
 """Inversion and editing on rectified-flow models inside real ComfyUI: a random SD3-class checkpoint (a depth-4
 MM-DiT, CLIP-L, the 16-channel VAE) that ComfyUI's loader detects as ``SD3`` with its shifted flow schedule, and a
-random Flux-dev-class diffusion model (2 double-stream and 4 single-stream blocks, the distilled-guidance
-embedder) that ComfyUI's diffusion-model loader detects as ``Flux``.
+random Flux-dev-class diffusion model (the distilled-guidance embedder) that ComfyUI's diffusion-model loader
+detects as ``Flux``: of width 256 with 2 double-stream and 4 single-stream blocks where the loader reads Flux's width
+from the weights (0.33), else of Flux's full width 3072 with 1 double- and 2 single-stream blocks (0.3.64 fixes the
+width; there mutual attention goes through block patches, as ComfyUI's Flux blocks have no pre-attention hook).
 
 Random weights stand in for real SD3.x and Flux models, which cannot be downloaded here; the checks are the ones
 that hold for any weights (the fixed point's gain over plain inversion, exactness, what stays untouched). Flux's
@@ -11,11 +13,16 @@ for by random encodings of T5's and CLIP's shapes, with the guidance value FluxG
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import pytest
 import torch
 
+from spdinv_pack.attention_patches.dit_blocks import block_from
+from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.factory import sd3_checkpoint_path, sd_like_latent
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, sd3_checkpoint_path, sd_like_latent
 from spdinv_pack.tests.host.pack_calls import RowCount, diffusion_model, edit, invert, reconstruct, reconstruction_psnr
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
@@ -166,26 +173,43 @@ def test_mutual_attention_refuses_a_unet_model(run_node, pack_nodes, sd15):
         mutual(run_node, pack_nodes, sd15[0])
 
 
-@pytest.fixture(scope="module")
-def flux():
-    """The random Flux-dev-class MODEL as ComfyUI's diffusion-model loader loads it, unloaded after the module."""
-    from spdinv_pack.tests.host.factory import flux_model_path
+def flux_file() -> Path:
+    """The random Flux file this ComfyUI loads: the fast reduced-width one where its Flux detection reads the width
+    from the weights (0.33), else the full-width one of reduced depth (0.3.64 fixes the width at 3072)."""
+    import comfy.model_detection
+    import comfy.utils
 
-    try:
-        with diffusion_model(flux_model_path()) as model:
-            yield model
-    except RuntimeError as e:
-        if "size mismatch" not in str(e):
-            raise
-        pytest.skip("this ComfyUI's Flux detection fixes the width at Flux's full 3072 (0.3.64 does; 0.33 reads it "
-                    "from the weights), so the reduced-width random Flux does not load")
+    from spdinv_pack.tests.host.factory import FLUX_REDUCED_WIDTH, flux_full_width_model_path, flux_model_path
+
+    reduced = flux_model_path()
+    config = comfy.model_detection.detect_unet_config(comfy.utils.load_torch_file(str(reduced)), "")
+    return reduced if config["hidden_size"] == FLUX_REDUCED_WIDTH else flux_full_width_model_path()
+
+
+@pytest.fixture(scope="module")
+def flux(comfy_env):
+    """The random Flux-dev-class MODEL as ComfyUI's diffusion-model loader loads it, unloaded after the module."""
+    with diffusion_model(flux_file()) as model:
+        yield model
+
+
+def controlled_blocks(model) -> list[tuple[str, int]]:
+    """The ``(dit patch kind, index)`` of the blocks mutual attention controls at its default start depth, by the
+    pack's rule (the family's relative depth over the model's blocks in forward order)."""
+    family = Family.of(model)
+    blocks = family.sites(model.get_model_object("diffusion_model"))
+    return [(b.kind, b.index) for b in blocks[block_from(family.default("mmdit_start_block"), len(blocks)):]]
+
+
+def blocks_call_pre_attention_hook(model) -> bool:
+    """Whether this ComfyUI's single-stream blocks call the DiT pre-attention hook (0.33 does, 0.3.64 does not)."""
+    block = model.get_model_object("diffusion_model").single_blocks[0]
+    return "attn1_patch" in inspect.getsource(inspect.getmodule(type(block)))
 
 
 def flux_prompt(seed: int, guidance: float = 3.5) -> list:
     """A stand-in for a Flux prompt's CONDITIONING: T5-shaped tokens, a CLIP-L pooled vector, the guidance."""
-    gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(1, 16, 4096, generator=gen), {"pooled_output": torch.randn(1, 768, generator=gen),
-                                                        "guidance": guidance}]]
+    return FLOW_TEST_MODELS["flux"].prompt(seed, guidance)
 
 
 def test_flux_inverts_with_its_guidance_far_better_than_plain_flow_inversion(run_node, pack_nodes, flux,
@@ -200,8 +224,8 @@ def test_flux_inverts_with_its_guidance_far_better_than_plain_flow_inversion(run
         psnr = reconstruction_psnr(run_node, pack_nodes, flux, source, photo_latent, steps, "Flux")
         assert psnr["spdinv"] >= psnr["ddim"] + 10
     other = flux_prompt(0, guidance=1.0)  # the guidance value reaches the model: another inversion
-    a, _ = invert(run_node, pack_nodes, flux, source, photo_latent, steps=4)
-    b, _ = invert(run_node, pack_nodes, flux, other, photo_latent, steps=4)
+    a, _ = invert(run_node, pack_nodes, flux, source, photo_latent, method="ddim", steps=4)
+    b, _ = invert(run_node, pack_nodes, flux, other, photo_latent, method="ddim", steps=4)
     assert not torch.equal(a.result.noise, b.result.noise)
 
 
@@ -219,14 +243,19 @@ def test_flux_edit_at_cfg_1_with_mutual_attention_on_single_stream_blocks(run_no
 
     recorded = flux.clone()
     recorded.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = recorder
-    patched = mutual(run_node, pack_nodes, recorded)  # the default depth 0.65: blocks 4 and 5 of 6
+    patched = mutual(run_node, pack_nodes, recorded)  # the default depth 0.65: the last blocks
+    expected = controlled_blocks(flux)
+    blocks = len(Family.of(flux).sites(flux.get_model_object("diffusion_model")))
+    assert 0 < len(expected) < blocks and all(kind == "single_block" for kind, _ in expected)
     options = patched.model_options["transformer_options"]
     hooks = options.get("patches", {}).get("attn1_patch", [])  # ComfyUI's pre-attention hook where it has one
+    assert bool(hooks) == blocks_call_pre_attention_hook(flux)  # else dit block patches (0.3.64)
+    assert bool(hooks) != ("dit" in options.get("patches_replace", {}))
     keys = hooks[0].site if hooks else options["patches_replace"]["dit"]
-    assert sorted(keys) == [("single_block", 2), ("single_block", 3)]
+    assert sorted(keys) == expected
     edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=1.0)
     assert {rows for rows, _ in seen} == {2}  # CFG 1: one row per branch, no unconditional chunk
-    assert len(seen) == 6 * 6 and sum(shared for _, shared in seen) == 2 * 6
+    assert len(seen) == blocks * 6 and sum(shared for _, shared in seen) == len(expected) * 6
     same, recon_same, _ = edit(run_node, pack_nodes, patched, inversion, source, source, cfg=1.0)
     assert torch.equal(same["samples"], recon_same["samples"])
     assert not {"patches", "patches_replace"} & set(flux.model_options.get("transformer_options", {}))

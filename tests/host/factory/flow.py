@@ -1,6 +1,8 @@
-"""Random flow models: an SD3-class checkpoint (depth-4 MM-DiT), a Flux-dev-class and a Flux.2-Klein-class
-diffusion model, a one-block Qwen-Image diffusion model, and stand-alone VAE files in each family's layout
-(Flux.1's 16-channel, Flux.2's 32-channel batch-normed and Qwen-Image's Wan 2.1 VAE) as ``VAELoader`` loads them."""
+"""Random flow models: an SD3-class checkpoint (depth-4 MM-DiT), Flux-dev-class diffusion models (a reduced-width
+one and a full-width one of reduced depth, for ComfyUI versions that fix Flux's width), a Flux.2-Klein-class, a
+Chroma (full width, reduced depth) and a one-block Qwen-Image diffusion model, and stand-alone VAE files in each
+family's layout (Flux.1's 16-channel, Flux.2's 32-channel batch-normed and Qwen-Image's Wan 2.1 VAE) as
+``VAELoader`` loads them."""
 
 from __future__ import annotations
 
@@ -14,6 +16,18 @@ from .shapes import Shapes, _conv, _linear, _prefixed, _random
 
 SD3_CHECKPOINT_NAME = f"spdinv-test-sd3-mmdit4-random-v{FORMAT_VERSION}.safetensors"
 FLUX_MODEL_NAME = f"spdinv-test-flux-dev-d2s4-random-v{FORMAT_VERSION}.safetensors"
+FLUX_FULL_WIDTH_MODEL_NAME = f"spdinv-test-flux-dev-w3072-d1s2-random-v{FORMAT_VERSION}.safetensors"
+CHROMA_MODEL_NAME = f"spdinv-test-chroma-d1s1-random-v{FORMAT_VERSION}.safetensors"
+FLUX_WIDTH = 3072
+"""Flux.1's (and Chroma's) hidden size: 24 heads of 128. ComfyUI 0.3.64 fixes it for Flux, every version for Chroma."""
+FLUX_REDUCED_WIDTH = 256
+"""The hidden size of the fast reduced-width Flux test model (ComfyUI 0.33 reads Flux's width from the weights)."""
+FLUX_FULL_WIDTH_DEPTH = (1, 2)
+"""Double- and single-stream blocks of the full-width Flux test model: the fewest with a block before and one after
+the default start depth of mutual attention (0.65 of 3 blocks: the second single-stream block)."""
+CHROMA_DEPTH = (1, 1)
+"""Double- and single-stream blocks of the Chroma test model (its distilled-guidance approximator alone has
+0.28 B parameters)."""
 FLUX2_MODEL_NAME = f"spdinv-test-flux2-klein-d2s2-random-v{FORMAT_VERSION}.safetensors"
 QWEN_IMAGE_MODEL_NAME = f"spdinv-test-qwen-image-b1-random-v{FORMAT_VERSION}.safetensors"
 FLUX_VAE_NAME = f"spdinv-test-flux-vae-random-v{FORMAT_VERSION}.safetensors"
@@ -52,7 +66,7 @@ def mmdit_shapes(depth: int, pos_embed_max: int = 64, context_in: int = 4096, ad
     return s
 
 
-def flux_shapes(hidden: int = 256, double: int = 2, single: int = 4) -> Shapes:
+def flux_shapes(hidden: int = FLUX_REDUCED_WIDTH, double: int = 2, single: int = 4) -> Shapes:
     """Flux-dev's diffusion model (``comfy/ldm/flux``; a ``diffusion_models`` file, no prefix): heads of 128
     (ComfyUI divides the hidden size by the rotary axes' 16 + 56 + 56), ``double`` double-stream and ``single``
     single-stream blocks, the distilled-guidance embedder, 4096-d text and 768-d pooled inputs."""
@@ -82,6 +96,42 @@ def flux_shapes(hidden: int = 256, double: int = 2, single: int = 4) -> Shapes:
         _linear(s, f"{p}.modulation.lin", 3 * hidden, hidden)
     _linear(s, "final_layer.linear", 64, hidden)
     _linear(s, "final_layer.adaLN_modulation.1", 2 * hidden, hidden)
+    return s
+
+
+def chroma_shapes(double: int = 1, single: int = 1) -> Shapes:
+    """Chroma's diffusion model (``comfy/ldm/chroma``, detected by its distilled-guidance approximator): Flux's
+    double- and single-stream blocks without per-block modulation, their modulations all coming from the
+    approximator (64 in, five residual MLP layers of 5120, out 3072: ComfyUI fixes these, and with them the width
+    3072), 4096-d text input, no pooled or guidance input, 64 inputs (16 latent channels, patch 2). RMS norms keep
+    the original files' ``.scale`` names (ComfyUI 0.33 renames them)."""
+    hidden, head, mlp, approx = FLUX_WIDTH, 128, 4 * FLUX_WIDTH, 5120
+    s: Shapes = {}
+    _linear(s, "img_in", hidden, 64)
+    _linear(s, "txt_in", hidden, 4096)
+    g = "distilled_guidance_layer"
+    _linear(s, f"{g}.in_proj", approx, 64)
+    for i in range(5):
+        _linear(s, f"{g}.layers.{i}.in_layer", approx, approx)
+        _linear(s, f"{g}.layers.{i}.out_layer", approx, approx)
+        s[f"{g}.norms.{i}.scale"] = (approx,)
+    _linear(s, f"{g}.out_proj", hidden, approx)
+    for i in range(double):
+        for stream in ("img", "txt"):
+            p = f"double_blocks.{i}.{stream}"
+            _linear(s, f"{p}_attn.qkv", 3 * hidden, hidden)
+            s[f"{p}_attn.norm.query_norm.scale"] = (head,)
+            s[f"{p}_attn.norm.key_norm.scale"] = (head,)
+            _linear(s, f"{p}_attn.proj", hidden, hidden)
+            _linear(s, f"{p}_mlp.0", mlp, hidden)
+            _linear(s, f"{p}_mlp.2", hidden, mlp)
+    for i in range(single):
+        p = f"single_blocks.{i}"
+        _linear(s, f"{p}.linear1", 3 * hidden + mlp, hidden)
+        _linear(s, f"{p}.linear2", hidden, hidden + mlp)
+        s[f"{p}.norm.query_norm.scale"] = (head,)
+        s[f"{p}.norm.key_norm.scale"] = (head,)
+    _linear(s, "final_layer.linear", 64, hidden)
     return s
 
 
@@ -233,6 +283,17 @@ def build_flux_state_dict(seed: int = SEED + 6, dtype: torch.dtype = torch.float
     return _random(flux_shapes(), torch.Generator().manual_seed(seed), dtype)
 
 
+def build_flux_full_width_state_dict(seed: int = SEED + 9, dtype: torch.dtype = torch.float16
+                                     ) -> dict[str, torch.Tensor]:
+    """All tensors of the full-width Flux-dev-class test diffusion model (width 3072, :data:`FLUX_FULL_WIDTH_DEPTH`)."""
+    return _random(flux_shapes(FLUX_WIDTH, *FLUX_FULL_WIDTH_DEPTH), torch.Generator().manual_seed(seed), dtype)
+
+
+def build_chroma_state_dict(seed: int = SEED + 10, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All tensors of the Chroma test diffusion model (:func:`chroma_shapes` at :data:`CHROMA_DEPTH`)."""
+    return _random(chroma_shapes(*CHROMA_DEPTH), torch.Generator().manual_seed(seed), dtype)
+
+
 def build_flux2_state_dict(seed: int = SEED + 7, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """All tensors of the Flux.2-Klein-class test diffusion model (:func:`flux2_shapes`), deterministic random."""
     return _random(flux2_shapes(), torch.Generator().manual_seed(seed), dtype)
@@ -283,6 +344,22 @@ def flux_model_path() -> Path:
     """Path of the cached random Flux-dev-class diffusion model (2 double, 4 single blocks; a few MiB)."""
     meta = {"spdinv_test": "random-weight Flux-dev-class diffusion model, not a real model", "seed": str(SEED + 6)}
     return _cached(FLUX_MODEL_NAME, build_flux_state_dict, meta)
+
+
+def flux_full_width_model_path() -> Path:
+    """Path of the cached random full-width Flux-dev-class diffusion model (width 3072, 1 double and 2 single
+    blocks, 0.69 B parameters; about 1.3 GiB in fp16), for ComfyUI versions whose Flux detection fixes the width."""
+    meta = {"spdinv_test": "random-weight full-width Flux-dev-class diffusion model of reduced depth, not a real "
+                           "model", "seed": str(SEED + 9)}
+    return _cached(FLUX_FULL_WIDTH_MODEL_NAME, build_flux_full_width_state_dict, meta)
+
+
+def chroma_model_path() -> Path:
+    """Path of the cached random Chroma diffusion model (1 double and 1 single block, 0.63 B parameters; about
+    1.2 GiB in fp16)."""
+    meta = {"spdinv_test": "random-weight Chroma diffusion model of reduced depth, not a real model",
+            "seed": str(SEED + 10)}
+    return _cached(CHROMA_MODEL_NAME, build_chroma_state_dict, meta)
 
 
 def flux2_model_path() -> Path:

@@ -17,7 +17,14 @@ from typing import Any
 import torch
 
 from .cache import SEED
-from .flow import FLUX2_CONTEXT, QWEN_IMAGE_CONTEXT, flux2_model_path, flux_model_path, qwen_image_model_path
+from .flow import (
+    FLUX2_CONTEXT,
+    QWEN_IMAGE_CONTEXT,
+    chroma_model_path,
+    flux2_model_path,
+    flux_model_path,
+    qwen_image_model_path,
+)
 from .latents import sd_like_latent
 
 
@@ -29,7 +36,8 @@ class FlowTestModel:
     a width too large to test (Z-Image, HiDream): ``bypass`` then names the ComfyUI config class, the reduced
     ``unet_config`` to build it from and the weights' seed (``tests/host/pack_calls.bypassed_model``).
     ``context``/``tokens``: the text encoder's width and the stand-in prompt's length; ``extras``: the other
-    per-prompt tensors by conditioning key and shape (Flux.1's CLIP-L ``pooled_output``, HiDream's Llama layers);
+    per-prompt tensors by conditioning key and shape (Flux.1's CLIP-L ``pooled_output``, HiDream's Llama layers;
+    shape ``None``: the key is there with ``None``, as ComfyUI's T5-only encoders give ``pooled_output``);
     ``guidance``: the distilled guidance a prompt carries (FluxGuidance), if any; ``channels``/``downscale``: latent
     channels and pixels per latent cell; ``frames``: 5-D latents."""
 
@@ -37,7 +45,7 @@ class FlowTestModel:
     model_path: Callable[[], Path] | None
     context: int
     tokens: int = 16
-    extras: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    extras: tuple[tuple[str, tuple[int, ...] | None], ...] = ()
     guidance: float | None = None
     channels: int = 16
     downscale: int = 8
@@ -48,7 +56,8 @@ class FlowTestModel:
         """A stand-in CONDITIONING for prompt number ``seed`` (at ``guidance``, default the family's)."""
         gen = torch.Generator().manual_seed(seed)
         tokens = torch.randn(1, self.tokens, self.context, generator=gen)
-        options: dict = {key: torch.randn(*shape, generator=gen) for key, shape in self.extras}
+        options: dict = {key: None if shape is None else torch.randn(*shape, generator=gen)
+                         for key, shape in self.extras}
         if self.guidance is not None:
             options["guidance"] = self.guidance if guidance is None else guidance
         return [[tokens, options]]
@@ -73,6 +82,7 @@ HIDREAM = dict(image_model="hidream", attention_head_dim=128, axes_dims_rope=[64
 FLOW_TEST_MODELS: dict[str, FlowTestModel] = {
     "flux": FlowTestModel("Flux.1", flux_model_path, 4096, extras=(("pooled_output", (1, 768)),), guidance=3.5),
     "flux2": FlowTestModel("Flux.2", flux2_model_path, FLUX2_CONTEXT, channels=128, downscale=16),
+    "chroma": FlowTestModel("Chroma", chroma_model_path, 4096, extras=(("pooled_output", None),)),
     "qwen-image": FlowTestModel("Qwen-Image", qwen_image_model_path, QWEN_IMAGE_CONTEXT, tokens=8, frames=True),
     "z-image": FlowTestModel("Z-Image", None, 2560, tokens=8, bypass=("ZImage", Z_IMAGE, SEED + 9)),
     "hidream": FlowTestModel("HiDream", None, 4096, tokens=8,
@@ -80,5 +90,5 @@ FLOW_TEST_MODELS: dict[str, FlowTestModel] = {
                              bypass=("HiDream", HIDREAM, SEED + 10)),
 }
 """By command-line name: Flux.1-dev (T5-XXL tokens, CLIP-L pooled, guidance 3.5), Flux.2 Klein (three Qwen3-4B
-layers), Qwen-Image (Qwen2.5-VL-7B, 5-D latents), Z-Image (Qwen3-4B's width), HiDream (T5-XXL tokens, every
-Llama-3.1 layer, the pooled CLIP-L + CLIP-G)."""
+layers), Chroma (T5-XXL tokens, no pooled output), Qwen-Image (Qwen2.5-VL-7B, 5-D latents), Z-Image (Qwen3-4B's
+width), HiDream (T5-XXL tokens, every Llama-3.1 layer, the pooled CLIP-L + CLIP-G)."""
