@@ -93,11 +93,9 @@ DIFFUSION_MODEL_FAMILIES = {
 }
 """Workflows that load a diffusion model, text encoders and a VAE separately (by a word of their name): the random
 diffusion model and VAE of the family that the test runs them on."""
-ON_0_3_64 = {
-    "Flux.1": "ComfyUI 0.3.64's Flux detection fixes the width at Flux's full 3072 and the random Flux.1 is "
-              "reduced-width (no full-width test file yet)",
-    "Flux.2": "ComfyUI 0.3.64 has no Flux.2",
-}
+ON_0_3_64_MODELS = {"Flux.1": factory.flux_full_width_model_path}
+"""ComfyUI 0.3.x fixes Flux's width at its full 3072: the full-width random Flux.1 of reduced depth there."""
+ON_0_3_64 = {"Flux.2": "ComfyUI 0.3.64 has no Flux.2"}
 """Why a family's workflow cannot run on ComfyUI 0.3.x."""
 TEXT_ENCODER_LOADERS = {"CLIPLoader", "DualCLIPLoader"}
 
@@ -112,11 +110,14 @@ def diffusion_model_family(ui_path: Path) -> str | None:
     return next((f for f in DIFFUSION_MODEL_FAMILIES if f in ui_path.stem), None)
 
 
-def with_test_models(prompt: dict, family: str) -> dict[str, str]:
-    """Run a diffusion-model workflow on the family's random files: the diffusion model and VAE swapped in, each
-    text-encoder loader + ``CLIPTextEncode`` replaced by the test-only stand-in (``FluxGuidance`` stays), and
-    ``SaveLatent`` of the encoded photo and the edit's reconstruction added; returns their node ids."""
-    model, vae = (build().name for build in DIFFUSION_MODEL_FAMILIES[family])
+def with_test_models(prompt: dict, family: str, old_comfyui: bool = False) -> dict[str, str]:
+    """Run a diffusion-model workflow on the family's random files (on ComfyUI 0.3.x, those of
+    :data:`ON_0_3_64_MODELS`): the diffusion model and VAE swapped in, each text-encoder loader + ``CLIPTextEncode``
+    replaced by the test-only stand-in (``FluxGuidance`` stays), and ``SaveLatent`` of the encoded photo and the
+    edit's reconstruction added; returns their node ids."""
+    model_path, vae_path = DIFFUSION_MODEL_FAMILIES[family]
+    model_path = ON_0_3_64_MODELS.get(family, model_path) if old_comfyui else model_path
+    model, vae = model_path().name, vae_path().name
     loaders = {i for i, n in prompt.items() if n["class_type"] in TEXT_ENCODER_LOADERS}
     for node_id, node in list(prompt.items()):
         if node["class_type"] == "UNETLoader":
@@ -149,14 +150,15 @@ def test_api_twin_executes_on_the_example_photo(server, ui_path, clip_vision_pat
     assert photos == {"spdinv_example_cat.png"}
     assert (server.input_dir / "spdinv_example_cat.png").is_file(), "the pack puts the example photo in place"
     family = diffusion_model_family(ui_path)
-    if family in ON_0_3_64 and comfyui_version(comfyui_path) < (0, 4):
+    old_comfyui = comfyui_version(comfyui_path) < (0, 4)
+    if family in ON_0_3_64 and old_comfyui:
         pytest.skip(ON_0_3_64[family])
     uses_clip_vision = any(n["class_type"] == "CLIPVisionLoader" for n in api.values())
     prompt = build_prompt(api, server.object_info(),
                           checkpoint_name=None if family else checkpoint_for(ui_path, request).name,
                           clip_vision_name=clip_vision_path.name if uses_clip_vision else None,
                           overrides=small_overrides(api, elite_mapper_path_global.name)).prompt
-    latents = with_test_models(prompt, family) if family else {}
+    latents = with_test_models(prompt, family, old_comfyui) if family else {}
     history = server.run(prompt, timeout=1800)
     images = server.output_images(history)
     saves = [n for n in api.values() if n["class_type"] == "SaveImage"]
