@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,35 @@ class AttentionProbe:
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def mutual(run_node, pack_nodes, model, start_step: float = 0.0, **kw):
+    """``model`` through SPDInv MM-DiT Mutual Attention (keys and values, the family's default depth)."""
+    settings = dict(start_step=start_step, start_block=-1.0, share="keys and values")
+    return run_node(pack_nodes.MMDiTMutualAttention, model=model, **{**settings, **kw}).result[0]
+
+
+def override_scene(run_node, pack_nodes, model, prompt, latent: dict, steps: int) -> tuple:
+    """``(inversion, source, target, options, plain edit)``: the latent inverted with prompt 0, the options the base
+    MODEL had before anything ran, and an edit to prompt 1 at CFG 1 without an engine."""
+    options = copy.deepcopy(model.model_options)
+    source, target = prompt(0), prompt(1)
+    inversion, _ = invert(run_node, pack_nodes, model, source, latent, steps=steps, rel_tol=0.01)
+    plain = edit(run_node, pack_nodes, model, inversion, source, target, cfg=1.0)
+    return inversion, source, target, options, plain
+
+
+def probed_edit(run_node, pack_nodes, model, scene: tuple, blocks: dict[str, str]) -> tuple:
+    """An edit (CFG 1) of ``scene`` with the engine at its defaults on a clone that carries another node's attention
+    override, every attention call recorded by :class:`AttentionProbe` over ``blocks``: ``(calls, the options the
+    engine installed, edited, reconstruction, the other node's override)``."""
+    inversion, source, target, _, _ = scene
+    probe = AttentionProbe(model, blocks)
+    chained = model.clone()
+    chained.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = probe.earlier
+    patched = mutual(run_node, pack_nodes, chained)
+    installed = dict(patched.model_options["transformer_options"])
+    probe.wrap(patched)
+    with probe:
+        edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=1.0)
+    return probe.calls, installed, edited, recon, probe.earlier

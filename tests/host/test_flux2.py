@@ -15,7 +15,7 @@ import torch
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.attention_patches.registration import PreAttentionPatch
 from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, flux2_model_path, sd_like_latent
-from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, reconstruction_psnr
+from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, mutual, reconstruction_psnr
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,6 @@ def photo_latent():
 def prompt(seed: int) -> list:
     """A stand-in for a Flux.2 Klein prompt's CONDITIONING (16 tokens of width 7680; ComfyUI pads to 512)."""
     return FLOW_TEST_MODELS["flux2"].prompt(seed)
-
-
-def mutual(run_node, pack_nodes, model, **kw):
-    settings = dict(start_step=0.0, start_block=-1.0, share="keys and values")
-    return run_node(pack_nodes.MMDiTMutualAttention, model=model, **{**settings, **kw}).result[0]
 
 
 def test_the_loader_detects_flux2_and_spdinv_reconstructs_far_better_than_plain_flow_inversion(

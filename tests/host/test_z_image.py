@@ -13,8 +13,6 @@ tests skip there. A reduced Lumina 2 (Z-Image's parent config, the same transfor
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -23,7 +21,16 @@ from spdinv_pack.attention_patches.registration import ModelAttentionOverride
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, sd_like_latent
 from spdinv_pack.tests.host.factory.cache import SEED
-from spdinv_pack.tests.host.pack_calls import AttentionProbe, bypassed_model, edit, invert, reconstruction_psnr
+from spdinv_pack.tests.host.pack_calls import (
+    AttentionProbe,
+    bypassed_model,
+    edit,
+    invert,
+    mutual,
+    override_scene,
+    probed_edit,
+    reconstruction_psnr,
+)
 
 OVERRIDE = "optimized_attention_override"
 Z_IMAGE_TEST = FLOW_TEST_MODELS["z-image"]
@@ -54,35 +61,17 @@ def prompt(seed: int) -> list:
     return Z_IMAGE_TEST.prompt(seed)
 
 
-def mutual(run_node, pack_nodes, model, **kw):
-    settings = dict(start_step=0.0, start_block=-1.0, share="keys and values")
-    return run_node(pack_nodes.MMDiTMutualAttention, model=model, **{**settings, **kw}).result[0]
-
-
 @pytest.fixture(scope="module")
 def scene(run_node, pack_nodes, zimage, photo_latent):
     """The latent inverted in 6 steps with the source prompt, the options the base MODEL had, and its plain edit."""
-    options = copy.deepcopy(zimage.model_options)
-    source, target = prompt(0), prompt(1)
-    inversion, _ = invert(run_node, pack_nodes, zimage, source, photo_latent, steps=STEPS, rel_tol=0.01)
-    plain = edit(run_node, pack_nodes, zimage, inversion, source, target, cfg=1.0)
-    return inversion, source, target, options, plain
+    return override_scene(run_node, pack_nodes, zimage, prompt, photo_latent, STEPS)
 
 
 @pytest.fixture(scope="module")
 def probed(run_node, pack_nodes, zimage, scene):
     """An edit (CFG 1) with the engine at its defaults on a clone that carries another node's override, every
     attention call recorded (:class:`AttentionProbe`)."""
-    inversion, source, target, _, _ = scene
-    probe = AttentionProbe(zimage, {"layers.0": "layer 0", "layers.1": "layer 1"})
-    chained = zimage.clone()
-    chained.model_options.setdefault("transformer_options", {})[OVERRIDE] = probe.earlier
-    patched = mutual(run_node, pack_nodes, chained)
-    installed = dict(patched.model_options["transformer_options"])
-    probe.wrap(patched)
-    with probe:
-        edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=1.0)
-    return probe.calls, installed, edited, recon, probe.earlier
+    return probed_edit(run_node, pack_nodes, zimage, scene, {"layers.0": "layer 0", "layers.1": "layer 1"})
 
 
 def test_z_image_is_detected_and_spdinv_reconstructs_far_better_than_plain_flow_inversion(
