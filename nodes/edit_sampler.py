@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import comfy.samplers
 import torch
@@ -12,13 +13,13 @@ from ..attention_patches.engine import RecordedMaps
 from ..attention_patches.families import Family
 from ..attention_patches.registration import engine_of
 from ..attention_patches.run import EditRun
-from ..spdinv.edit_loop import run_edit
+from ..spdinv.edit_loop import reconstruction_trajectory, run_edit
 from ..spdinv.guidance import EditRecipe
 from ..spdinv.inversion_methods import SOURCE_GUIDANCE, edit_recipe, protocol_of
 from .attention_preview import AttentionMaps
 from .branch_conditioning import at_photo_size, edit_conditioning
-from .comfy_bridge import branch_predictor, run_in_guider
-from .inversion_type import Inversion
+from .comfy_bridge import branch_predictor, denoiser, run_in_guider
+from .inversion_type import Inversion, InversionPayload
 from .null_embedding import step_lookup
 
 
@@ -96,6 +97,9 @@ class SPDInvEditSampler(io.ComfyNode):
         recipe = edit_recipe(engine.recipe if engine is not None else EditRecipe(), proto, cfg)
         if not recipe.source_from_inversion:
             inversion.warn_if_other_source(source)
+        trajectory = result.latents
+        if recipe.source_from_reconstruction:
+            trajectory = reconstruct(model, inversion)
         guider = comfy.samplers.CFGGuider(model)
         source, target, negative = (None if c is None else at_photo_size(c, inversion.source_latent, model)
                                     for c in (source, target, negative))
@@ -106,7 +110,7 @@ class SPDInvEditSampler(io.ComfyNode):
         def routine(guider, extra_args, start, _latent, grid, progress):
             tuned = None if null_text is None else step_lookup(result.sigmas, null_text.embeddings.to(start.device))
             predict = branch_predictor(guider, extra_args, run, share_source=not proto.guided, null_embedding=tuned)
-            edit = run_edit(predict, result.latents, grid, recipe, cfg, timesteps,
+            edit = run_edit(predict, trajectory, grid, recipe, cfg, timesteps,
                             engine_step=None if engine is None else (lambda i, x: engine.after_step(run, i, x)),
                             progress=progress, device=start.device)
             return torch.cat([edit.reconstruction, edit.edited]), edit
@@ -116,3 +120,24 @@ class SPDInvEditSampler(io.ComfyNode):
         out, _ = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
         maps = RecordedMaps() if engine is None else engine.recorded_maps(run)
         return io.NodeOutput({"samples": out[rows:]}, {"samples": out[:rows]}, maps)
+
+
+def reconstruct(model: Any, inversion: InversionPayload) -> torch.Tensor:
+    """The DDIM reconstruction of ``inversion``'s noise on its grid, every latent (model space), with the prompt
+    it was inverted with at CFG 1 and no engine active (an engine acts only inside the edit's run)."""
+    if inversion.source is None:
+        raise ValueError("inversion: it does not carry the prompt it was inverted with (made by an older SPDInv "
+                         "Invert); invert again to reconstruct its source path")
+    result = inversion.result
+    guider = comfy.samplers.CFGGuider(model)
+    source = at_photo_size(inversion.source, inversion.source_latent, model)
+    guider.set_conds(source, source)
+    guider.set_cfg(1.0)
+
+    def routine(guider, extra_args, start, _latent, grid, progress):
+        denoise = denoiser(guider, extra_args)
+        path = reconstruction_trajectory(denoise, start, grid, device=start.device)
+        return path[-1], path
+
+    _, path = run_in_guider(guider, routine, result.noise, inversion.source_latent, result.sigmas, result.steps)
+    return path

@@ -87,13 +87,15 @@ class InversionPayload:
     sampler treats the source branch as it asks."""
     null_text: NullText | None = None
     """``null_text`` inversion's tuned embeddings."""
+    source: Any = field(repr=False, default=None)
+    """The source CONDITIONING inverted with (a reconstruction of the inversion's noise runs on it)."""
 
     @classmethod
     def create(cls, result: InversionResult, source_latent: torch.Tensor, model_patcher: Any,
                source: Any = None, method: str = "spdinv", null_text: NullText | None = None) -> InversionPayload:
         base = model_patcher.model
         return cls(result, source_latent, type(base).__name__, weakref.ref(base), weights_fingerprint(model_patcher),
-                   conditioning_fingerprint(source), method, null_text)
+                   conditioning_fingerprint(source), method, null_text, source)
 
     def warn_if_other_source(self, source: Any) -> bool:
         """Log one warning (and return True) when ``source`` is not the prompt the inversion used: the source

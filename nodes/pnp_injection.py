@@ -13,6 +13,8 @@ from ..attention_patches.unet_layers import decoder_stage_at_level, resblock_out
 from ..spdinv.guidance import EditRecipe
 from .clip_tokens import named
 
+SOURCE_PATHS = ("inversion", "reconstruction")
+
 
 class PNPInjection(io.ComfyNode):
     @classmethod
@@ -35,19 +37,27 @@ class PNPInjection(io.ComfyNode):
                 io.Float.Input("attention_fraction", default=0.5, min=0.0, max=1.0, step=0.05,
                                tooltip="Fraction of the steps in which the target takes the source's self-attention "
                                        "queries and keys in the decoder (0.5). Raise it to keep more structure."),
+                io.Combo.Input("source_path", options=list(SOURCE_PATHS), default="inversion", optional=True,
+                               tooltip="Which latents the source branch replays. inversion: the stored inversion "
+                                       "(SPDInv + PnP, DirectInversion + PnP). reconstruction: the DDIM "
+                                       "reconstruction from the inversion's noise with the prompt it was inverted "
+                                       "with (PnPInversion's DDIM + PnP); costs one more pass of the model."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The model with PnP injection (use it with the "
                                      "SPDInv Edit Sampler; other samplers see the plain model).")],
         )
 
     @classmethod
-    def execute(cls, model, feature_fraction, attention_fraction) -> io.NodeOutput:
+    def execute(cls, model, feature_fraction, attention_fraction, source_path="inversion") -> io.NodeOutput:
+        if source_path not in SOURCE_PATHS:
+            raise ValueError(f"source_path must be one of {SOURCE_PATHS}, got {source_path!r}")
         family = Family.of(model)
         family.require(PlugAndPlay.node)
         unet = model.get_model_object("diffusion_model")
         stage = named("model", decoder_stage_at_level, unet, family.default("pnp_feature_level"))
         path = named("model", resblock_output_path, unet, stage, family.default("pnp_feature_index"))
         layers = named("model", pnp_attention_layers, named("model", family.sites, unet))
-        recipe = EditRecipe(source_cfg=1.0, source_from_inversion=True)
+        recipe = EditRecipe(source_cfg=1.0, source_from_inversion=True,
+                            source_from_reconstruction=source_path == "reconstruction")
         engine = PlugAndPlay(path, feature_fraction, attention_fraction, layers, recipe=recipe)
         return io.NodeOutput(attach_engine(model, engine, optimized_attention, WrappersMP.DIFFUSION_MODEL))

@@ -15,6 +15,9 @@ inverted noise. Each step, in order:
    below ``pin_below`` of 1000, elements outside the edit mask are set to the stored inversion latent;
 6. **engine hook** (e.g. P2P's local blend) on the stacked latent.
 
+:func:`reconstruction_trajectory` makes the path a recipe with ``source_from_reconstruction`` replays instead
+of the stored inversion (PnPInversion's DDIM + PnP: the source branch follows the DDIM reconstruction).
+
 Nothing here knows ComfyUI: the node adapts a ComfyUI model to ``predict`` and reads the result.
 """
 
@@ -55,6 +58,20 @@ def pinned_steps(timesteps: Sequence[float], pin_below: float | None) -> tuple[i
     if pin_below is None:
         return ()
     return tuple(i for i, t in enumerate(timesteps) if float(t) < pin_below * 1000)
+
+
+def reconstruction_trajectory(denoise: Callable[[torch.Tensor, float], torch.Tensor], noise: torch.Tensor,
+                              sigmas: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """Deterministic DDIM from ``noise`` down ``sigmas`` with ``denoise(x, sigma)`` (the inversion's prompt at
+    CFG 1): every latent, ``[steps + 1, *noise.shape]``, ``[0]`` the noise, ``[i]`` at ``sigmas[i]`` (float32)."""
+    validate_sampling_grid(sigmas)
+    grid = [float(s) for s in sigmas]
+    x = noise.to(device=noise.device if device is None else torch.device(device), dtype=torch.float32)
+    path = [x]
+    for i in range(len(grid) - 1):
+        x = ddim_step(x, denoise(x, grid[i]).float(), grid[i], grid[i + 1])
+        path.append(x)
+    return torch.stack(path)
 
 
 def run_edit(

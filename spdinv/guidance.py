@@ -103,6 +103,9 @@ class EditRecipe:
     ``source_from_inversion``: after each step the source branch is set to the stored inversion latent of
     the next step (before an engine's step hook), so engines that read the source's features get those of
     the inverted trajectory and a local blend copies the inverted background (DirectInversion's order).
+    ``source_from_reconstruction``: the latents the source branch is set to are not the stored inversion's but
+    the DDIM reconstruction from its noise (the inversion's prompt at CFG 1), as PnPInversion's DDIM + PnP
+    feeds its source branch; implies ``source_from_inversion``'s replay of that path.
     """
 
     source_cfg: float = 1.0
@@ -111,10 +114,13 @@ class EditRecipe:
     proximal_target_only: bool = False
     pin_below: float | None = None
     source_from_inversion: bool = False
+    source_from_reconstruction: bool = False
 
     def __post_init__(self) -> None:
         if self.pin_below is not None and self.proximal_quantile is None:
             raise ValueError("inversion guidance needs the proximal quantile that makes its edit mask")
+        if self.source_from_reconstruction and not self.source_from_inversion:
+            raise ValueError("source_from_reconstruction replays the reconstruction: set source_from_inversion too")
 
     def guidance(self, target_cfg: float) -> BranchCFG:
         scales = (self.source_cfg, target_cfg)

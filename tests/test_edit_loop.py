@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spdinv_pack.spdinv.edit_loop import pinned_steps, run_edit
+from spdinv_pack.spdinv.edit_loop import pinned_steps, reconstruction_trajectory, run_edit
 from spdinv_pack.spdinv.guidance import EditRecipe
 from spdinv_pack.spdinv.inversion import InversionSettings, invert
 from spdinv_pack.tests.sampling_helpers import ddim_sample, ddim_uniform_sigmas
@@ -118,6 +118,25 @@ def test_replay_feeds_the_source_rows_the_stored_trajectory_before_each_predicti
     for i, (x, _, _) in enumerate(calls):
         assert torch.equal(x[:1], inv.latents[i])
     assert torch.equal(out.reconstruction, inv.latents[-1])  # the last step ends on the photo's latent too
+
+
+def test_ddim_pnp_replays_the_reconstruction_path_not_the_inversion():
+    """PnPInversion's DDIM + PnP: the source branch is fed the DDIM reconstruction from the inverted noise (the
+    inversion's prompt at CFG 1), whose latents differ from the stored inversion's on a toy model whose DDIM
+    inversion is not exact; the replayed source is that path at every step, ending on its last latent."""
+    model, sigmas, inv = inverted()
+    path = reconstruction_trajectory(model, inv.noise, sigmas)
+    assert path.shape == inv.latents.shape and torch.equal(path[0], inv.noise.float())
+    torch.testing.assert_close(path[-1], ddim_sample(model, inv.noise, sigmas), atol=1e-6, rtol=0)
+    assert (path[1:-1] - inv.latents[1:-1]).abs().max() > 1e-4  # another path than the inversion's
+    calls: list = []
+    recipe = EditRecipe(source_from_inversion=True, source_from_reconstruction=True)
+    out = run_edit(prompt_predictor(model, 1.0, calls), path, sigmas, recipe, 7.5, timesteps_of(model, sigmas))
+    for i, (x, _, _) in enumerate(calls):
+        assert torch.equal(x[:1], path[i])
+    assert torch.equal(out.reconstruction, path[-1])
+    with pytest.raises(ValueError, match="set source_from_inversion"):
+        EditRecipe(source_from_reconstruction=True)
 
 
 def test_replay_corrects_the_source_before_the_local_blend_so_the_background_is_the_photo():

@@ -118,6 +118,51 @@ def test_identical_background_scores_perfectly():
     assert 0.99 < values["ssim_corrected"] < 1
 
 
+def ssim_before_1_4_2(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM as torchmetrics < 1.4.2 computed it, written out in float64 (C×H×W images in [0, 1]): 11-tap Gaussian
+    window (σ 1.5), images reflect-padded by 5, valid convolution, then the map **without its 5-pixel border**
+    averaged (1.4.2, PR #2721, averages the whole map instead)."""
+    taps = np.arange(-5, 6, dtype=np.float64)
+    g = np.exp(-0.5 * (taps / 1.5) ** 2)
+    g /= g.sum()
+    window = np.outer(g, g)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+
+    def blur(x: np.ndarray) -> np.ndarray:
+        padded = np.pad(x, 5, mode="reflect")
+        h, w = x.shape
+        return np.array([[np.sum(padded[i:i + 11, j:j + 11] * window) for j in range(w)] for i in range(h)])
+
+    maps = []
+    for x, y in zip(a.astype(np.float64), b.astype(np.float64), strict=True):
+        mx, my = blur(x), blur(y)
+        vx, vy, cov = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+        maps.append(((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2)))
+    return float(np.mean(np.stack(maps)[:, 5:-5, 5:-5]))
+
+
+def test_ssim_published_convention_reproduces_torchmetrics_before_1_4_2():
+    from spdinv_pack.benchmarks.pie.metrics import ssim
+
+    rng = np.random.default_rng(7)
+    a = rng.random((3, 14, 14))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    b[:, 0, :] = 0  # an edge that differs: the border the old mean left out
+    expected = ssim_before_1_4_2(a, b)
+    ta, tb = (torch.from_numpy(x).float()[None] for x in (a, b))
+    assert ssim(ta, tb, "published") == pytest.approx(expected, abs=1e-5)
+    current = ssim(ta, tb, "current")
+    assert current == pytest.approx(float(torchmetrics.functional.image.structural_similarity_index_measure(
+        ta, tb, data_range=1.0)), abs=1e-7)
+    assert abs(current - expected) > 1e-2  # the two conventions differ on this image
+    src, tgt = photo_pair()
+    mask = decode_mask(encode_mask(box_mask(90, 140, 310, 360)))
+    published = Scorer(MetricModels()).score(src, tgt, mask, "x")["ssim"]
+    assert published != Scorer(MetricModels(), ssim_convention="current").score(src, tgt, mask, "x")["ssim"]
+    with pytest.raises(ValueError, match="ssim-convention"):
+        Scorer(MetricModels(), ssim_convention="newest")
+
+
 def test_all_edit_mask_gives_nan_background_and_summary_counts_it():
     src, tgt = photo_pair()
     full = decode_mask(encode_mask(np.ones((512, 512), dtype=np.uint8)))
@@ -273,6 +318,50 @@ def test_clip_scores_whole_and_edited_region_against_hand_computation(tmp_path):
     assert Scorer(MetricModels(clip=clip)).score(src, tgt, mask, "dog")["clip_whole"] == 0  # max(100·cos, 0)
 
 
+@pytest.mark.skipif(not has("transformers"), reason="CLIP is built with transformers (not installed)")
+def test_clip_without_openai_parts_is_refused_naming_file_and_part(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from spdinv_pack.benchmarks.pie.metrics import MetricWeightsError
+
+    tiny_clip(tmp_path)
+    make_tokenizer_files(tmp_path)
+    with pytest.raises(MetricWeightsError, match=r"vision\.safetensors: not a whole CLIP ViT-L/14: no the text tower"):
+        load_clip([tmp_path / "vision.safetensors"], tmp_path)
+    sd = load_file(str(tmp_path / "full.safetensors"))
+    save_file({k: v for k, v in sd.items() if k != "text_projection.weight"}, str(tmp_path / "noproj.safetensors"))
+    with pytest.raises(MetricWeightsError, match=r"no the text projection \(text_projection.weight\)"):
+        load_clip([tmp_path / "noproj.safetensors"], tmp_path)
+    sd["text_model.embeddings.position_embedding.weight"] = sd["text_model.embeddings.position_embedding.weight"][:76]
+    save_file(sd, str(tmp_path / "short.safetensors"))
+    with pytest.raises(MetricWeightsError, match="76 positions; CLIP ViT-L/14 has 77"):
+        load_clip([tmp_path / "short.safetensors"], tmp_path)
+
+
+@pytest.mark.skipif(not has("transformers"), reason="CLIP is built with transformers (not installed)")
+def test_metrics_records_each_weight_files_name_size_and_sha256(pie, tmp_path):
+    import hashlib
+    import json
+
+    tiny_clip(tmp_path)
+    make_tokenizer_files(tmp_path)
+    edits = tmp_path / "edits" / "a+p2p"
+    edits.mkdir(parents=True)
+    item = load_items(pie)[0]
+    Image.open(item.image_path).save(edits / f"{item.image_id}.png")
+    files = [tmp_path / "vision.safetensors", tmp_path / "text.safetensors"]
+    code = cli.main(["metrics", "--pie-dir", str(pie), "--edits", str(tmp_path / "edits"), "--out", str(tmp_path),
+                     "--ids", item.image_id, "--clip", *map(str, files), "--clip-tokenizer", str(tmp_path)])
+    assert code == 0
+    summary = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    settings = json.loads((tmp_path / "metrics_settings.json").read_text(encoding="utf-8"))
+    assert "SSIM convention: published" in summary and settings["ssim_convention"] == "published"
+    for f, record in zip(files, settings["weights"]["clip"], strict=True):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        assert record == {"file": f.name, "bytes": f.stat().st_size, "sha256": digest}
+        assert f"- clip: {f.name}, {f.stat().st_size} bytes, SHA-256 {digest}" in summary
+
+
 def make_tokenizer_files(folder):
     """A small byte-level BPE vocabulary in CLIP's format (all single characters, a few merges)."""
     import json
@@ -316,21 +405,32 @@ def test_metrics_command_writes_rows_summary_and_says_what_is_missing(pie, tmp_p
     assert "| a+p2p |" in summary and "(n=2)" in summary
 
 
+def node(prompt, cls, title=None):
+    """The inputs of the (first) node of class ``cls`` (and title) in an API prompt."""
+    return next(n["inputs"] for n in prompt.values()
+                if n["class_type"] == cls and (title is None or n["_meta"]["title"] == title))
+
+
+def text_of(prompt, link):
+    """The text of the CLIPTextEncode node a link points at."""
+    return prompt[link[0]]["inputs"]["text"]
+
+
 def test_methods_and_their_graphs_follow_each_rows_protocol(pie):
     item, refine_item = load_items(pie)[:2]
     settings = RunSettings(checkpoint="sd.safetensors", steps=50, size=512)
-
-    def node(prompt, cls):
-        return next(n["inputs"] for n in prompt.values() if n["class_type"] == cls)
 
     ddim = edit_prompt(item, "ddim", "p2p", settings, (512, 512), prefix="p")
     assert node(ddim, "SPDInvInvert")["method"] == "ddim"
     assert node(ddim, "SPDInvEditSampler")["source_guidance"] == "like target"
     assert "negative" in node(ddim, "SPDInvEditSampler")
     p2p = node(ddim, "P2PAttentionControl")
+    # refine for every item by default, the same word count notwithstanding (PnPInversion's and SPDInv's runners)
     assert (p2p["mode"], p2p["cross_replace"], p2p["blend_source_words"], p2p["reweight"]) == (
-        "word swap", 0.4, "cat", "dog:2.0")
+        "refine", 0.4, "cat", "dog:2.0")
     assert p2p["proximal_guidance"] is False and p2p["blend_maps"] == "edited"
+    swap = edit_prompt(item, "ddim", "p2p", RunSettings(checkpoint="x", word_swap=True), (512, 512), prefix="p")
+    assert node(swap, "P2PAttentionControl")["mode"] == "word swap"
     assert not any(n["class_type"] == "ImageScale" for n in ddim.values())
     paper = edit_prompt(refine_item, "spdinv_paper", "p2p", settings, (512, 512), prefix="p")
     inv = node(paper, "SPDInvInvert")
@@ -338,6 +438,10 @@ def test_methods_and_their_graphs_follow_each_rows_protocol(pie):
     assert "negative" not in node(paper, "SPDInvEditSampler")  # the source prompt, as SPDInv's code
     assert node(paper, "P2PAttentionControl")["mode"] == "refine"
     assert node(paper, "P2PAttentionControl")["proximal_guidance"] is True
+    dci = edit_prompt(item, "spdinv_dci", "p2p", settings, (512, 512), prefix="p")
+    assert node(dci, "SPDInvInvert")["max_iters"] == 10 and node(dci, "SPDInvInvert")["dci_rate"] == 1.0
+    assert (node(dci, "P2PAttentionControl")["cross_replace"], node(dci, "P2PAttentionControl")["reweight"]) == (
+        0.8, "")  # DCI's batch script: cross-replace 0.8, no reweight, whatever --cross-replace says
     nti = edit_prompt(item, "null_text", "p2p", settings, (512, 512), prefix="p")
     assert "negative" in node(nti, "SPDInvInvert") and "negative" in node(nti, "SPDInvEditSampler")
     small = edit_prompt(item, "spdinv", "masactrl", RunSettings(checkpoint="x", size=128), (512, 512), prefix="p")
@@ -346,8 +450,138 @@ def test_methods_and_their_graphs_follow_each_rows_protocol(pie):
                                "direct_inversion"}
     with pytest.raises(ValueError, match="null_text with --engines pnp"):
         plan_methods(["null_text"], ["pnp"])
-    missing = item.__class__(**{**item.__dict__, "blended_words": ("horse", "dog")})
-    assert blend_settings(missing)[:3] == ("", "", "") and "not in the prompts" in blend_settings(missing)[3]
+
+
+def test_masactrl_rows_invert_and_run_the_source_as_their_reference(pie):
+    """PnPInversion's MasaCtrl rows (ddim, direct_inversion) invert and run the source with "" (ddim: guided at
+    the edit's CFG, as its pipeline guides both branches); SPDInv's rows with the source prompt at CFG 1."""
+    item = load_items(pie)[0]
+    settings = RunSettings(checkpoint="x")
+    for inversion, guidance in (("ddim", "like target"), ("direct_inversion", "exact")):
+        prompt = edit_prompt(item, inversion, "masactrl", settings, (512, 512), prefix="p")
+        sampler = node(prompt, "SPDInvEditSampler")
+        assert text_of(prompt, node(prompt, "SPDInvInvert")["source"]) == ""
+        assert text_of(prompt, sampler["source"]) == "" and text_of(prompt, sampler["negative"]) == ""
+        assert sampler["source_guidance"] == guidance
+    spd = edit_prompt(item, "spdinv_paper", "masactrl", settings, (512, 512), prefix="p")
+    assert text_of(spd, node(spd, "SPDInvEditSampler")["source"]) == item.source_prompt
+    assert text_of(spd, node(spd, "SPDInvInvert")["source"]) == item.source_prompt
+    assert node(spd, "SPDInvEditSampler")["source_guidance"] == "exact"
+
+
+def test_pnp_ddim_row_replays_the_ddim_reconstruction_and_takes_features_from_the_empty_prompt(pie):
+    item = load_items(pie)[0]
+    settings = RunSettings(checkpoint="x")
+    ddim = edit_prompt(item, "ddim", "pnp", settings, (512, 512), prefix="p")
+    spd = edit_prompt(item, "spdinv_paper", "pnp", settings, (512, 512), prefix="p")
+    assert node(ddim, "PNPInjection")["source_path"] == "reconstruction"
+    assert node(spd, "PNPInjection")["source_path"] == "inversion"
+    for prompt in (ddim, spd):
+        sampler = node(prompt, "SPDInvEditSampler")
+        assert sampler["source_guidance"] == "exact"  # both CFG halves take the source's "" features
+        assert text_of(prompt, sampler["source"]) == ""
+        assert text_of(prompt, sampler["negative"]) == "ugly, blurry, black, low res, unrealistic"
+        assert text_of(prompt, node(prompt, "SPDInvInvert")["source"]) == item.source_prompt
+
+
+def with_blend(item, words, source=None, target=None):
+    return item.__class__(**{**item.__dict__, "blended_words": words,
+                             "source_prompt": source or item.source_prompt,
+                             "target_prompt": target or item.target_prompt})
+
+
+def test_a_missing_blend_word_is_handled_as_the_reference_handles_it(pie):
+    """The reference finds a blend word only as an exact space-separated word; a word it does not find has no
+    map: the mask is the other word's alone, the reweight only on a found target word; neither found: the mask
+    is empty (the target becomes the source from the blend's start)."""
+    item = load_items(pie)[0]
+    both = blend_settings(item)
+    assert (both.source_words, both.target_words, both.reweight, both.threshold, both.note) == (
+        "cat", "dog", "dog:2.0", 0.3, None)
+    no_source = blend_settings(with_blend(item, ("horse", "dog")))
+    assert (no_source.source_words, no_source.target_words, no_source.reweight) == ("", "dog", "dog:2.0")
+    assert "'horse'" in no_source.note
+    no_target = blend_settings(with_blend(item, ("cat", "dog"), target="a photo of a dog, next to a mirror"))
+    assert (no_target.source_words, no_target.target_words, no_target.reweight) == ("cat", "", "")  # "dog," ≠ "dog"
+    neither = blend_settings(with_blend(item, ("Cat", "Dog")))  # case counts, as in get_word_inds
+    assert (neither.target_words, neither.reweight, neither.threshold) == ("", "", 1.0)
+    assert neither.source_words == "a" and "empty blend mask" in neither.note
+    assert blend_settings(item, reweight=False).reweight == ""
+
+
+def test_an_item_whose_blended_word_is_not_two_words_is_left_out_of_the_p2p_rows_only(pie, tmp_path):
+    import json
+    import shutil
+
+    from spdinv_pack.benchmarks.pie.run import skip_reason
+
+    shutil.copytree(pie, tmp_path / "pie")
+    mapping = json.loads((tmp_path / "pie" / "mapping_file.json").read_text())
+    mapping["000000000000"]["blended_word"] = "cat dog puppy"
+    (tmp_path / "pie" / "mapping_file.json").write_text(json.dumps(mapping))
+    item = load_items(tmp_path / "pie")[0]  # loads: the whole set is not stopped
+    assert item.blended_words is None and "not two words" in item.blend_error
+    assert "skipped for P2P" in skip_reason(item, "spdinv_paper", "p2p")
+    assert skip_reason(item, "spdinv_paper", "masactrl") is None and skip_reason(item, "ddim", "pnp") is None
+    assert skip_reason(item, "spdinv_dci", "p2p") is None  # DCI's script edits it without local blend
+    dci = edit_prompt(item, "spdinv_dci", "p2p", RunSettings(checkpoint="x"), (512, 512), prefix="p")
+    assert node(dci, "P2PAttentionControl")["blend_source_words"] == ""
+    with pytest.raises(ValueError, match="not two words"):
+        edit_prompt(item, "ddim", "p2p", RunSettings(checkpoint="x"), (512, 512), prefix="p")
+
+
+class FailingServer:
+    """A ComfyServer stand-in whose every prompt fails while the server stays up (``running`` is a property, as
+    on :class:`tools.comfy_server.ComfyServer`)."""
+
+    def __init__(self) -> None:
+        self.prompts: list = []
+
+    @property
+    def running(self) -> bool:
+        return True
+
+    def object_info(self):
+        return None
+
+    def run(self, prompt, timeout):
+        from spdinv_pack.tools.comfy_server import ComfyServerError
+
+        self.prompts.append(prompt)
+        raise ComfyServerError("the edit failed")
+
+
+def test_a_failed_edit_is_logged_and_the_run_goes_on(pie, tmp_path):
+    import json
+
+    from spdinv_pack.benchmarks.pie.run import run_edits
+    from spdinv_pack.tools.comfy_server import ComfyServer
+
+    assert isinstance(ComfyServer.running, property)  # what the stand-in mirrors
+    server = FailingServer()
+    lines: list[str] = []
+    items = load_items(pie)[:2]
+    report = run_edits(server, items, plan_methods(["ddim"], ["p2p"]), RunSettings(checkpoint="x"), tmp_path,
+                       log=lines.append)
+    assert len(server.prompts) == 2 and [f[1] for f in report.failed] == ["000000000000", "000000000001"]
+    assert sum("FAILED: the edit failed" in line for line in lines) == 2
+    logged = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in logged] == ["000000000000", "000000000001"]
+
+
+def test_plan_prints_each_rows_graph_without_a_server(pie, capsys):
+    code = cli.main(["plan", "--pie-dir", str(pie), "--checkpoint", "sd15.safetensors", "--ids", "000000000000",
+                     "--inversions", "ddim", "spdinv_paper", "--engines", "p2p", "masactrl", "pnp"])
+    assert code == 0
+    text = capsys.readouterr().out
+    blocks = {b.split(":")[0].split()[-1]: b for b in text.split("# 000000000000 ")[1:]}
+    assert set(blocks) == {f"{i}+{e}" for i in ("ddim", "spdinv_paper") for e in ("p2p", "masactrl", "pnp")}
+    assert "mode='refine'" in blocks["ddim+p2p"] and "mode='refine'" in blocks["spdinv_paper+p2p"]
+    assert 'inverted_prompt: "empty prompt"' in blocks["ddim+masactrl"]
+    assert 'inverted_prompt: "source prompt"' in blocks["spdinv_paper+masactrl"]
+    assert "source_path='reconstruction'" in blocks["ddim+pnp"]
+    assert "source_path='inversion'" in blocks["spdinv_paper+pnp"]
+    assert all("SPDInvEditSampler" in b and "SaveImage" in b for b in blocks.values())
 
 
 def test_a_resumed_run_refuses_other_settings_in_the_same_folder(tmp_path):
@@ -356,5 +590,6 @@ def test_a_resumed_run_refuses_other_settings_in_the_same_folder(tmp_path):
     methods = plan_methods(["spdinv"], ["p2p"])
     check_settings(tmp_path, methods, RunSettings(checkpoint="sd.safetensors", steps=50))
     check_settings(tmp_path, methods, RunSettings(checkpoint="sd.safetensors", steps=50))  # same: resumes
-    with pytest.raises(ValueError, match=r"spdinv\+p2p holds edits made with other settings \(steps 50 -> 10\)"):
+    with pytest.raises(ValueError, match=r"spdinv\+p2p holds edits made with other settings \(steps 50 -> 10, "
+                                         r"protocol.invert.steps 50 -> 10\)"):
         check_settings(tmp_path, methods, RunSettings(checkpoint="sd.safetensors", steps=10))

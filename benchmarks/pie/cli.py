@@ -11,10 +11,16 @@
         --clip ~/ComfyUI/models/clip_vision/clip_vision_vit_l.safetensors \\
                ~/ComfyUI/models/text_encoders/clip_l.safetensors --clip-tokenizer ~/ComfyUI/comfy/sd1_tokenizer
 
+    # what will run, without running anything: each (item, method)'s protocol and API graph
+    python -m benchmarks.pie plan --pie-dir ~/PIE-Bench_v1 --checkpoint sd-v1-4.safetensors --limit 1 \
+        --inversions ddim spdinv_paper --engines p2p masactrl pnp
+
 ``run`` saves each edit alone as ``<out>/<inversion>+<engine>/<image_id>.png`` (what the methods are:
-``benchmarks/pie/run.py``). ``metrics`` scores any folder laid out that way, whatever made the edits, and writes
-``<out>/metrics.csv`` (one row per image and method) and ``<out>/summary.md`` (the paper's units); a metric
-whose weight file is not given is left empty, and said so. Both take ``--ids`` / ``--categories`` /
+``benchmarks/pie/run.py``), in float32 unless ``--precision auto``. ``metrics`` scores any folder laid out that
+way, whatever made the edits, and writes
+``<out>/metrics.csv`` (one row per image and method), ``<out>/summary.md`` (the paper's units, the SSIM
+convention and each weight file's name, size and SHA-256) and ``<out>/metrics_settings.json``; a metric whose
+weight file is not given is left empty, and said so. Both take ``--ids`` / ``--categories`` /
 ``--limit`` to work on part of the set. ``metrics`` needs torchmetrics (and timm for ``--dino``, transformers
 for ``--clip``; see ``benchmarks/pie/metrics.py``).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import statistics
@@ -31,14 +38,45 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ...tools.comfy_server import ComfyServer, ComfyServerError
+from ...tools.comfy_server import ComfyServer, ComfyServerError, supported_cli_flags
 from .data import PieDataError, PieItem, load_items
-from .run import ENGINES, INVERSIONS, RunSettings, check_settings, edit_path, plan_methods, run_edits
+from .metrics import SSIM_CONVENTIONS
+from .run import (
+    ENGINES,
+    FP32_FLAGS,
+    INVERSIONS,
+    PRECISIONS,
+    RunSettings,
+    check_settings,
+    edit_path,
+    edit_prompt,
+    image_size,
+    method_name,
+    method_settings,
+    plan_methods,
+    run_edits,
+    skip_reason,
+)
 
 
 def _items(args: argparse.Namespace) -> list[PieItem]:
     items = load_items(args.pie_dir, ids=args.ids, categories=args.categories)
     return items[: args.limit] if args.limit else items
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    return RunSettings(checkpoint=Path(args.checkpoint).name, steps=args.steps, cfg=args.cfg, size=args.size,
+                       cross_replace=args.cross_replace, word_swap=args.word_swap, precision=args.precision)
+
+
+def precision_flags(precision: str, supported: set[str]) -> list[str]:
+    """ComfyUI's command-line flags for ``--precision`` (fp32: each of :data:`FP32_FLAGS` the checkout knows;
+    an empty ``supported``, an unreadable ``cli_args.py``, passes only ``--force-fp32``)."""
+    if precision == "auto":
+        return []
+    if not supported:
+        return ["--force-fp32"]
+    return [flag for flag in FP32_FLAGS if flag in supported]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -50,21 +88,64 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--checkpoint {checkpoint} does not exist")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = RunSettings(checkpoint=checkpoint.name, steps=args.steps, cfg=args.cfg, size=args.size,
-                           cross_replace=args.cross_replace)
+    settings = _settings(args)
     check_settings(out, methods, settings)
-    print(f"{len(items)} items × {len(methods)} methods from {args.pie_dir} into {out}")
+    flags = precision_flags(args.precision, supported_cli_flags(args.comfyui) if args.comfyui else set())
+    print(f"{len(items)} items × {len(methods)} methods from {args.pie_dir} into {out} (precision {args.precision}"
+          + (f": {' '.join(flags)})" if flags else ")"))
     with ComfyServer(args.comfyui, python=args.python, gpu=args.gpu, checkpoints=[checkpoint.parent],
                      input_dir=Path(args.pie_dir).expanduser() / "annotation_images", only_this_pack=True,
-                     require_nodes=["SPDInvInvert", "SPDInvEditSampler"]) as server:
+                     require_nodes=["SPDInvInvert", "SPDInvEditSampler"], extra_args=flags) as server:
         report = run_edits(server, items, methods, settings, out, timeout=args.timeout)
     for method, secs in report.seconds.items():
         print(f"{method}: {len(secs)} edits, median {statistics.median(secs):.1f} s an edit")
-    print(f"done {report.done}, already there {report.skipped}, failed {len(report.failed)}"
+    print(f"done {report.done}, already there {report.skipped}, left out {len(report.left_out)}, "
+          f"failed {len(report.failed)}"
           + (f" (see {out / 'failures.jsonl'}; rerun to retry)" if report.failed else ""))
     print(f"next: python -m benchmarks.pie metrics --pie-dir {args.pie_dir} --edits {out} --out {out} "
           "[--dino FILE] [--clip FILE ...] [--lpips FILE]")
     return 1 if report.failed else 0
+
+
+def describe(entry: dict) -> list[str]:
+    """``plan``'s text for one (item, method): the row's protocol, then one line per node of its API graph
+    (links as ``#node.output``)."""
+    settings = entry["settings"]
+    lines = [f"# {entry['image_id']} {entry['method']}: {entry['source_prompt']!r} -> {entry['target_prompt']!r}"]
+    lines += [f"  {key}: {json.dumps(value, ensure_ascii=False)}" for key, value in settings["protocol"].items()]
+    if "left_out" in entry:
+        return [*lines, f"  left out: {entry['left_out']}"]
+    for node_id, node in entry["prompt"].items():
+        inputs = ", ".join(f"{k}=#{v[0]}.{v[1]}" if isinstance(v, list) else f"{k}={v!r}"
+                           for k, v in node["inputs"].items())
+        lines.append(f"  {node_id:>2} {node['class_type']} ({node['_meta']['title']}): {inputs}")
+    return lines
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print (or write under --out) each (item, method)'s protocol and API graph; nothing runs."""
+    methods = plan_methods(args.inversions, args.engines)
+    settings = _settings(args)
+    out = Path(args.out) if args.out else None
+    for item in _items(args):
+        for inv, eng in methods:
+            method = method_name(inv, eng)
+            reason = skip_reason(item, inv, eng)
+            size = image_size(item.image_path) if item.image_path.is_file() else (settings.size, settings.size)
+            entry: dict = {"image_id": item.image_id, "method": method, "source_prompt": item.source_prompt,
+                           "target_prompt": item.target_prompt, "settings": method_settings(inv, eng, settings)}
+            if reason:
+                entry["left_out"] = reason
+            else:
+                entry["prompt"] = edit_prompt(item, inv, eng, settings, size, prefix=f"pie/{method}/{item.image_id}")
+            if out is None:
+                print("\n".join(describe(entry)))
+            else:
+                path = out / method / f"{item.image_id}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(entry, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+                print(f"{path}" + (f" (left out: {reason})" if reason else ""))
+    return 0
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -81,6 +162,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         load_source,
         summarise,
         summary_markdown,
+        weight_record,
     )
 
     items = _items(args)
@@ -99,7 +181,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         lpips=load_lpips(args.lpips) if args.lpips else None)
     for col in models.missing():
         print(f"{col}: left empty (no --{NEEDS_WEIGHTS[col]} weight file given)")
-    scorer = Scorer(models)
+    weights = {kind: [weight_record(f) for f in files] for kind, files in
+               (("dino", [args.dino] if args.dino else []), ("lpips", [args.lpips] if args.lpips else []),
+                ("clip", args.clip or [])) if files}
+    scorer = Scorer(models, ssim_convention=args.ssim_convention)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -127,10 +212,21 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             writer.writerow({k: "" if v is None else ("nan" if isinstance(v, float) and math.isnan(v) else v)
                              for k, v in row.items()})
     os.replace(partial, out / "metrics.csv")
-    table = summary_markdown(summarise(rows), len(items))
+    import torchmetrics
+
+    convention = ("as torchmetrics < 1.4.2, the published tables" if args.ssim_convention == "published"
+                  else "as torchmetrics >= 1.4.2")
+    notes = [f"SSIM convention: {args.ssim_convention} ({convention}); torchmetrics {torchmetrics.__version__}.", "",
+             "Weight files:" if weights else "Weight files: none (no --dino, --lpips, --clip)."]
+    notes += [f"- {kind}: {w['file']}, {w['bytes']} bytes, SHA-256 {w['sha256']}" for kind, ws in weights.items()
+              for w in ws]
+    table = summary_markdown(summarise(rows), len(items), notes)
     (out / "summary.md").write_text(table, encoding="utf-8")
+    (out / "metrics_settings.json").write_text(json.dumps(
+        {"ssim_convention": args.ssim_convention, "torchmetrics": torchmetrics.__version__, "weights": weights},
+        indent=1), encoding="utf-8")
     print(table)
-    print(f"wrote {out / 'metrics.csv'} ({len(rows)} rows) and {out / 'summary.md'}")
+    print(f"wrote {out / 'metrics.csv'} ({len(rows)} rows), {out / 'summary.md'} and {out / 'metrics_settings.json'}")
     return 0
 
 
@@ -145,22 +241,38 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--categories", nargs="+", help="only these editing_type_id values (0-9)")
         sp.add_argument("--limit", type=int, default=0, help="only the first N items (after --ids/--categories)")
 
+    def protocol(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--checkpoint", required=True, help="the model file (paper: SD 1.4; PnP rows: SD 1.5)")
+        sp.add_argument("--inversions", nargs="+", default=["ddim", "spdinv"], choices=list(INVERSIONS))
+        sp.add_argument("--engines", nargs="+", default=["p2p"], choices=list(ENGINES))
+        sp.add_argument("--steps", type=int, default=50)
+        sp.add_argument("--cfg", type=float, default=7.5)
+        sp.add_argument("--size", type=int, default=512, help="working resolution (PIE photos are 512×512)")
+        sp.add_argument("--cross-replace", type=float, default=0.4,
+                        help="P2P cross-attention replacement fraction (PIE protocol 0.4; SPDInv's demo 0.8; the "
+                             "spdinv_dci row keeps DCI's 0.8)")
+        sp.add_argument("--word-swap", action="store_true",
+                        help="P2P word swap where both prompts have the same number of words (default: refine for "
+                             "every item, as the references)")
+        sp.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32: ComfyUI runs every model in float32, as the references (default); auto: "
+                             "ComfyUI's own choice (fp16 on most GPUs)")
+
     r = sub.add_parser("run", help="edit the items with each inversion × engine (resumable)")
     common(r)
+    protocol(r)
     r.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout ($COMFYUI_PATH)")
     r.add_argument("--python", help="interpreter ComfyUI runs with (default: this one)")
-    r.add_argument("--checkpoint", required=True, help="the model file (paper: SD 1.4)")
     r.add_argument("--out", required=True, help="folder for <method>/<image_id>.png")
-    r.add_argument("--inversions", nargs="+", default=["ddim", "spdinv"], choices=list(INVERSIONS))
-    r.add_argument("--engines", nargs="+", default=["p2p"], choices=list(ENGINES))
-    r.add_argument("--steps", type=int, default=50)
-    r.add_argument("--cfg", type=float, default=7.5)
-    r.add_argument("--size", type=int, default=512, help="working resolution (PIE photos are 512×512)")
-    r.add_argument("--cross-replace", type=float, default=0.4,
-                   help="P2P cross-attention replacement fraction (PIE protocol 0.4; SPDInv's demo 0.8)")
     r.add_argument("--gpu", action="store_true", help="run ComfyUI on the GPU (default --cpu)")
     r.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per edit")
     r.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="print each (item, method)'s protocol and API graph without running anything")
+    common(pl)
+    protocol(pl)
+    pl.add_argument("--out", help="write <out>/<method>/<image_id>.json instead of printing")
+    pl.set_defaults(func=cmd_plan)
 
     m = sub.add_parser("metrics", help="score <edits>/<method>/<image_id>.png against the photos")
     common(m)
@@ -172,6 +284,9 @@ def parser() -> argparse.ArgumentParser:
                    "a text file with text_projection (ComfyUI's text_encoders/clip_l.safetensors)")
     m.add_argument("--clip-tokenizer", help="CLIP tokenizer folder (default $COMFYUI_PATH/comfy/sd1_tokenizer)")
     m.add_argument("--lpips", help="torchvision SqueezeNet 1.1 weights (squeezenet1_1-b8a52dc0.pth) for LPIPS")
+    m.add_argument("--ssim-convention", choices=SSIM_CONVENTIONS, default="published",
+                   help="published: SSIM as torchmetrics < 1.4.2 computed it, the map's mean without its 5-pixel "
+                        "border (the PIE-Bench tables; default); current: torchmetrics >= 1.4.2, the whole map")
     m.set_defaults(func=cmd_metrics)
     return p
 

@@ -42,6 +42,9 @@ class PieItem:
     """(source word, target word) for local blend, or None when the entry has none."""
     mask_rle: tuple[int, ...]
     editing_type: str
+    blend_error: str | None = None
+    """Why ``blended_word`` cannot be used (it is not two words), or None; a run skips such an item where the
+    field is needed (the P2P rows) and says so, as the reference's runner would fail on it."""
 
     def mask(self) -> Any:
         """The edited region as a float 0/1 array of :data:`MASK_SHAPE` (border forced to 1)."""
@@ -79,13 +82,14 @@ def decode_mask(rle: Sequence[int], shape: tuple[int, int] = MASK_SHAPE) -> Any:
     return mask
 
 
-def _blended_words(raw: Any, image_id: str) -> tuple[str, str] | None:
+def _blended_words(raw: Any, image_id: str) -> tuple[tuple[str, str] | None, str | None]:
+    """(source word, target word) or None, and the reason the field is unusable (not two words) or None."""
     words = str(raw or "").split()
     if not words:
-        return None
+        return None, None
     if len(words) != 2:
-        raise PieDataError(f"{image_id}: blended_word {raw!r} must be two words (source word, target word)")
-    return words[0], words[1]
+        return None, f"{image_id}: blended_word {raw!r} is not two words (source word, target word)"
+    return (words[0], words[1]), None
 
 
 def load_items(pie_dir: str | Path, ids: Iterable[str] | None = None,
@@ -122,15 +126,17 @@ def load_items(pie_dir: str | Path, ids: Iterable[str] | None = None,
             if kinds is not None and kind not in kinds:
                 continue
             rel = str(entry["image_path"])
+            blend, blend_error = _blended_words(entry.get("blended_word"), image_id)
             items.append(PieItem(
                 image_id=image_id,
                 image_path=images / rel,
                 relative_path=rel,
                 source_prompt=clean_prompt(entry["original_prompt"]),
                 target_prompt=clean_prompt(entry["editing_prompt"]),
-                blended_words=_blended_words(entry.get("blended_word"), image_id),
+                blended_words=blend,
                 mask_rle=tuple(int(v) for v in entry["mask"]),
                 editing_type=kind,
+                blend_error=blend_error,
             ))
         except KeyError as e:
             raise PieDataError(f"{mapping_path}: entry {image_id} has no {e.args[0]!r}") from e

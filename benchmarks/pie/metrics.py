@@ -164,6 +164,48 @@ class Clip:
     tokenizer: Any
 
 
+CLIP_PARTS = {
+    "the vision tower": ("vision_model.embeddings.patch_embedding.weight",
+                         "vision_model.embeddings.position_embedding.weight", "vision_model.encoder.layers.0.",
+                         "vision_model.post_layernorm.weight"),
+    "the text tower": ("text_model.embeddings.token_embedding.weight",
+                       "text_model.embeddings.position_embedding.weight", "text_model.encoder.layers.0.",
+                       "text_model.final_layer_norm.weight"),
+    "the image projection": ("visual_projection.weight",),
+    "the text projection": ("text_projection.weight",),
+}
+"""What OpenAI's CLIP ViT-L/14 has and a CLIP score needs, by the key (or key prefix) that shows each part."""
+
+
+def check_clip_parts(sd: Mapping[str, Any], paths: Sequence[str | Path]) -> None:
+    """Refuse CLIP weights without both towers, both projections and 77 text positions, naming the files and the
+    parts (and keys) that are missing."""
+    files = " ".join(str(p) for p in paths)
+    missing = [f"{part} ({key})" for part, keys in CLIP_PARTS.items() for key in keys
+               if not any(k == key or (key.endswith(".") and k.startswith(key)) for k in sd)]
+    if missing:
+        raise MetricWeightsError(
+            f"--clip {files}: not a whole CLIP ViT-L/14: no {'; no '.join(missing)}. Give a full CLIP file "
+            "(openai/clip-vit-large-patch14), or the vision file (ComfyUI models/clip_vision) and a text file with "
+            "text_projection (ComfyUI models/text_encoders/clip_l.safetensors)")
+    positions = sd["text_model.embeddings.position_embedding.weight"].shape[0]
+    if positions != CLIP_MAX_TOKENS:
+        raise MetricWeightsError(f"--clip {files}: the text tower has {positions} positions; CLIP ViT-L/14 has "
+                                 f"{CLIP_MAX_TOKENS}")
+
+
+def weight_record(path: str | Path) -> dict[str, Any]:
+    """A weight file's name, size in bytes and SHA-256 (what ``summary.md`` records for each metric's file)."""
+    import hashlib
+
+    p = Path(path).expanduser()
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": p.name, "bytes": p.stat().st_size, "sha256": digest.hexdigest()}
+
+
 def load_clip(paths: Sequence[str | Path], tokenizer_dir: str | Path) -> Clip:
     """CLIP from one full file or several partial ones (vision + text), configuration read off the weights.
 
@@ -176,14 +218,7 @@ def load_clip(paths: Sequence[str | Path], tokenizer_dir: str | Path) -> Clip:
     for p in paths:
         sd.update(_state_dict(p))
     sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}
-    need = ("vision_model.embeddings.patch_embedding.weight", "visual_projection.weight",
-            "text_model.embeddings.token_embedding.weight", "text_projection.weight")
-    missing = [k for k in need if k not in sd]
-    if missing:
-        raise MetricWeightsError(
-            f"--clip {' '.join(map(str, paths))}: no {', '.join(missing)}; give a full CLIP ViT-L/14 file, or the "
-            "vision file (ComfyUI models/clip_vision) and a text file with text_projection (ComfyUI "
-            "models/text_encoders/clip_l.safetensors)")
+    check_clip_parts(sd, paths)
 
     def tower(prefix: str) -> dict[str, Any]:
         layers = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith(f"{prefix}.encoder.layers."))
@@ -322,16 +357,50 @@ def _background_mean(values: Any, background: Any) -> float:
     return float((values * weight).sum() / weight.sum())
 
 
+SSIM_CONVENTIONS = ("published", "current")
+"""``published``: the SSIM torchmetrics computed before 1.4.2 (the PIE-Bench tables), the map's mean without
+its border of ``(kernel − 1) / 2`` pixels on each side (5 for the default Gaussian, σ 1.5, 11 taps); ``current``:
+torchmetrics ≥ 1.4.2 (PR #2721), the mean over the whole map (the reflect-padded border included)."""
+SSIM_SIGMA = 1.5
+
+
+def ssim_border() -> int:
+    """The border torchmetrics < 1.4.2 left out of the SSIM mean: half its Gaussian kernel (σ 1.5: 5 pixels)."""
+    size = int(3.5 * SSIM_SIGMA + 0.5) * 2 + 1
+    return (size - 1) // 2
+
+
+def ssim(preds: Any, target: Any, convention: str = "published") -> float:
+    """SSIM (data range 1, torchmetrics' Gaussian window) of two 1×C×H×W tensors under ``convention``.
+
+    Both conventions take today's torchmetrics SSIM map; ``published`` averages it without the border, as
+    torchmetrics did before 1.4.2. (The variance clamp of torchmetrics 1.4 only changes windows whose variance
+    rounds below zero.)
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    if convention not in SSIM_CONVENTIONS:
+        raise ValueError(f"--ssim-convention must be one of {SSIM_CONVENTIONS}, got {convention!r}")
+    whole, full = structural_similarity_index_measure(preds, target, data_range=1.0, sigma=SSIM_SIGMA,
+                                                      return_full_image=True)
+    if convention == "current":
+        return float(whole)
+    b = ssim_border()
+    return float(full[..., b:-b, b:-b].mean())
+
+
 class Scorer:
     """Per-image PIE metrics for one (photo, edit) pair; torchmetrics objects used as the reference uses them."""
 
-    def __init__(self, models: MetricModels) -> None:
-        from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+    def __init__(self, models: MetricModels, ssim_convention: str = "published") -> None:
+        from torchmetrics.image import PeakSignalNoiseRatio
         from torchmetrics.regression import MeanSquaredError
 
+        if ssim_convention not in SSIM_CONVENTIONS:
+            raise ValueError(f"--ssim-convention must be one of {SSIM_CONVENTIONS}, got {ssim_convention!r}")
         self.models = models
         self.psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.ssim_convention = ssim_convention
         self.mse = MeanSquaredError()
 
     def score(self, source: Any, edit: Any, mask: Any, target_prompt: str) -> dict[str, float | None]:
@@ -364,7 +433,7 @@ class Scorer:
         with torch.no_grad():
             out["psnr"] = float(self.psnr(src_bg, tgt_bg))
             out["mse"] = float(self.mse(src_bg[0].contiguous(), tgt_bg[0].contiguous()))
-            out["ssim"] = float(self.ssim(src_bg, tgt_bg))
+            out["ssim"] = ssim(src_bg, tgt_bg, self.ssim_convention)
             a, b = _chw(src), _chw(tgt)
             mse_bg = _background_mean((a - b) ** 2, background)
             out["mse_corrected"] = mse_bg
@@ -412,8 +481,10 @@ HEADERS = {"structure_distance": "Structure ×10³ ↓", "psnr": "PSNR ↑", "lp
            "mse": "MSE ×10⁴ ↓", "ssim": "SSIM ×10² ↑", "clip_whole": "CLIP whole ↑", "clip_edited": "CLIP edited ↑"}
 
 
-def summary_markdown(summary: Mapping[str, Mapping[str, Average | None]], images: int) -> str:
-    """The paper's table (reference metrics) and the corrected background metrics, as Markdown."""
+def summary_markdown(summary: Mapping[str, Mapping[str, Average | None]], images: int,
+                     notes: Sequence[str] = ()) -> str:
+    """The paper's table (reference metrics) and the corrected background metrics, as Markdown; ``notes`` (how
+    it was scored: SSIM convention, weight files) end it."""
 
     def cell(a: Average | None) -> str:
         if a is None:
@@ -431,4 +502,6 @@ def summary_markdown(summary: Mapping[str, Mapping[str, Average | None]], images
               for m, s in summary.items()]
     lines += ["", f"Means over the {images} images of the set with a finite value; (n=…) where fewer images "
               "count (NaN: no background pixels; or the edit is missing). – : not computed (no weight file)."]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines) + "\n"

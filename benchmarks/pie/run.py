@@ -1,15 +1,22 @@
 """PIE-Bench edits through the pack in a headless ComfyUI: one API prompt per (image, inversion, engine).
 
 Each method (``<inversion>+<engine>``) is a row of the SPDInv paper's Table 1 run the way its authors ran it
-on PIE-Bench (``../shared/notes/reference-algorithms.md`` §2.3, §6): DDIM steps and CFG 7.5 throughout;
-Prompt-to-Prompt with PnPInversion's PIE protocol (cross-attention replaced for the first 40 % of the steps,
-self-attention for 60 %, word swap when the prompts have the same number of words and refine otherwise, local
-blend on ``blended_word`` with threshold 0.3 from 20 % of the steps, the target word reweighted ×2, the
-blend mask from the edited maps as the official code builds it). The SPDInv rows edit as SPDInv's code does
-(the source prompt as negative, ProxEdit's proximal guidance at the 0.7 quantile and inversion guidance); the
-other inversions use plain CFG, as PnPInversion's runners do. ``spdinv`` is the pack's defaults (Anderson,
-``rel_tol`` 0.01, ComfyUI's DDIM grid); ``spdinv_paper`` the published solver (AdamW, K 25, lr 1e-3, δ 5e-6,
-δ alone, the official grid); ``spdinv_dci`` adds DCI's correction (λ 1) to the paper's settings.
+on PIE-Bench (``../shared/notes/reference-algorithms.md`` §2.3, §6); :func:`row_protocol` states each row as
+data (recorded in ``<method>/settings.json``, printed by ``plan``). DDIM steps and CFG 7.5 throughout.
+Prompt-to-Prompt with PnPInversion's PIE protocol (``run_editing_p2p.py``): refine for every item (word swap
+where the word counts match only with ``--word-swap``), cross-attention replaced for the first 40 % of the
+steps, self-attention for 60 %, local blend on ``blended_word`` (threshold 0.3, from 20 % of the steps, the
+mask from the edited maps), the target word reweighted ×2; a blend word the reference does not find is
+handled as it handles it (:func:`blend_settings`), an item whose ``blended_word`` is not two words is left out.
+The SPDInv rows edit as SPDInv's code does (the source prompt as negative, ProxEdit's proximal guidance at the
+0.7 quantile and inversion guidance); the other inversions use plain CFG, as PnPInversion's runners do.
+``spdinv`` is the pack's defaults (Anderson, ``rel_tol`` 0.01, ComfyUI's DDIM grid); ``spdinv_paper`` the
+published solver (AdamW, K 25, lr 1e-3, δ 5e-6, δ alone, the official grid); ``spdinv_dci`` DCI's batch
+script (K 10, λ 1, cross-replace 0.8, no reweight). MasaCtrl: the ``ddim`` and ``direct_inversion`` rows invert
+and run the source with the empty prompt (PnPInversion's ``run_editing_masactrl.py``), the SPDInv rows with the
+source prompt (SPDInv's ``run_SPDInv_MasaCtrl.py``). PnP: the source branch takes the empty prompt; ``ddim`` is
+DDIM + PnP (the source replays the DDIM reconstruction, PnPInversion's ``run_editing_pnp.py``), the SPDInv
+rows replay the inversion.
 
 Standard library only; the server is :class:`tools.comfy_server.ComfyServer`.
 """
@@ -18,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +48,8 @@ class Inversion:
     """The edit's negative is the empty prompt (else the sampler's default, the source prompt)."""
     spdinv_editing: bool = False
     """Proximal and inversion guidance on, as SPDInv's editing code has them."""
+    p2p: Mapping[str, Any] = field(default_factory=dict)
+    """Prompt-to-Prompt settings of this row's own reference that differ from the PIE protocol (DCI's)."""
 
 
 INVERT_PROTOCOL: Mapping[str, Any] = {"measure_residual": False, "grid": "reference"}
@@ -52,12 +60,16 @@ INVERSIONS: Mapping[str, Inversion] = {
     "ddim": Inversion({"method": "ddim"}, source_guidance="like target", empty_negative=True),
     "spdinv": Inversion({"method": "spdinv", "grid": "ddim_uniform"}, spdinv_editing=True),
     "spdinv_paper": Inversion(_PAPER_SOLVER, spdinv_editing=True),
-    "spdinv_dci": Inversion({**_PAPER_SOLVER, "dci_rate": 1.0}, spdinv_editing=True),
+    "spdinv_dci": Inversion({**_PAPER_SOLVER, "max_iters": 10, "dci_rate": 1.0}, spdinv_editing=True,
+                            p2p={"cross_replace": 0.8, "reweight": False, "word_swap": False,
+                                 "blend_word_not_two": "no blend"}),
     "negative_prompt": Inversion({"method": "negative_prompt"}),
     "null_text": Inversion({"method": "null_text"}, empty_negative=True),
     "direct_inversion": Inversion({"method": "direct_inversion"}, empty_negative=True),
 }
-"""The inversions a run can compare (``--inversions``)."""
+"""The inversions a run can compare (``--inversions``). ``spdinv_dci`` is DCI's batch script (``run_dci_P2P.py``):
+K 10, λ 1, cross-attention replaced for 80 % of the steps, refine, no reweight, an item without two blend words
+edited without local blend."""
 
 ENGINES: Mapping[str, tuple[str, ...]] = {
     "p2p": tuple(INVERSIONS),
@@ -67,6 +79,12 @@ ENGINES: Mapping[str, tuple[str, ...]] = {
 """Engine -> the inversions it runs with (those of the paper's table and the pack's own)."""
 
 PNP_NEGATIVE = "ugly, blurry, black, low res, unrealistic"
+EMPTY_SOURCE_MASACTRL = ("ddim", "direct_inversion")
+"""MasaCtrl rows run as PnPInversion's ``run_editing_masactrl.py``: inverted, and the source branch run, with the
+empty prompt (the SPDInv rows follow SPDInv's ``run_SPDInv_MasaCtrl.py``: the source prompt)."""
+PRECISIONS = ("fp32", "auto")
+FP32_FLAGS = ("--force-fp32", "--fp32-unet", "--fp32-vae", "--fp32-text-enc")
+"""ComfyUI flags for ``--precision fp32`` (each passed where the checkout knows it): the references ran fp32."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,11 @@ class RunSettings:
     """Working resolution: photos of another size are resized to it and the edit back to the photo's size."""
     cross_replace: float = 0.4
     self_replace: float = 0.6
+    word_swap: bool = False
+    """P2P word swap where both prompts have the same number of words (refine otherwise); off: refine for every
+    item, as PnPInversion's and SPDInv's P2P runners do."""
+    precision: str = "fp32"
+    """``fp32``: ComfyUI runs every model in float32 (as the references did); ``auto``: ComfyUI's choice."""
 
 
 def method_name(inversion: str, engine: str) -> str:
@@ -103,23 +126,95 @@ def plan_methods(inversions: Sequence[str], engines: Sequence[str]) -> list[tupl
     return [(i, e) for e in engines for i in inversions]
 
 
-def _words(text: str) -> list[str]:
-    return [re.sub(r"[^\w'-]", "", w).casefold() for w in text.split()]
+def row_protocol(inversion: str, engine: str, settings: RunSettings) -> dict[str, Any]:
+    """Everything one row (``<inversion>+<engine>``) does that is the same for every item, as plain data: what
+    :func:`edit_prompt` builds from, what ``settings.json`` records and ``plan`` prints."""
+    inv = INVERSIONS[inversion]
+    empty_source = engine == "masactrl" and inversion in EMPTY_SOURCE_MASACTRL
+    source_guidance = "exact" if engine == "pnp" else inv.source_guidance
+    negative = "source prompt"
+    if engine == "pnp":
+        negative = PNP_NEGATIVE
+    elif engine == "masactrl" or inv.empty_negative:
+        negative = "empty prompt"
+    out: dict[str, Any] = {
+        "invert": {**INVERT_PROTOCOL, **inv.invert, "steps": settings.steps, "cfg": settings.cfg},
+        "inverted_prompt": "empty prompt" if empty_source else "source prompt",
+        "edit_source": "empty prompt" if empty_source or engine == "pnp" else "source prompt",
+        "source_guidance": source_guidance,
+        "negative": negative,
+    }
+    if inversion == "null_text":
+        out["invert"]["negative"] = "empty prompt"
+    if engine == "p2p":
+        p2p = {"cross_replace": settings.cross_replace, "reweight": True, "word_swap": settings.word_swap,
+               "blend_word_not_two": "skip item", **inv.p2p}
+        out["p2p"] = {
+            "mode": "word swap if same word count, else refine" if p2p["word_swap"] else "refine",
+            "cross_replace": p2p["cross_replace"], "self_replace": settings.self_replace,
+            "blend_threshold": 0.3, "blend_start": 0.2, "blend_maps": "edited",
+            "reweight": "target blend word ×2" if p2p["reweight"] else "none",
+            "blend_word_not_two": p2p["blend_word_not_two"],
+            "proximal_guidance": inv.spdinv_editing, "proximal_quantile": 0.7,
+            "inversion_guidance": inv.spdinv_editing,
+        }
+    elif engine == "masactrl":
+        out["masactrl"] = {"proximal_guidance": inv.spdinv_editing}
+    else:
+        out["pnp"] = {"source_path": "reconstruction" if inversion == "ddim" else "inversion",
+                      "feature_fraction": 0.8, "attention_fraction": 0.5}
+    return out
 
 
-def blend_settings(item: PieItem) -> tuple[str, str, str, str | None]:
-    """(source word, target word, reweight, note) for local blend; empty words when the item has none.
+def _present(word: str, prompt: str) -> bool:
+    """Whether the reference finds ``word`` in ``prompt``: an exact match of one of its space-separated words
+    (``get_word_inds``: case and punctuation count)."""
+    return word in prompt.split(" ")
 
-    A blended word missing from its prompt (where the reference's mask would be empty and its edit collapse to
-    the source) leaves local blend and reweighting off for that item; ``note`` says so.
+
+@dataclass(frozen=True)
+class Blend:
+    """Local blend and reweight inputs of one P2P edit, and a note when they differ from the item's field."""
+
+    source_words: str = ""
+    target_words: str = ""
+    reweight: str = ""
+    threshold: float = 0.3
+    note: str | None = None
+
+
+def blend_settings(item: PieItem, reweight: bool = True) -> Blend:
+    """Local blend as the reference runs ``blended_word`` (``LocalBlend`` with ``get_word_inds``).
+
+    A word the reference does not find gets no map, so the mask is the other word's alone (the target's mask
+    is the union with the source's); the reweight acts only on a target word it finds. When neither word is
+    found its mask is empty and, from the blend's start, the target is the source: reproduced by blending on the
+    source prompt's first word at threshold 1 (no normalised map value exceeds 1, so the mask stays empty).
     """
     if item.blended_words is None:
-        return "", "", "", None
+        return Blend()
     src, tgt = item.blended_words
-    if src.casefold() not in _words(item.source_prompt) or tgt.casefold() not in _words(item.target_prompt):
-        return "", "", "", (f"blended_word {src!r}/{tgt!r} not in the prompts: local blend and reweight off for "
-                            f"{item.image_id}")
-    return src, tgt, f"{tgt}:2.0", None
+    has_src, has_tgt = _present(src, item.source_prompt), _present(tgt, item.target_prompt)
+    weight = f"{tgt}:2.0" if reweight and has_tgt else ""
+    if has_src and has_tgt:
+        return Blend(src, tgt, weight)
+    if not has_src and not has_tgt:
+        return Blend(item.source_prompt.split()[0], "", "", 1.0,
+                     f"{item.image_id}: neither blended word {src!r} nor {tgt!r} is a word of its prompt: empty "
+                     "blend mask, the edit becomes the source from the blend's start (as the reference)")
+    missing = src if not has_src else tgt
+    return Blend(src if has_src else "", tgt if has_tgt else "", weight,
+                 note=f"{item.image_id}: blended word {missing!r} is not a word of its prompt: local blend on "
+                      f"{tgt if has_tgt else src!r} alone (as the reference)")
+
+
+def skip_reason(item: PieItem, inversion: str, engine: str) -> str | None:
+    """Why ``item`` is not edited with this row (the reference's P2P runner cannot run it), or None."""
+    if engine != "p2p" or item.blend_error is None:
+        return None
+    if INVERSIONS[inversion].p2p.get("blend_word_not_two") == "no blend":
+        return None
+    return f"{item.blend_error}: skipped for P2P"
 
 
 def edit_prompt(item: PieItem, inversion: str, engine: str, settings: RunSettings,
@@ -130,7 +225,10 @@ def edit_prompt(item: PieItem, inversion: str, engine: str, settings: RunSetting
     Inputs the protocol does not set are left to the nodes' defaults: filled from ``object_info`` (the server's
     ``/object_info``) when given, else left out of the prompt.
     """
-    inv = INVERSIONS[inversion]
+    reason = skip_reason(item, inversion, engine)
+    if reason:
+        raise ValueError(reason)
+    row = row_protocol(inversion, engine, settings)
     g = ApiGraph()
     ckpt = g.add("CheckpointLoaderSimple", _title="Checkpoint", ckpt_name=settings.checkpoint)
     model, clip, vae = ckpt, ckpt[1], ckpt[2]
@@ -140,38 +238,52 @@ def edit_prompt(item: PieItem, inversion: str, engine: str, settings: RunSetting
         pixels = g.add("ImageScale", _title="Resize", upscale_method="lanczos", width=working[0],
                        height=working[1], crop="center", image=pixels)
     latent = g.add("VAEEncode", _title="Encode photo", pixels=pixels, vae=vae)
-    source = g.add("CLIPTextEncode", _title="Source prompt", text=item.source_prompt, clip=clip)
-    empty = g.add("CLIPTextEncode", _title="Empty prompt", text="", clip=clip)
-    negative = empty if inv.empty_negative else None
+    prompts: dict[str, Any] = {}
+
+    def encoded(name: str) -> Any:
+        """The source or the empty prompt's encoding, added to the graph where first used."""
+        if name not in prompts:
+            text = item.source_prompt if name == "source prompt" else ""
+            prompts[name] = g.add("CLIPTextEncode", _title=name.capitalize(), text=text, clip=clip)
+        return prompts[name]
+
+    inverted_with = encoded(row["inverted_prompt"])
+    edit_source = encoded(row["edit_source"])
+    negative = encoded("empty prompt") if row["negative"] == "empty prompt" else None
     if engine == "p2p":
-        src_word, tgt_word, reweight, _ = blend_settings(item)
+        p2p = row["p2p"]
+        blend = blend_settings(item, reweight=p2p["reweight"] != "none") if item.blend_error is None else Blend()
         same_length = len(item.source_prompt.split(" ")) == len(item.target_prompt.split(" "))
+        mode = "word swap" if p2p["mode"] != "refine" and same_length else "refine"
         control = g.add("P2PAttentionControl", _title="Prompt-to-Prompt", model=model, clip=clip,
-                        source_text=item.source_prompt, target_text=item.target_prompt,
-                        mode="word swap" if same_length else "refine", cross_replace=settings.cross_replace,
-                        self_replace=settings.self_replace, blend_source_words=src_word,
-                        blend_target_words=tgt_word, blend_threshold=0.3, blend_start=0.2, reweight=reweight,
-                        proximal_guidance=inv.spdinv_editing, proximal_quantile=0.7,
-                        inversion_guidance=inv.spdinv_editing, blend_maps="edited")
-        edit_model, edit_source, target = control, control[1], control[2]
+                        source_text=item.source_prompt, target_text=item.target_prompt, mode=mode,
+                        cross_replace=p2p["cross_replace"], self_replace=p2p["self_replace"],
+                        blend_source_words=blend.source_words, blend_target_words=blend.target_words,
+                        blend_threshold=blend.threshold, blend_start=p2p["blend_start"], reweight=blend.reweight,
+                        proximal_guidance=p2p["proximal_guidance"], proximal_quantile=p2p["proximal_quantile"],
+                        inversion_guidance=p2p["inversion_guidance"], blend_maps=p2p["blend_maps"])
+        edit_model, target = control, control[2]
+        if row["edit_source"] == "source prompt":
+            edit_source = control[1]
     elif engine == "masactrl":
         edit_model = g.add("MasaCtrlMutualAttention", _title="MasaCtrl", model=model,
-                           proximal_guidance=inv.spdinv_editing)
-        edit_source = source
+                           proximal_guidance=row["masactrl"]["proximal_guidance"])
         target = g.add("CLIPTextEncode", _title="Target prompt", text=item.target_prompt, clip=clip)
-        negative = empty
     else:
-        edit_model = g.add("PNPInjection", _title="Plug-and-Play", model=model)
-        edit_source = empty
+        pnp = row["pnp"]
+        edit_model = g.add("PNPInjection", _title="Plug-and-Play", model=model,
+                           feature_fraction=pnp["feature_fraction"], attention_fraction=pnp["attention_fraction"],
+                           source_path=pnp["source_path"])
         target = g.add("CLIPTextEncode", _title="Target prompt", text=item.target_prompt, clip=clip)
         negative = g.add("CLIPTextEncode", _title="Negative", text=PNP_NEGATIVE, clip=clip)
-    invert_inputs = {**INVERT_PROTOCOL, **inv.invert, "steps": settings.steps, "cfg": settings.cfg}
-    if inv.invert.get("method") == "null_text":
-        invert_inputs["negative"] = empty
-    inverted = g.add("SPDInvInvert", _title=f"Inversion ({inversion})", model=model, source=source, latent=latent,
-                     **invert_inputs)
+    invert_inputs = dict(row["invert"])
+    if "negative" in invert_inputs:
+        invert_inputs["negative"] = encoded(invert_inputs["negative"])
+    inverted = g.add("SPDInvInvert", _title=f"Inversion ({inversion})", model=model, source=inverted_with,
+                     latent=latent, **invert_inputs)
     sampler_inputs: dict[str, Any] = {"model": edit_model, "inversion": inverted, "source": edit_source,
-                                      "target": target, "cfg": settings.cfg, "source_guidance": inv.source_guidance}
+                                      "target": target, "cfg": settings.cfg,
+                                      "source_guidance": row["source_guidance"]}
     if negative is not None:
         sampler_inputs["negative"] = negative
     edited = g.add("SPDInvEditSampler", _title=f"Edit ({engine})", **sampler_inputs)
@@ -193,10 +305,12 @@ def image_size(path: Path) -> tuple[int, int]:
 
 @dataclass
 class RunReport:
-    """What a run did: edits made and skipped (already there), failures, seconds per edit by method."""
+    """What a run did: edits made and skipped (already there), items left out (with the reason), failures,
+    seconds per edit by method."""
 
     done: int = 0
     skipped: int = 0
+    left_out: list[tuple[str, str, str]] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     seconds: dict[str, list[float]] = field(default_factory=dict)
 
@@ -206,19 +320,36 @@ def edit_path(out: Path, method: str, image_id: str) -> Path:
     return out / method / f"{image_id}.png"
 
 
+def method_settings(inversion: str, engine: str, settings: RunSettings) -> dict[str, Any]:
+    """What ``<out>/<method>/settings.json`` records: the run's settings and the row's protocol."""
+    return {"inversion": inversion, "engine": engine, **asdict(settings),
+            "protocol": row_protocol(inversion, engine, settings)}
+
+
+def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``, so that a changed setting is named alone."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def check_settings(out: Path, methods: Sequence[tuple[str, str]], settings: RunSettings) -> None:
     """Record each method folder's settings, or refuse to add edits made with other settings to it.
 
     A resumed run must not mix protocols in one folder: ``<out>/<method>/settings.json`` holds what its edits
-    were made with.
+    were made with (:func:`method_settings`).
     """
     for inv, eng in methods:
         folder = out / method_name(inv, eng)
         record = folder / "settings.json"
-        wanted = {"inversion": inv, "engine": eng, **asdict(settings)}
+        wanted = method_settings(inv, eng, settings)
         if record.is_file():
-            had = json.loads(record.read_text(encoding="utf-8"))
-            changed = {k: (had.get(k), v) for k, v in wanted.items() if had.get(k) != v}
+            had = _flat(json.loads(record.read_text(encoding="utf-8")))
+            changed = {k: (had.get(k), v) for k, v in _flat(wanted).items() if had.get(k) != v}
             if changed:
                 what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
                 raise ValueError(f"--out {out}: {folder.name} holds edits made with other settings ({what}); "
@@ -235,12 +366,20 @@ def run_edits(server: ComfyServer, items: Sequence[PieItem], methods: Sequence[t
 
     Each edit is written to a temporary name and renamed, so an interrupted run leaves no partial file. A
     failed edit is logged (``<out>/failures.jsonl``) and the run goes on; timings go to
-    ``<out>/<method>/seconds.csv``.
+    ``<out>/<method>/seconds.csv``. An item a row cannot run (:func:`skip_reason`) is left out and logged.
     """
     report = RunReport()
-    todo = [(item, inv, eng) for item in items for inv, eng in methods
-            if not edit_path(out, method_name(inv, eng), item.image_id).is_file()]
-    report.skipped = len(items) * len(methods) - len(todo)
+    todo = []
+    for item in items:
+        for inv, eng in methods:
+            method = method_name(inv, eng)
+            reason = skip_reason(item, inv, eng)
+            if reason:
+                report.left_out.append((method, item.image_id, reason))
+                log(f"{method} {item.image_id}: left out: {reason}")
+            elif not edit_path(out, method, item.image_id).is_file():
+                todo.append((item, inv, eng))
+    report.skipped = len(items) * len(methods) - len(todo) - len(report.left_out)
     if report.skipped:
         log(f"{report.skipped} edits already in {out}: skipped")
     noted: set[str] = set()
@@ -250,7 +389,7 @@ def run_edits(server: ComfyServer, items: Sequence[PieItem], methods: Sequence[t
         method = method_name(inv, eng)
         target = edit_path(out, method, item.image_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        note = blend_settings(item)[3] if eng == "p2p" else None
+        note = blend_settings(item).note if eng == "p2p" and item.blend_error is None else None
         if note and item.image_id not in noted:
             noted.add(item.image_id)
             log(f"note: {note}")
@@ -273,7 +412,7 @@ def run_edits(server: ComfyServer, items: Sequence[PieItem], methods: Sequence[t
             with open(out / "failures.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps({"method": method, "image_id": item.image_id, "error": str(e)}) + "\n")
             log(f"[{n}/{len(todo)}] {method} {item.image_id}: FAILED: {str(e).splitlines()[0]}")
-            if not server.running():
+            if not server.running:
                 raise
             continue
         seconds = time.monotonic() - t0
