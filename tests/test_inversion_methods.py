@@ -51,8 +51,9 @@ def test_each_method_inverts_with_the_trajectory_it_names_and_guides_the_source_
 
 def test_direct_inversion_keeps_the_guided_source_branch_on_the_ddim_trajectory():
     """Guided at CFG 7.5 against the null prompt, a DDIM-inverted source branch leaves the trajectory (the
-    paper's DDIM baseline); DirectInversion's replay starts every step of it from the stored latent, so each
-    step's source input is the trajectory's and its output is one guided step from it."""
+    paper's DDIM baseline); DirectInversion's replay sets it back onto the stored latent after every step (the
+    reference's step-end offset), so each step's source input is the trajectory's and it ends on the photo's
+    latent, where the free guided step from the last stored latent would not."""
     model = ToyDenoiser()
     x0 = toy_latent()
     sigmas = ddim_uniform_sigmas(model.train_sigmas, STEPS)
@@ -68,7 +69,8 @@ def test_direct_inversion_keeps_the_guided_source_branch_on_the_ddim_trajectory(
     for i, x in enumerate(calls):
         assert torch.equal(x[:1], inv.latents[i])
     cond = model(inv.latents[STEPS - 1], float(sigmas[STEPS - 1]))
-    last = ddim_step(inv.latents[STEPS - 1], 0.8 * cond + 0.2 * inv.latents[STEPS - 1]
+    free = ddim_step(inv.latents[STEPS - 1], 0.8 * cond + 0.2 * inv.latents[STEPS - 1]
                      + 7.5 * (cond - 0.8 * cond - 0.2 * inv.latents[STEPS - 1]), float(sigmas[STEPS - 1]), 0.0)
-    torch.testing.assert_close(direct.reconstruction, last, atol=1e-5, rtol=0)
+    assert torch.equal(direct.reconstruction, inv.latents[STEPS])
+    assert not torch.allclose(free, inv.latents[STEPS], atol=1e-3)
     assert latent_psnr(direct.reconstruction, x0) > latent_psnr(baseline.reconstruction, x0) + 10
