@@ -406,7 +406,8 @@ class Bench:
             if self.bypass:
                 from spdinv_pack.tests.host.pack_calls import bypassed_model
 
-                self.model = contextlib.ExitStack().enter_context(bypassed_model(*self.test_model.bypass))
+                self.model_scope = contextlib.ExitStack()  # the model stays loaded for the whole run
+                self.model = self.model_scope.enter_context(bypassed_model(*self.test_model.bypass))
             else:
                 (self.model,) = self.run_node(n.UNETLoader, unet_name=ckpt.name, weight_dtype="default")
             self.latent_source = "sd-like"

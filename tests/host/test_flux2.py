@@ -14,7 +14,7 @@ import torch
 
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.attention_patches.registration import PreAttentionPatch
-from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, flux2_model_path, sd_like_latent
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, flux2_model_path
 from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, mutual, reconstruction_psnr
 
 
@@ -32,7 +32,7 @@ def flux2(comfy_env):
 @pytest.fixture(scope="module")
 def photo_latent():
     """An 8×8 Flux.2 latent (a 128² photo) with unit statistics, smooth as image latents are."""
-    return {"samples": sd_like_latent(64, channels=128, scale=1.0)}
+    return FLOW_TEST_MODELS["flux2"].photo(128)
 
 
 def prompt(seed: int) -> list:

@@ -19,7 +19,7 @@ import torch
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.attention_patches.registration import ModelAttentionOverride
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, sd_like_latent
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS
 from spdinv_pack.tests.host.pack_calls import (
     bypassed_model,
     edit,
@@ -49,12 +49,11 @@ def hidream(comfy_env):
 @pytest.fixture(scope="module")
 def photo_latent():
     """A 96² photo's HiDream latent (16 channels, 12×12), smooth as image latents are."""
-    return {"samples": sd_like_latent(96, channels=16, scale=1.0)}
+    return HIDREAM_TEST.photo(96)
 
 
-def prompt(seed: int) -> list:
-    """A stand-in for a HiDream prompt's CONDITIONING: T5-XXL tokens, every Llama-3.1 layer, the pooled CLIPs."""
-    return HIDREAM_TEST.prompt(seed)
+prompt = HIDREAM_TEST.prompt
+"""A stand-in for a HiDream prompt's CONDITIONING: T5-XXL tokens, every Llama-3.1 layer, the pooled CLIPs."""
 
 
 @pytest.fixture(scope="module")

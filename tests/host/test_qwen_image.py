@@ -13,7 +13,7 @@ import torch
 
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, qwen_image_model_path, sd_like_latent
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, qwen_image_model_path
 from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, reconstruction_psnr
 
 
@@ -27,7 +27,7 @@ def qwen(comfy_env):
 @pytest.fixture(scope="module")
 def photo_latent():
     """A 128² photo's Qwen-Image latent (16 channels, one frame), smooth as image latents are."""
-    return {"samples": sd_like_latent(128, channels=16, scale=1.0).unsqueeze(2)}
+    return FLOW_TEST_MODELS["qwen-image"].photo(128)
 
 
 def prompt(seed: int) -> list:

@@ -19,7 +19,7 @@ import torch
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.attention_patches.registration import ModelAttentionOverride
 from spdinv_pack.spdinv.metrics import latent_psnr
-from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, sd_like_latent
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS
 from spdinv_pack.tests.host.factory.cache import SEED
 from spdinv_pack.tests.host.pack_calls import (
     AttentionProbe,
@@ -53,12 +53,11 @@ def zimage(comfy_env):
 @pytest.fixture(scope="module")
 def photo_latent():
     """A 96² photo's Z-Image latent (16 channels, 12×12), smooth as image latents are."""
-    return {"samples": sd_like_latent(96, channels=16, scale=1.0)}
+    return Z_IMAGE_TEST.photo(96)
 
 
-def prompt(seed: int) -> list:
-    """A stand-in for a Z-Image prompt's CONDITIONING (8 tokens of Qwen3-4B's width)."""
-    return Z_IMAGE_TEST.prompt(seed)
+prompt = Z_IMAGE_TEST.prompt
+"""A stand-in for a Z-Image prompt's CONDITIONING (8 tokens of Qwen3-4B's width)."""
 
 
 @pytest.fixture(scope="module")

@@ -66,21 +66,15 @@ def mmdit_shapes(depth: int, pos_embed_max: int = 64, context_in: int = 4096, ad
     return s
 
 
-def flux_shapes(hidden: int = FLUX_REDUCED_WIDTH, double: int = 2, single: int = 4) -> Shapes:
-    """Flux-dev's diffusion model (``comfy/ldm/flux``; a ``diffusion_models`` file, no prefix): heads of 128
-    (ComfyUI divides the hidden size by the rotary axes' 16 + 56 + 56), ``double`` double-stream and ``single``
-    single-stream blocks, the distilled-guidance embedder, 4096-d text and 768-d pooled inputs."""
+def _flux_blocks(s: Shapes, hidden: int, double: int, single: int, modulated: bool) -> None:
+    """Flux's double- and single-stream blocks (``comfy/ldm/flux/layers.py``): heads of 128, MLP ratio 4, QK RMS
+    norms; ``modulated``: each block has its own modulation (Flux), else they all come from outside (Chroma)."""
     head, mlp = 128, 4 * hidden
-    s: Shapes = {}
-    _linear(s, "img_in", hidden, 64)
-    for name, c_in in (("time_in", 256), ("vector_in", 768), ("guidance_in", 256)):
-        _linear(s, f"{name}.in_layer", hidden, c_in)
-        _linear(s, f"{name}.out_layer", hidden, hidden)
-    _linear(s, "txt_in", hidden, 4096)
     for i in range(double):
         for stream in ("img", "txt"):
             p = f"double_blocks.{i}.{stream}"
-            _linear(s, f"{p}_mod.lin", 6 * hidden, hidden)
+            if modulated:
+                _linear(s, f"{p}_mod.lin", 6 * hidden, hidden)
             _linear(s, f"{p}_attn.qkv", 3 * hidden, hidden)
             s[f"{p}_attn.norm.query_norm.scale"] = (head,)
             s[f"{p}_attn.norm.key_norm.scale"] = (head,)
@@ -93,7 +87,21 @@ def flux_shapes(hidden: int = FLUX_REDUCED_WIDTH, double: int = 2, single: int =
         _linear(s, f"{p}.linear2", hidden, hidden + mlp)
         s[f"{p}.norm.query_norm.scale"] = (head,)
         s[f"{p}.norm.key_norm.scale"] = (head,)
-        _linear(s, f"{p}.modulation.lin", 3 * hidden, hidden)
+        if modulated:
+            _linear(s, f"{p}.modulation.lin", 3 * hidden, hidden)
+
+
+def flux_shapes(hidden: int = FLUX_REDUCED_WIDTH, double: int = 2, single: int = 4) -> Shapes:
+    """Flux-dev's diffusion model (``comfy/ldm/flux``; a ``diffusion_models`` file, no prefix): heads of 128
+    (ComfyUI divides the hidden size by the rotary axes' 16 + 56 + 56), ``double`` double-stream and ``single``
+    single-stream blocks, the distilled-guidance embedder, 4096-d text and 768-d pooled inputs."""
+    s: Shapes = {}
+    _linear(s, "img_in", hidden, 64)
+    for name, c_in in (("time_in", 256), ("vector_in", 768), ("guidance_in", 256)):
+        _linear(s, f"{name}.in_layer", hidden, c_in)
+        _linear(s, f"{name}.out_layer", hidden, hidden)
+    _linear(s, "txt_in", hidden, 4096)
+    _flux_blocks(s, hidden, double, single, modulated=True)
     _linear(s, "final_layer.linear", 64, hidden)
     _linear(s, "final_layer.adaLN_modulation.1", 2 * hidden, hidden)
     return s
@@ -105,7 +113,7 @@ def chroma_shapes(double: int = 1, single: int = 1) -> Shapes:
     approximator (64 in, five residual MLP layers of 5120, out 3072: ComfyUI fixes these, and with them the width
     3072), 4096-d text input, no pooled or guidance input, 64 inputs (16 latent channels, patch 2). RMS norms keep
     the original files' ``.scale`` names (ComfyUI 0.33 renames them)."""
-    hidden, head, mlp, approx = FLUX_WIDTH, 128, 4 * FLUX_WIDTH, 5120
+    hidden, approx = FLUX_WIDTH, 5120
     s: Shapes = {}
     _linear(s, "img_in", hidden, 64)
     _linear(s, "txt_in", hidden, 4096)
@@ -116,21 +124,7 @@ def chroma_shapes(double: int = 1, single: int = 1) -> Shapes:
         _linear(s, f"{g}.layers.{i}.out_layer", approx, approx)
         s[f"{g}.norms.{i}.scale"] = (approx,)
     _linear(s, f"{g}.out_proj", hidden, approx)
-    for i in range(double):
-        for stream in ("img", "txt"):
-            p = f"double_blocks.{i}.{stream}"
-            _linear(s, f"{p}_attn.qkv", 3 * hidden, hidden)
-            s[f"{p}_attn.norm.query_norm.scale"] = (head,)
-            s[f"{p}_attn.norm.key_norm.scale"] = (head,)
-            _linear(s, f"{p}_attn.proj", hidden, hidden)
-            _linear(s, f"{p}_mlp.0", mlp, hidden)
-            _linear(s, f"{p}_mlp.2", hidden, mlp)
-    for i in range(single):
-        p = f"single_blocks.{i}"
-        _linear(s, f"{p}.linear1", 3 * hidden + mlp, hidden)
-        _linear(s, f"{p}.linear2", hidden, hidden + mlp)
-        s[f"{p}.norm.query_norm.scale"] = (head,)
-        s[f"{p}.norm.key_norm.scale"] = (head,)
+    _flux_blocks(s, hidden, double, single, modulated=False)
     _linear(s, "final_layer.linear", 64, hidden)
     return s
 
