@@ -1,0 +1,78 @@
+"""Chroma in a real ``main.py --cpu`` server: the random full-width Chroma of ``test_chroma.py`` loaded by ComfyUI's
+diffusion-model loader, prompts from the test-only text-encoder stand-in (T5-XXL cannot run here), one prompt that
+reconstructs with plain flow inversion and SPDInv, edits with MM-DiT mutual attention (identity and a new prompt)
+and samples the MODEL with a KSampler before and after.
+
+The photo comes in as a ``.latent`` file and every result goes out through ``SaveLatent``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spdinv_pack.tests.host import factory
+from spdinv_pack.tests.host.test_family_server import (
+    after,
+    check_reconstruction_gain,
+    reconstructions,
+    save,
+    saved_latents,
+)
+from spdinv_pack.tools.api_graph import ApiGraph
+
+SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
+STEPS = 10
+CFG = 4.0
+
+
+def chroma_prompt(model_file: str, latent_file: str, object_info: dict) -> tuple[dict, dict[str, str]]:
+    g = ApiGraph()
+    model = g.add("UNETLoader", unet_name=model_file, weight_dtype="default")
+    latent = g.add("LoadLatent", latent=latent_file)
+    source, target, empty = (g.add("SPDInvTestTextEncoderStandIn", text=text, family="chroma")
+                             for text in (SOURCE, TARGET, ""))
+    ksampler = dict(model=model, seed=0, steps=2, cfg=CFG, sampler_name="euler", scheduler="simple",
+                    positive=source, negative=empty)
+    before = g.add("KSampler", latent_image=latent, **ksampler)
+    saved = {"ksampler before": save(g, before, "chroma_ksampler_before")}
+    inversions = reconstructions(g, model, source, after(g, latent, [before]), (STEPS,), saved, "chroma_")
+    mutual = g.add("MMDiTMutualAttention", model=model)
+    edits = []
+    for name, prompt in (("identity", source), ("edit", target)):
+        edits.append(g.add("SPDInvEditSampler", model=mutual, inversion=inversions["spdinv", STEPS], source=source,
+                           target=prompt, cfg=CFG))
+        saved[f"{name} edited"] = save(g, edits[-1], f"chroma_{name}_edited")
+        saved[f"{name} recon"] = save(g, edits[-1][1], f"chroma_{name}_recon")
+    later = g.add("KSampler", latent_image=after(g, latent, edits), **ksampler)
+    saved["ksampler after"] = save(g, later, "chroma_ksampler_after")
+    return g.prompt(object_info), saved
+
+
+@pytest.fixture(scope="module")
+def chroma_run(server):
+    """``(input latent, results)`` of the Chroma prompt, run once."""
+    samples = factory.sd_like_latent(128, channels=16, scale=0.3611, shift=0.1159)
+    save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])},
+              str(Path(server.input_dir) / "chroma_photo.latent"))
+    nodes, saved = chroma_prompt(factory.chroma_model_path().name, "chroma_photo.latent", server.object_info())
+    return samples, saved_latents(server, server.run(nodes, timeout=3600), saved)
+
+
+def test_spdinv_reconstructs_far_better_than_plain_flow_inversion(chroma_run):
+    samples, out = chroma_run
+    check_reconstruction_gain("Chroma", samples, out, (STEPS,))
+
+
+def test_identity_edit_is_exact_and_a_new_prompt_changes_the_edit(chroma_run):
+    _, out = chroma_run
+    assert torch.equal(out["identity edited"], out["identity recon"])
+    assert not torch.equal(out["edit edited"], out["edit recon"])
+
+
+def test_the_models_samples_are_bit_identical_after_the_edits(chroma_run):
+    _, out = chroma_run
+    assert torch.equal(out["ksampler before"], out["ksampler after"])
