@@ -8,16 +8,14 @@ The photo comes in as a ``.latent`` file and every result goes out through ``Sav
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from spdinv_pack.tests.host import factory
 from spdinv_pack.tests.host.test_family_server import (
     after,
     check_reconstruction_gain,
+    put_latent,
     reconstructions,
     save,
     saved_latents,
@@ -56,9 +54,8 @@ def chroma_prompt(model_file: str, latent_file: str, object_info: dict) -> tuple
 def chroma_run(server):
     """``(input latent, results)`` of the Chroma prompt, run once."""
     samples = factory.sd_like_latent(128, channels=16, scale=0.3611, shift=0.1159)
-    save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])},
-              str(Path(server.input_dir) / "chroma_photo.latent"))
-    nodes, saved = chroma_prompt(factory.chroma_model_path().name, "chroma_photo.latent", server.object_info())
+    latent_file = put_latent(server, samples, "chroma_photo.latent")
+    nodes, saved = chroma_prompt(factory.chroma_model_path().name, latent_file, server.object_info())
     return samples, saved_latents(server, server.run(nodes, timeout=3600), saved)
 
 

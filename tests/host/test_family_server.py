@@ -106,15 +106,20 @@ def saved_latents(server, history: dict, saved: dict[str, str]) -> dict[str, tor
     return out
 
 
+def put_latent(server, samples: torch.Tensor, name: str) -> str:
+    """``samples`` as a ``.latent`` file in the server's input folder (what ``LoadLatent`` reads); its name."""
+    save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])},
+              str(Path(server.input_dir) / name))
+    return name
+
+
 @pytest.fixture(scope="module", params=sorted(CHECKPOINTS))
 def family_run(request, server) -> tuple[str, torch.Tensor, dict[str, torch.Tensor]]:
     """``(family, input latent, results)`` of the family's prompt, run once per family."""
     name = request.param
     checkpoint = CHECKPOINTS[name]()
     samples = factory.sd_like_latent(RESOLUTION)
-    latent_file = f"family_{name}.latent"
-    save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])},
-              str(Path(server.input_dir) / latent_file))
+    latent_file = put_latent(server, samples, f"family_{name}.latent")
     nodes, saved = family_prompt(checkpoint.name, latent_file, server.object_info())
     history = server.run(nodes, timeout=3600)
     return name, samples, saved_latents(server, history, saved)

@@ -10,17 +10,16 @@ VAE's own latents are far too small to judge reconstruction on).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from spdinv_pack.tests.host import factory
 from spdinv_pack.tests.host.test_family_server import (
     after,
     check_reconstruction_gain,
     loaded,
+    put_latent,
     reconstructions,
     save,
     saved_latents,
@@ -61,9 +60,8 @@ def flow_run(server):
     """``(input latent, results, prompt)`` of the flow prompt, run once."""
     checkpoint = factory.sd3_checkpoint_path()
     samples = factory.sd_like_latent(128, channels=16, scale=1.5305, shift=0.0609)
-    save_file({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])},
-              str(Path(server.input_dir) / "flow_photo.latent"))
-    nodes, saved = flow_prompt(checkpoint.name, "flow_photo.latent", server.object_info())
+    latent_file = put_latent(server, samples, "flow_photo.latent")
+    nodes, saved = flow_prompt(checkpoint.name, latent_file, server.object_info())
     return samples, saved_latents(server, server.run(nodes, timeout=3600), saved), nodes
 
 
