@@ -15,11 +15,13 @@ from .masactrl import MasaCtrlMutualAttention
 from .mmdit_attention import MMDiTMutualAttention
 from .p2p_control import P2PAttentionControl
 from .pnp_injection import PNPInjection
+from .preservation import SPDInvPreservation
 from .residual_plot import SPDInvResidualPlot
 
 NODES: list[type[io.ComfyNode]] = [SPDInvInvert, SPDInvEditSampler, P2PAttentionControl, MasaCtrlMutualAttention,
                                    MMDiTMutualAttention, PNPInjection, ELITEMapperLoader, ELITEMapper,
-                                   SPDInvAttentionPreview, SPDInvWaveletColorFix, SPDInvResidualPlot]
+                                   SPDInvAttentionPreview, SPDInvWaveletColorFix, SPDInvResidualPlot,
+                                   SPDInvPreservation]
 
 
 class SPDInvExtension(ComfyExtension):

@@ -122,11 +122,15 @@ def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Equal values: tensors by value, lists and tuples item by item (the reference latents of two prompts
+    encoded with the same photo are two equal tensors), other objects by ``==``."""
     if a is b:
         return True
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
             torch.equal(a.cpu(), b.cpu()))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     try:
         return bool(a == b)
     except Exception:  # noqa: BLE001 - objects without a usable ==: only identity counts
@@ -156,6 +160,11 @@ def _shared_extras(branches: list[tuple[str, dict]], per_branch: set[str] = _PER
         (first_name, first), *rest = branches
         for name, meta in rest:
             if key not in first or key not in meta or not _same(first[key], meta[key]):
+                if key == "reference_latents":
+                    raise ValueError(f"{first_name}, {name}: the instruction editor's reference image differs "
+                                     "between them (or only one has it); both branches must see the same photo: "
+                                     "encode every prompt with the same image (TextEncodeQwenImageEdit's image, "
+                                     "or ReferenceLatent with the photo's latent on each)")
                 raise ValueError(f"{first_name}, {name}: the conditionings differ in '{key}'; the edit sampler "
                                  f"runs both branches in one batch, so '{key}' must be the same on both (set it "
                                  "the same way on both prompts, or remove it)")

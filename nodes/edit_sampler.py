@@ -21,6 +21,7 @@ from .branch_conditioning import at_photo_size, edit_conditioning
 from .comfy_bridge import branch_predictor, denoiser, run_in_guider
 from .inversion_type import Inversion, InversionPayload
 from .null_embedding import step_lookup
+from .preservation import PreservationRequest, PreservationType, region_mask
 
 
 class SPDInvEditSampler(io.ComfyNode):
@@ -55,6 +56,9 @@ class SPDInvEditSampler(io.ComfyNode):
                                        "inversion did, so it retraces it. like target: at this CFG against the "
                                        "negative, as the paper's DDIM + P2P baseline (and null_text and "
                                        "direct_inversion, which set it) does."),
+                PreservationType.Input("preserve", optional=True,
+                                       tooltip="From SPDInv Preserve Outside Edit: outside the edit region the "
+                                               "target keeps the photo exactly (for instruction editors)."),
             ],
             outputs=[
                 io.Latent.Output(display_name="edited", tooltip="The target branch."),
@@ -62,12 +66,14 @@ class SPDInvEditSampler(io.ComfyNode):
                                  "from the inversion (compare it with the input to judge the inversion)."),
                 AttentionMaps.Output(display_name="attention", tooltip="Cross-attention maps recorded by a "
                                      "Prompt-to-Prompt model, for SPDInv Attention Preview."),
+                io.Mask.Output(display_name="edit region", tooltip="Where the target was free to change, at the "
+                               "photo's size: the preservation rule's region (everything without one)."),
             ],
         )
 
     @classmethod
-    def execute(cls, model, inversion, source, target, cfg, negative=None, source_guidance="exact"
-                ) -> io.NodeOutput:
+    def execute(cls, model, inversion, source, target, cfg, negative=None, source_guidance="exact",
+                preserve: PreservationRequest | None = None) -> io.NodeOutput:
         inversion.check_model(model, "model")
         proto = protocol_of(inversion.method, source_guidance)
         if proto.guided and negative is None:
@@ -95,6 +101,7 @@ class SPDInvEditSampler(io.ComfyNode):
         if engine is not None:
             engine.check_run(run)
         recipe = edit_recipe(engine.recipe if engine is not None else EditRecipe(), proto, cfg)
+        rule = None if preserve is None else preserve.for_edit(model, tuple(result.noise.shape))
         if not recipe.source_from_inversion:
             inversion.warn_if_other_source(source)
         trajectory = result.latents
@@ -112,14 +119,15 @@ class SPDInvEditSampler(io.ComfyNode):
             predict = branch_predictor(guider, extra_args, run, share_source=not proto.guided, null_embedding=tuned)
             edit = run_edit(predict, trajectory, grid, recipe, cfg, timesteps,
                             engine_step=None if engine is None else (lambda i, x: engine.after_step(run, i, x)),
-                            progress=progress, device=start.device)
+                            progress=progress, device=start.device, preserve=rule)
             return torch.cat([edit.reconstruction, edit.edited]), edit
 
         start = torch.cat([result.noise, result.noise])
         latent_image = torch.cat([inversion.source_latent, inversion.source_latent])
-        out, _ = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
+        out, edit = run_in_guider(guider, routine, start, latent_image, result.sigmas, result.steps)
         maps = RecordedMaps() if engine is None else engine.recorded_maps(run)
-        return io.NodeOutput({"samples": out[rows:]}, {"samples": out[:rows]}, maps)
+        region = region_mask(edit.region, tuple(result.noise.shape), model)
+        return io.NodeOutput({"samples": out[rows:]}, {"samples": out[:rows]}, maps, region)
 
 
 def reconstruct(model: Any, inversion: InversionPayload) -> torch.Tensor:

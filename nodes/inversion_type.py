@@ -33,13 +33,13 @@ def weights_fingerprint(model_patcher: Any) -> tuple[tuple[str, tuple[int, ...],
 
 
 def conditioning_fingerprint(conditioning: Any) -> tuple:
-    """Shapes and float64 sums of a CONDITIONING's tensors (the text embedding and the pooled output) and its
-    distilled guidance (FluxGuidance): equal for the same prompt encoded twice, different for another prompt or
-    another guidance, without keeping the tensors."""
+    """Shapes and float64 sums of a CONDITIONING's tensors (the text embedding, the pooled output and an
+    instruction editor's reference latents) and its distilled guidance (FluxGuidance): equal for the same prompt
+    encoded twice, different for another prompt, reference image or guidance, without keeping the tensors."""
     out = []
     for entry in conditioning or ():
         options = entry[1] if len(entry) > 1 else {}
-        tensors = [entry[0], options.get("pooled_output")]
+        tensors = [entry[0], options.get("pooled_output"), *(options.get("reference_latents") or ())]
         out.append(tuple((tuple(t.shape), float(t.detach().double().sum())) for t in tensors if t is not None)
                    + (options.get("guidance"),))
     return tuple(out)
@@ -103,9 +103,10 @@ class InversionPayload:
         if not self.source_fingerprint or conditioning_fingerprint(source) == self.source_fingerprint:
             return False
         logging.warning("SPDInv Edit Sampler: its 'source' conditioning differs from the 'source' that SPDInv "
-                        "Invert inverted with (another prompt or another FluxGuidance value), so the "
+                        "Invert inverted with (another prompt, reference image or FluxGuidance value), so the "
                         "reconstruction (and the edit's unchanged parts) will not be the photo; connect the same "
-                        "source to both, and set the edit's own guidance with a FluxGuidance on the target")
+                        "source (and reference image) to both, and set the edit's own guidance with a FluxGuidance "
+                        "on the target")
         return True
 
     def check_model(self, model_patcher: Any, input_name: str) -> None:

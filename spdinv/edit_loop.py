@@ -13,7 +13,9 @@ inverted noise. Each step, in order:
    below copies the inverted background (DirectInversion corrects the source before P2P's local blend);
 5. **pinning** (``recipe.pin_below``, the reference's inversion guidance): on steps whose model timestep is
    below ``pin_below`` of 1000, elements outside the edit mask are set to the stored inversion latent;
-6. **engine hook** (e.g. P2P's local blend) on the stacked latent.
+6. **preservation** (:mod:`.preservation`, when given): outside the edit region the target rows are set to the
+   stored inversion latent of the next step, from the step the region is known on;
+7. **engine hook** (e.g. P2P's local blend) on the stacked latent.
 
 :func:`reconstruction_trajectory` makes the path a recipe with ``source_from_reconstruction`` replays instead
 of the stored inversion (PnPInversion's DDIM + PnP: the source branch follows the DDIM reconstruction).
@@ -31,6 +33,7 @@ import torch
 from .branches import BranchLayout
 from .ddim import ddim_step
 from .guidance import EditRecipe
+from .preservation import Preservation, pin_outside, prediction_gap
 from .schedules import validate_sampling_grid
 
 BranchPredictor = Callable[[torch.Tensor, float, bool], tuple[torch.Tensor, torch.Tensor | None]]
@@ -46,11 +49,13 @@ Progress = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 @dataclass(frozen=True)
 class EditResult:
-    """What an edit produced: the target branch, the source branch, and the steps that were pinned."""
+    """What an edit produced: the target branch, the source branch, the steps that were pinned, and the edit region
+    the target was preserved outside of (``None``: no preservation rule)."""
 
     edited: torch.Tensor
     reconstruction: torch.Tensor
     pinned_steps: tuple[int, ...]
+    region: torch.Tensor | None = None
 
 
 def pinned_steps(timesteps: Sequence[float], pin_below: float | None) -> tuple[int, ...]:
@@ -84,6 +89,7 @@ def run_edit(
     engine_step: StepHook | None = None,
     progress: Progress | None = None,
     device: torch.device | str | None = None,
+    preserve: Preservation | None = None,
 ) -> EditResult:
     """Run a whole edit from an inversion's ``trajectory`` (``[steps + 1, images, ...]``, ``trajectory[i]``
     at ``sigmas[i]``, ``trajectory[0]`` the noise) on its grid ``sigmas``.
@@ -107,6 +113,8 @@ def run_edit(
         return trajectory[i].to(device=device, dtype=torch.float32)
 
     x = layout.join(stored(0), stored(0))
+    given = None if preserve is None else preserve.given_region(tuple(trajectory.shape[1:]))
+    gap, region = None, None
     for i in range(steps):
         cond, uncond = predict(x, grid[i], guidance.needs_uncond(i))
         denoised, mask = guidance.guide(i, x, grid[i], cond, uncond)
@@ -116,9 +124,18 @@ def run_edit(
             x = layout.join(stored(i + 1), layout.split(x)[1])
         if i in pinned and mask is not None:
             x = torch.where(mask, x, layout.join(stored(i + 1), stored(i + 1)))
+        if preserve is not None:
+            if region is None:
+                if given is None:
+                    step_gap = prediction_gap(*layout.split(denoised))
+                    gap = step_gap if gap is None else gap + step_gap
+                region = preserve.region_at(i, steps, gap, given)
+            if region is not None:
+                source, target = layout.split(x)
+                x = layout.join(source, pin_outside(target, region, stored(i + 1)))
         if engine_step is not None:
             x = engine_step(i, x)
         if progress is not None:
             progress(i, steps, x, denoised)
     source, target = layout.split(x)
-    return EditResult(target, source, pinned)
+    return EditResult(target, source, pinned, region)
