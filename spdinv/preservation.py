@@ -8,8 +8,9 @@ mask), so at the end it is the photo's latent there, exactly.
 
 The region is the user's mask, or found where the branches' guided predictions differ (as DiffEdit finds its
 mask from two prompts' predictions): the per-cell mean absolute difference over the channels, summed over the
-first ``estimate_for`` of the steps, scaled to ``[0, 1]`` per image, above ``threshold``, grown by ``grow``
-cells and snapped to the model's patch grid, so a region always covers whole tokens. The target runs free until
+first ``estimate_for`` of the steps and averaged over each token's cells, scaled to ``[0, 1]`` per image, above
+``threshold``, grown by ``grow`` cells and snapped to the model's patch grid, so a region always covers whole
+tokens. The target runs free until
 the region is known; the step that fixes it also pins. Where the branches predict the same everywhere (the
 identity instruction) the region is empty and the target is the photo.
 
@@ -78,7 +79,7 @@ class Preservation:
             return given
         if step + 1 < self.estimate_steps(steps):
             return None
-        return self._shaped(region_of_gap(gap, self.threshold))
+        return self._shaped(region_of_gap(per_token(gap, self.cell), self.threshold))
 
     def _shaped(self, region: torch.Tensor) -> torch.Tensor:
         return snap_to_cells(grow_region(region, self.grow), self.cell)
@@ -87,6 +88,18 @@ class Preservation:
 def prediction_gap(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-cell mean absolute difference of two branches' predictions over the channels, ``[images, 1, *cells]``."""
     return (target.float() - source.float()).abs().mean(dim=1, keepdim=True)
+
+
+def per_token(gap: torch.Tensor, cell: tuple[int, int]) -> torch.Tensor:
+    """``gap`` averaged over each ``cell``-sized patch (one value per token, repeated over its cells), so that a
+    region is cut where tokens differ, not single cells."""
+    if tuple(cell) == (1, 1):
+        return gap
+    h, w = gap.shape[-2:]
+    plane = gap.reshape(-1, 1, h, w).float()
+    pad = (0, -w % cell[1], 0, -h % cell[0])
+    tokens = F.avg_pool2d(F.pad(plane, pad, mode="replicate"), kernel_size=cell, stride=cell)
+    return F.interpolate(tokens, scale_factor=cell, mode="nearest")[..., :h, :w].reshape(gap.shape)
 
 
 def region_of_gap(gap: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -103,6 +103,15 @@ def test_regions_grow_by_whole_cells_and_snap_to_the_patch_grid():
     assert snap_to_cells(odd, (2, 2)).shape == odd.shape
 
 
+def test_the_found_region_is_cut_per_token():
+    gap = torch.zeros(1, 1, 4, 4)
+    gap[..., 0, 0] = 1.0  # one cell of the first 2x2 token
+    gap[..., 2:4, 2:4] = 0.6  # a whole token: less per cell, more per token
+    rule = Preservation(threshold=0.5, estimate_for=1.0, grow=0, cell=(2, 2))
+    region = rule.region_at(0, 1, gap, None)
+    assert region[..., 2:4, 2:4].all() and not region[..., 0:2, 0:2].any()
+
+
 def test_a_flat_gap_marks_no_region_and_a_varying_one_is_cut_at_the_threshold():
     assert not region_of_gap(torch.full((1, 1, 3, 3), 0.7), 0.5).any()
     gap = torch.linspace(0, 1, 9).reshape(1, 1, 3, 3)

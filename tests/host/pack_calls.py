@@ -57,7 +57,12 @@ def invert(run_node, pack_nodes, model, source, latent, **kw):
 
 
 def edit(run_node, pack_nodes, model, inversion, source, target, cfg=7.5, **kw):
-    """All outputs of the edit sampler: (edited, reconstruction, attention)."""
+    """The edit sampler's (edited, reconstruction, attention) outputs (its edit region: :func:`edit_region`)."""
+    return edit_region(run_node, pack_nodes, model, inversion, source, target, cfg, **kw)[:3]
+
+
+def edit_region(run_node, pack_nodes, model, inversion, source, target, cfg=7.5, **kw):
+    """All outputs of the edit sampler: (edited, reconstruction, attention, edit region)."""
     return run_node(pack_nodes.SPDInvEditSampler, model=model, inversion=inversion, source=source, target=target,
                     cfg=cfg, **kw).result
 
@@ -102,6 +107,32 @@ def engine_model(run_node, pack_nodes, engine: str, model, clip, source_text: st
     if engine == "pnp":
         return run_node(pack_nodes.PNPInjection, model=model).result[0], source, target
     raise ValueError(f"unknown engine {engine!r}")
+
+
+def loadable_flux_path() -> Path:
+    """The random Flux file this ComfyUI loads: the fast reduced-width one where its Flux detection reads the width
+    from the weights (0.33), else the full-width one of reduced depth (0.3.64 fixes the width at 3072)."""
+    import comfy.model_detection
+    import comfy.utils
+
+    from spdinv_pack.tests.host.factory import FLUX_REDUCED_WIDTH, flux_full_width_model_path, flux_model_path
+
+    reduced = flux_model_path()
+    config = comfy.model_detection.detect_unet_config(comfy.utils.load_torch_file(str(reduced)), "")
+    return reduced if config["hidden_size"] == FLUX_REDUCED_WIDTH else flux_full_width_model_path()
+
+
+def editor_model_path(editor: Any) -> Path:
+    """The random diffusion-model file of an instruction editor (:data:`~.factory.INSTRUCTION_EDITORS`) that this
+    ComfyUI loads."""
+    return loadable_flux_path() if editor.model == "flux" else editor.test_model.model_path()
+
+
+def instruction(run_node, reference_latent_node, editor: Any, seed: int, photo: dict) -> list:
+    """Stand-in prompt ``seed`` of ``editor`` at its guidance, with ``photo`` attached by ComfyUI's
+    ``ReferenceLatent`` node (``reference_latent_node``), as an instruction editor's workflow hands it the photo."""
+    prompt = editor.test_model.prompt(seed, editor.guidance)
+    return run_node(reference_latent_node, conditioning=prompt, latent=photo).result[0]
 
 
 @contextlib.contextmanager

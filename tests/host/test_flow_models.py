@@ -14,7 +14,6 @@ for by random encodings of T5's and CLIP's shapes, with the guidance value FluxG
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,15 @@ from spdinv_pack.attention_patches.dit_blocks import block_from
 from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, sd3_checkpoint_path, sd_like_latent
-from spdinv_pack.tests.host.pack_calls import RowCount, diffusion_model, edit, invert, reconstruct, reconstruction_psnr
+from spdinv_pack.tests.host.pack_calls import (
+    RowCount,
+    diffusion_model,
+    edit,
+    invert,
+    loadable_flux_path,
+    reconstruct,
+    reconstruction_psnr,
+)
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 
@@ -173,23 +180,10 @@ def test_mutual_attention_refuses_a_unet_model(run_node, pack_nodes, sd15):
         mutual(run_node, pack_nodes, sd15[0])
 
 
-def flux_file() -> Path:
-    """The random Flux file this ComfyUI loads: the fast reduced-width one where its Flux detection reads the width
-    from the weights (0.33), else the full-width one of reduced depth (0.3.64 fixes the width at 3072)."""
-    import comfy.model_detection
-    import comfy.utils
-
-    from spdinv_pack.tests.host.factory import FLUX_REDUCED_WIDTH, flux_full_width_model_path, flux_model_path
-
-    reduced = flux_model_path()
-    config = comfy.model_detection.detect_unet_config(comfy.utils.load_torch_file(str(reduced)), "")
-    return reduced if config["hidden_size"] == FLUX_REDUCED_WIDTH else flux_full_width_model_path()
-
-
 @pytest.fixture(scope="module")
 def flux(comfy_env):
     """The random Flux-dev-class MODEL as ComfyUI's diffusion-model loader loads it, unloaded after the module."""
-    with diffusion_model(flux_file()) as model:
+    with diffusion_model(loadable_flux_path()) as model:
         yield model
 
 

@@ -23,7 +23,8 @@ The same cache also holds a random CLIP ViT-L/14 vision tower (Hugging Face layo
 What the tests use is re-exported here. Modules: ``shapes`` (key-shape building blocks, random init), ``cache`` (the
 cache folder), ``sd`` (SD1.5, SD2.x, SDXL-class, the LoRA), ``flow`` (SD3-class, Flux-class, Flux.2, Chroma,
 Qwen-Image, their VAEs), ``elite`` (CLIP vision, ELITE mappers), ``latents`` (:func:`sd_like_latent`), ``standins``
-(the flow families' test models with stand-in prompt encodings: :data:`FLOW_TEST_MODELS`). Import it as
+(the flow families' test models with stand-in prompt encodings: :data:`FLOW_TEST_MODELS`; the instruction
+editors on them: :data:`INSTRUCTION_EDITORS`). Import it as
 ``spdinv_pack.tests.host.factory``; ``python -m tests.host.factory`` builds the SD1.5 checkpoint and the LoRA.
 Nothing here imports ComfyUI; ``tests/host/test_harness.py`` checks the key set against it.
 """
@@ -60,13 +61,14 @@ from .sd import (
     sd15_checkpoint_path,
     sdxl_checkpoint_path,
 )
-from .standins import FLOW_TEST_MODELS, FlowTestModel
+from .standins import FLOW_TEST_MODELS, INSTRUCTION_EDITORS, FlowTestModel, InstructionEditor
 
 __all__ = [
     "CHECKPOINT_NAME", "CLIP_PREFIX", "LORA_NAME", "LORA_TARGETS", "UNET_PREFIX", "VAE_PREFIX",
     "build_lora_state_dict", "cache_dir", "chroma_model_path", "clip_vision_vitl_path", "elite_mapper_path",
     "flux_full_width_model_path", "flux_model_path", "FLUX_REDUCED_WIDTH",
-    "FLOW_TEST_MODELS", "FlowTestModel", "FLUX2_CONTEXT", "flux2_model_path", "QWEN_IMAGE_CONTEXT",
+    "FLOW_TEST_MODELS", "FlowTestModel", "INSTRUCTION_EDITORS", "InstructionEditor",
+    "FLUX2_CONTEXT", "flux2_model_path", "QWEN_IMAGE_CONTEXT",
     "qwen_image_model_path", "flux_vae_path", "flux2_vae_path", "wan21_vae_path",
     "lora_path", "sd15_checkpoint_path", "sd2_checkpoint_path", "sd3_checkpoint_path",
     "sd_like_latent", "sdxl_checkpoint_path",

@@ -92,3 +92,28 @@ FLOW_TEST_MODELS: dict[str, FlowTestModel] = {
 """By command-line name: Flux.1-dev (T5-XXL tokens, CLIP-L pooled, guidance 3.5), Flux.2 Klein (three Qwen3-4B
 layers), Chroma (T5-XXL tokens, no pooled output), Qwen-Image (Qwen2.5-VL-7B, 5-D latents), Z-Image (Qwen3-4B's
 width), HiDream (T5-XXL tokens, every Llama-3.1 layer, the pooled CLIP-L + CLIP-G)."""
+
+
+@dataclass(frozen=True)
+class InstructionEditor:
+    """An instruction editor as the tests run it: the random test model of its architecture (a key of
+    :data:`FLOW_TEST_MODELS`), its official template's CFG and distilled guidance. Its prompts carry the photo as a
+    reference latent, as ComfyUI's ``ReferenceLatent`` (and ``TextEncodeQwenImageEdit``) attach it."""
+
+    name: str
+    model: str
+    cfg: float
+    guidance: float | None = None
+
+    @property
+    def test_model(self) -> FlowTestModel:
+        return FLOW_TEST_MODELS[self.model]
+
+
+INSTRUCTION_EDITORS: dict[str, InstructionEditor] = {
+    "qwen-image-edit": InstructionEditor("Qwen-Image-Edit", "qwen-image", cfg=2.5),
+    "flux-kontext": InstructionEditor("Flux Kontext", "flux", cfg=1.0, guidance=2.5),
+}
+"""By command-line name: Qwen-Image-Edit (Qwen-Image's transformer, CFG 2.5 as core's template) and Flux Kontext
+dev (Flux.1-dev's, CFG 1 with FluxGuidance 2.5). Their text encoders also read the photo (Qwen2.5-VL sees it); the
+stand-in encodings do not."""
