@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -47,7 +48,7 @@ from bench_inversion import (  # noqa: E402 - the sibling script, imported as a 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH)")
+    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout")
     p.add_argument("--editors", nargs="+", default=["qwen-image-edit", "flux-kontext"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--resolution", type=int, default=128)
