@@ -98,6 +98,27 @@ NOTES = {
                        + SOURCE + "3. Target prompt: the edit.\n\nTrue CFG 4 against an empty negative and 50 "
                          "steps (Qwen-Image's reference settings), shift 3.1 as ComfyUI's template; inversion at "
                          "CFG 1. Fewer steps run faster. Saved: the edit, reconstruction | edit, the residual plot.",
+    "Kontext instruction": "Edit a photo with FLUX.1 Kontext [dev] without drift: SPDInv + mutual attention + "
+                           "preservation\n\nModels: models/diffusion_models/flux1-dev-kontext_fp8_scaled.safetensors; "
+                           "models/text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors; models/vae/"
+                           "ae.safetensors.\n\n" + PHOTO + "2. Instruction: the edit, as you would tell Kontext. "
+                           "(Empty instruction: leave empty.)\n\nThe photo is inverted under Kontext (the photo as "
+                           "its reference, guidance 2.5), then edited: outside the edit region the result keeps the "
+                           "photo exactly (no pixel shift). The region is found where the instruction changes the "
+                           "prediction (see 'Preview edit region'); connect a mask to 'Preserve outside edit' to "
+                           "choose it. Global edits (style, lighting): remove the preservation node. Saved: the edit, "
+                           "reconstruction | edit.",
+    "Qwen-Image-Edit instruction": "Edit a photo with Qwen-Image-Edit 2509 without drift: SPDInv + mutual attention + "
+                                   "preservation\n\nModels: models/diffusion_models/qwen_image_edit_2509_fp8_e4m3fn."
+                                   "safetensors; models/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors; models/"
+                                   "vae/qwen_image_vae.safetensors.\n\n" + PHOTO + "2. Instruction: the edit. (Empty "
+                                   "instruction: leave empty.)\n\nThe photo is inverted under Qwen-Image-Edit (the "
+                                   "photo as its reference), then edited at CFG 2.5, 20 steps, shift 3 (ComfyUI's "
+                                   "template): outside the edit region the result keeps the photo exactly (no pixel "
+                                   "shift). The region is found where the instruction changes the prediction (see "
+                                   "'Preview edit region'); connect a mask to 'Preserve outside edit' to choose it. "
+                                   "Global edits: remove the preservation node. Saved: the edit, reconstruction | "
+                                   "edit.",
     "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE
                       + "3. Steps (SPDInv inversion): the same on both inversions.\n\nThen Run. Saved: both "
                         "reconstructions and the residual plot.",
@@ -121,9 +142,16 @@ MODEL_FILES = {
                                                                "resolve/main/split_files/text_encoders/"),
     "qwen_image_vae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/"
                                           "split_files/vae/"),
+    "flux1-dev-kontext_fp8_scaled.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/"
+                                                                     "flux1-kontext-dev_ComfyUI/resolve/main/"
+                                                                     "split_files/diffusion_models/"),
+    "qwen_image_edit_2509_fp8_e4m3fn.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/"
+                                                                        "Qwen-Image-Edit_ComfyUI/resolve/main/"
+                                                                        "split_files/diffusion_models/"),
 }
 """Model file -> (ComfyUI models folder, download folder URL), as ComfyUI's own templates name and link them
-(comfyui-workflow-templates: flux_dev_full_text_to_image, image_flux2_klein_text_to_image, image_qwen_image)."""
+(comfyui-workflow-templates: flux_dev_full_text_to_image, image_flux2_klein_text_to_image, image_qwen_image; the
+Kontext and Qwen-Image-Edit files from Comfy-Org's flux1-kontext-dev_ComfyUI and Qwen-Image-Edit_ComfyUI)."""
 LOADERS = ("UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple")
 
 

@@ -102,6 +102,25 @@ ON_0_3_64 = {"Flux.2": "ComfyUI 0.3.64 has no Flux.2"}
 TEXT_ENCODER_LOADERS = {"CLIPLoader", "DualCLIPLoader"}
 
 
+QWEN_EDIT_ENCODERS = {"TextEncodeQwenImageEdit", "TextEncodeQwenImageEditPlus"}
+
+
+def stand_in_for_qwen_edit_encoder(prompt: dict, node_id: str) -> None:
+    """Replace a Qwen-Image-Edit text encoder node (Qwen2.5-VL reads the prompt and the photo) by the stand-in
+    encoding of its prompt with the photo's latent attached by ``ReferenceLatent``, as the node attaches it (the
+    node's own 1-megapixel resize aside); the node's id now names the ``ReferenceLatent``."""
+    node = prompt[node_id]
+    inputs = node["inputs"]
+    image = inputs.get("image", inputs.get("image1"))
+    family = prompt[inputs["clip"][0]]["inputs"]["type"]
+    prompt[f"{node_id} stand-in"] = {"class_type": "SPDInvTestTextEncoderStandIn", "_meta": node["_meta"],
+                                     "inputs": {"text": inputs["prompt"], "family": family}}
+    prompt[f"{node_id} reference"] = {"class_type": "VAEEncode", "_meta": {"title": "Encode reference"},
+                                      "inputs": {"pixels": image, "vae": inputs["vae"]}}
+    prompt[node_id] = {"class_type": "ReferenceLatent", "_meta": node["_meta"],
+                       "inputs": {"conditioning": [f"{node_id} stand-in", 0], "latent": [f"{node_id} reference", 0]}}
+
+
 def comfyui_version(comfyui_path: Path) -> tuple[int, ...]:
     """The checkout's version from its ``comfyui_version.py``."""
     text = (comfyui_path / "comfyui_version.py").read_text()
@@ -115,7 +134,8 @@ def diffusion_model_family(ui_path: Path) -> str | None:
 def with_test_models(prompt: dict, family: str, old_comfyui: bool = False) -> dict[str, str]:
     """Run a diffusion-model workflow on the family's random files (on ComfyUI 0.3.x, those of
     :data:`ON_0_3_64_MODELS`): the diffusion model and VAE swapped in, each text-encoder loader + ``CLIPTextEncode``
-    replaced by the test-only stand-in (``FluxGuidance`` stays), and ``SaveLatent`` of the encoded photo and the
+    replaced by the test-only stand-in (``FluxGuidance`` and ``ReferenceLatent`` stay; a Qwen-Image-Edit encoder
+    becomes :func:`stand_in_for_qwen_edit_encoder`), and ``SaveLatent`` of the encoded photo and the
     edit's reconstruction added; returns their node ids."""
     model_path, vae_path = DIFFUSION_MODEL_FAMILIES[family]
     model_path = ON_0_3_64_MODELS.get(family, model_path) if old_comfyui else model_path
@@ -130,6 +150,8 @@ def with_test_models(prompt: dict, family: str, old_comfyui: bool = False) -> di
             encoder = prompt[node["inputs"]["clip"][0]]
             prompt[node_id] = {"class_type": "SPDInvTestTextEncoderStandIn", "_meta": node["_meta"],
                                "inputs": {"text": node["inputs"]["text"], "family": encoder["inputs"]["type"]}}
+        elif node["class_type"] in QWEN_EDIT_ENCODERS:
+            stand_in_for_qwen_edit_encoder(prompt, node_id)
     for node_id in loaders:
         del prompt[node_id]
     encoded = next(i for i, n in prompt.items() if n["class_type"] == "VAEEncode")
