@@ -113,7 +113,8 @@ class InstructionEditor:
 INSTRUCTION_EDITORS: dict[str, InstructionEditor] = {
     "qwen-image-edit": InstructionEditor("Qwen-Image-Edit", "qwen-image", cfg=2.5),
     "flux-kontext": InstructionEditor("Flux Kontext", "flux", cfg=1.0, guidance=2.5),
+    "flux2-edit": InstructionEditor("Flux.2 [klein] edit", "flux2", cfg=1.0),
 }
-"""By command-line name: Qwen-Image-Edit (Qwen-Image's transformer, CFG 2.5 as core's template) and Flux Kontext
-dev (Flux.1-dev's, CFG 1 with FluxGuidance 2.5). Their text encoders also read the photo (Qwen2.5-VL sees it); the
-stand-in encodings do not."""
+"""By command-line name: Qwen-Image-Edit (Qwen-Image's transformer, CFG 2.5 as core's template), Flux Kontext dev
+(Flux.1-dev's, CFG 1 with FluxGuidance 2.5) and Flux.2 [klein]'s reference edits (distilled Klein, CFG 1). Their text
+encoders also read the photo (Qwen2.5-VL sees it); the stand-in encodings do not."""
