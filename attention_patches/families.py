@@ -150,7 +150,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("Qwen-Image", ("QwenImage",), tokens="joint", blocks=(("double_block", "transformer_blocks"),),
            grid="simple", hook="attn1_patch", engines=(MMDIT,), defaults={"mmdit_start_block": 0.5}),
     Family("Z-Image", ("ZImage",), tokens="joint", blocks=(("double_block", "layers"),), grid="simple",
-           hook=OVERRIDE, marks=("noise_refiner", "context_refiner"), engines=(MMDIT,),
+           hook=OVERRIDE, marks=("noise_refiner", "context_refiner"), refuses=("ref_latents",), engines=(MMDIT,),
            defaults={"mmdit_start_block": 0.5}),
     Family("HiDream", ("HiDream",), tokens="joint+single", blocks=HIDREAM_BLOCKS, grid="simple", hook=OVERRIDE,
            image_at="first", refuses=("image_cond",), engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
@@ -170,5 +170,7 @@ like SD3.x's joint blocks) takes SD3.x's 0.5, HiDream (16 double- then 32 single
 block patches, so the engine is one model-wide attention override there (ComfyUI 0.33 for Z-Image, 0.3.64 too for
 HiDream); a Lumina 2 model (Z-Image's parent config: the same transformer, no pad tokens) is Z-Image-like by its
 structure and runs it too. HiDream E1's reference image (``image_cond``) is concatenated with the latent along the
-width, which interleaves its tokens with the photo's: the engine refuses it. Wan inverts (any flow model does) but has
-no editing engine yet."""
+width, which interleaves its tokens with the photo's, and Z-Image's omni reference images (``ref_latents``) come with
+their own caption segments: the engine refuses both. Flux's, Flux.2's and Qwen-Image's reference images (Kontext,
+Flux.2 edits, Qwen-Image-Edit) follow the image's tokens; the engine leaves them out of what it shares. Wan inverts
+(any flow model does) but has no editing engine yet."""

@@ -78,10 +78,13 @@ class AttentionPatch(EnginePatch):
 
 class JointAttentionOverride:
     """``optimized_attention_override`` for the attention calls of one DiT block: hands q, k, v to the engine,
-    which attends through an override that was there before (another node's) or the host's attention."""
+    which attends through an override that was there before (another node's) or the host's attention. The call's
+    tokens end with the ``image_tokens`` of the noisy image, then ``reference_tokens`` of reference images."""
 
-    def __init__(self, engine: EditEngine, block: DiTBlock, image_tokens: int, previous: Any = None):
+    def __init__(self, engine: EditEngine, block: DiTBlock, image_tokens: int, previous: Any = None,
+                 reference_tokens: int = 0):
         self.engine, self.block, self.image_tokens, self.previous = engine, block, image_tokens, previous
+        self.reference_tokens = reference_tokens
 
     def __call__(self, func: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
         q, k, v, *rest = args
@@ -92,9 +95,9 @@ class JointAttentionOverride:
 
         inner = None if self.previous is None else (lambda q, k, v: self.previous(func, q, k, v, *rest, **kwargs))
         token_dim = 2 if kwargs.get("skip_reshape") else 1
-        tokens = k.shape[token_dim]
+        stop = k.shape[token_dim] - self.reference_tokens
         call = AttentionCall.of(q, k, v, heads, "joint", self.block, kwargs.get("transformer_options") or {},
-                                plain, inner, image=(tokens - min(self.image_tokens, tokens), tokens),
+                                plain, inner, image=(stop - min(self.image_tokens, stop), stop),
                                 token_dim=token_dim)
         return self.engine.attention(call)
 
@@ -108,7 +111,8 @@ class JointBlockPatch(EnginePatch):
         run = EditRun.of(options)
         tokens = run.image_tokens if run is not None and run.image_tokens is not None else args["img"].shape[1]
         options["optimized_attention_override"] = JointAttentionOverride(
-            self.engine, self.site, tokens, options.get("optimized_attention_override"))
+            self.engine, self.site, tokens, options.get("optimized_attention_override"),
+            0 if run is None else run.reference_tokens)
         args = {**args, "transformer_options": options}
         if self.inner is not None:
             return self.inner(args, extra)
@@ -201,10 +205,16 @@ class EditCallWrapper:
         except (AttributeError, TypeError, ValueError):
             given = kwargs
         for name in self.refuses:
-            if given.get(name) is not None:
-                raise ValueError(f"model: the model is called with {name} (such as HiDream E1's reference image), "
-                                 f"whose image tokens {self.engine.name} cannot tell from the photo's; edit without "
-                                 f"it, or without the {self.engine.node} node")
+            if given.get(name) is not None or kwargs.get(name) is not None:
+                raise ValueError(f"model: the model is called with {name} (a reference image), whose image tokens "
+                                 f"{self.engine.name} cannot tell from the photo's on this model; edit without it, "
+                                 f"or without the {self.engine.node} node")
+
+    def tokens_of(self, latent: torch.Tensor) -> int:
+        """Tokens a latent ``[B, C, (frames,) h, w]`` makes: patches of ``patch_size`` (padded), per frame."""
+        h, w = latent.shape[-2:]
+        frames = latent.shape[2] if latent.dim() == 5 else 1
+        return frames * -(-h // self.patch_size) * -(-w // self.patch_size)
 
     def __call__(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
         options = call_options(args, kwargs)
@@ -213,8 +223,8 @@ class EditCallWrapper:
             return executor(*args, **kwargs)
         self.check_inputs(executor, args, kwargs)
         if self.patch_size is not None:
-            h, w = args[0].shape[-2:]
-            run = run.for_call(image_tokens=-(-h // self.patch_size) * -(-w // self.patch_size))
+            run = run.for_call(image_tokens=self.tokens_of(args[0]),
+                               reference_tokens=sum(self.tokens_of(ref) for ref in kwargs.get("ref_latents") or ()))
             options[RUN_KEY] = run
         step = run.step_at(options.get("sigmas"))
         chunks = Chunks(options.get("cond_or_uncond", [0]), run.shared_source)

@@ -36,8 +36,9 @@ class EditRun:
     """One edit: its descending sigma grid (ending at 0), one branch's latent shape, and ``records``, the
     per-run data engines gather (P2P's maps, MasaCtrl's step maps), keyed by engine name.
 
-    ``shared_source`` and ``image_tokens`` are per-call facts the pack's wrappers add (:meth:`for_call`): the
-    call's unconditional chunks carry target rows only; how many of a DiT call's tokens are image tokens.
+    ``shared_source``, ``image_tokens`` and ``reference_tokens`` are per-call facts the pack's wrappers add
+    (:meth:`for_call`): the call's unconditional chunks carry target rows only; how many of a DiT call's tokens are
+    the noisy image's; how many are reference images' (an instruction editor's, after the image's).
     """
 
     grid: torch.Tensor
@@ -45,6 +46,7 @@ class EditRun:
     records: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     shared_source: bool = False
     image_tokens: int | None = None
+    reference_tokens: int = 0
 
     @property
     def steps(self) -> int:

@@ -168,7 +168,7 @@ def test_the_engine_is_one_override_chained_onto_the_one_there_before_on_a_clone
     assert base.model_options["transformer_options"] == {OVERRIDE: earlier}
     assert not {"patches", "patches_replace"} & set(patched.model_options["transformer_options"])
     (wrapper,) = patched.model_options["transformer_options"]["wrappers"]["wrapper"][WRAPPER_KEY]
-    assert sorted(wrapper.blocks) == ["layers.0", "layers.1", "layers.2"] and wrapper.refuses == ()
+    assert sorted(wrapper.blocks) == ["layers.0", "layers.1", "layers.2"] and wrapper.refuses == ("ref_latents",)
     tokens = torch.randn(2, 4 + 8, 3)  # caption 3 → 4, image 2×3 = 6 → 8 (two pads)
     run_call(patched, torch.zeros(2, 16, 4, 6), tokens)
     assert len(theirs) == 5  # every attention still reaches the earlier override, refiners included

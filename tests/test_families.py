@@ -159,3 +159,30 @@ def test_where_the_blocks_call_the_pre_attention_hook_the_engine_is_one_attn1_pa
     assert torch.equal(out["k"][1, :, 3:7], k[0, :, 3:7]) and torch.equal(out["v"][1, :, 3:7], v[0, :, 3:7])
     assert torch.equal(out["k"][1, :, :3], k[1, :, :3]) and torch.equal(out["v"][1, :, 7:], v[1, :, 7:])
     assert torch.equal(out["k"][0], k[0])
+
+
+def test_on_the_block_patch_route_reference_image_tokens_after_the_photos_are_left_out():
+    """0.3.x Flux and Qwen-Image blocks: the wrapper counts the reference latents' tokens (an instruction editor's),
+    and the shared keys and values are the noisy image's, which lie before them."""
+    wrapper = EditCallWrapper(JointMutualAttention(0.0, 0), patch_size=2)
+    seen = []
+    run = edit_run(4)
+    options = {RUN_KEY: run, "sigmas": run.grid[1:2], "cond_or_uncond": [0]}
+    wrapper(lambda x, options, ref_latents: seen.append(options[RUN_KEY]), torch.zeros(2, 16, 4, 4), options,
+            ref_latents=[torch.zeros(1, 16, 6, 4), torch.zeros(1, 16, 1, 2, 2)])
+    assert seen[-1].image_tokens == 4 and seen[-1].reference_tokens == 6 + 1
+    block = Family.of(FakePatcher(FluxLike(), config("Flux"))).sites(FluxLike())[0]
+    patch = JointBlockPatch(JointMutualAttention(0.0, 0), block)
+    q, k, v = (torch.randn(2, 3 + 4 + 7, 8) for _ in range(3))  # 3 text, 4 image, 7 reference tokens
+    captured = {}
+
+    def block_forward(args):
+        override = args["transformer_options"]["optimized_attention_override"]
+        captured["k"] = override(lambda q, k, v, *a, **kw: k, q, k, v, 1,
+                                 transformer_options=args["transformer_options"])
+        return args["img"]
+
+    patch({"img": torch.zeros(2, 11, 8), "transformer_options": {**options, RUN_KEY: seen[-1]}},
+          {"original_block": block_forward})
+    shared = captured["k"]
+    assert torch.equal(shared[1, 3:7], k[0, 3:7]) and torch.equal(shared[1, 7:], k[1, 7:])
