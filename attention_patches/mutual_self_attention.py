@@ -26,9 +26,9 @@ from ..spdinv.branches import BranchLayout
 from .attention_call import AttentionCall
 from .attention_math import attention_probs, masked_attention
 from .engine import EditEngine
-from .families import MASACTRL
+from .families import MASACTRL, Family
 from .run import EditRun, check_fraction
-from .unet_layers import TransformerLayer
+from .unet_layers import TransformerLayer, decoder_layer_at
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,12 @@ class StepMaps:
     step: int | None = None
     maps: list[torch.Tensor] = field(default_factory=list)
 
+
+
+def auto_start_layer(family: Family, unet: torch.nn.Module) -> int:
+    """``start_layer`` -1's layer: ``family``'s default fraction into the decoder's transformer layers (SD1.x 10 of
+    16, SDXL 46 of 70); one function so that the node and the tests make the same choice."""
+    return decoder_layer_at(family.sites(unet), family.default("masactrl_decoder_start"))
 
 @dataclass(frozen=True, eq=False)
 class MutualSelfAttention(EditEngine):

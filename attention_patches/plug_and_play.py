@@ -24,9 +24,9 @@ from ..spdinv.branches import BranchLayout, Chunks
 from ..spdinv.guidance import EditRecipe
 from .attention_call import AttentionCall
 from .engine import EditEngine, FeatureTap
-from .families import PNP
+from .families import PNP, Family
 from .run import EditRun, check_fraction, steps_for
-from .unet_layers import TransformerLayer
+from .unet_layers import TransformerLayer, decoder_stage_at_level, resblock_output_path
 
 
 def pnp_attention_layers(layers: Sequence[TransformerLayer]) -> frozenset[tuple[str, int, int]]:
@@ -39,6 +39,15 @@ def pnp_attention_layers(layers: Sequence[TransformerLayer]) -> frozenset[tuple[
     first = decoder[0].block_id
     return frozenset(layer.key for layer in decoder if layer.block_id != first)
 
+
+
+def pnp_sites(family: Family, unet: torch.nn.Module) -> tuple[str, frozenset[tuple[str, int, int]]]:
+    """The feature path and the query/key layers PlugAndPlay controls on ``unet``, chosen by ``family``'s
+    defaults from the UNet's structure (SD1.x: ``output_blocks.4.0.out_layers.3``, SDXL:
+    ``output_blocks.1.0.out_layers.3``); one function so that the node and the tests make the same choice."""
+    stage = decoder_stage_at_level(unet, family.default("pnp_feature_level"))
+    path = resblock_output_path(unet, stage, family.default("pnp_feature_index"))
+    return path, pnp_attention_layers(family.sites(unet))
 
 @dataclass(frozen=True, eq=False)
 class PlugAndPlay(EditEngine):

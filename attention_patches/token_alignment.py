@@ -46,15 +46,6 @@ class PromptTokens:
         """Number of content tokens (BOS, EOS and padding excluded)."""
         return sum(len(tokens) for tokens in self.word_tokens)
 
-    def word_positions(self, k: int) -> list[int]:
-        """Window positions of word ``k``'s tokens; the first content token sits at position 1, after BOS."""
-        start = 1 + sum(len(tokens) for tokens in self.word_tokens[:k])
-        return list(range(start, start + len(self.word_tokens[k])))
-
-    def token_positions(self) -> list[int]:
-        """Window positions of all content tokens, ``1..n_tokens`` (e.g. to preview their attention maps)."""
-        return list(range(1, self.n_tokens + 1))
-
 
 def _word_starts(prompt: PromptTokens) -> list[int]:
     """Indices into ``prompt.ids`` where a word begins (words that have no tokens are skipped)."""

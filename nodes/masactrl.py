@@ -9,9 +9,8 @@ from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
 from ..attention_patches.families import Family
-from ..attention_patches.mutual_self_attention import AutoMask, MutualSelfAttention
+from ..attention_patches.mutual_self_attention import AutoMask, MutualSelfAttention, auto_start_layer
 from ..attention_patches.registration import attach_engine
-from ..attention_patches.unet_layers import decoder_layer_at
 from ..spdinv.guidance import EditRecipe
 from .clip_tokens import named, phrase_positions, prompt_tokens, token_ids
 
@@ -109,8 +108,7 @@ class MasaCtrlMutualAttention(io.ComfyNode):
         family = Family.of(model)
         family.require(MutualSelfAttention.node)
         if start_layer == AUTO_START:
-            layers = named("model", family.sites, model.get_model_object("diffusion_model"))
-            start_layer = named("model", decoder_layer_at, layers, family.default("masactrl_decoder_start"))
+            start_layer = named("model", auto_start_layer, family, model.get_model_object("diffusion_model"))
         engine = MutualSelfAttention(start_step, start_layer, image_mask, auto, family.default("masactrl_map_level"),
                                      recipe=recipe)
         return io.NodeOutput(attach_engine(model, engine, optimized_attention, WrappersMP.DIFFUSION_MODEL))

@@ -7,9 +7,8 @@ from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
 from ..attention_patches.families import Family
-from ..attention_patches.plug_and_play import PlugAndPlay, pnp_attention_layers
+from ..attention_patches.plug_and_play import PlugAndPlay, pnp_sites
 from ..attention_patches.registration import attach_engine
-from ..attention_patches.unet_layers import decoder_stage_at_level, resblock_output_path
 from ..spdinv.guidance import EditRecipe
 from .clip_tokens import named
 
@@ -53,10 +52,7 @@ class PNPInjection(io.ComfyNode):
             raise ValueError(f"source_path must be one of {SOURCE_PATHS}, got {source_path!r}")
         family = Family.of(model)
         family.require(PlugAndPlay.node)
-        unet = model.get_model_object("diffusion_model")
-        stage = named("model", decoder_stage_at_level, unet, family.default("pnp_feature_level"))
-        path = named("model", resblock_output_path, unet, stage, family.default("pnp_feature_index"))
-        layers = named("model", pnp_attention_layers, named("model", family.sites, unet))
+        path, layers = named("model", pnp_sites, family, model.get_model_object("diffusion_model"))
         recipe = EditRecipe(source_cfg=1.0, source_from_inversion=True,
                             source_from_reconstruction=source_path == "reconstruction")
         engine = PlugAndPlay(path, feature_fraction, attention_fraction, layers, recipe=recipe)

@@ -1,5 +1,6 @@
 """Each engine chooses its layers from the UNet's structure: SD1.5's reference choice, and the same rules
-on an SDXL-style layout (SPEC §4)."""
+on an SDXL-style layout (SPEC §4). The family-default choices are read from the functions the nodes call
+(``pnp_sites``, ``auto_start_layer``), so they are what a user of the node gets."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import torch
 from unet_standins import sd15_like, sdxl_like
 
 from spdinv_pack.attention_patches.families import FAMILIES
-from spdinv_pack.attention_patches.mutual_self_attention import MutualSelfAttention
-from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay, pnp_attention_layers
+from spdinv_pack.attention_patches.mutual_self_attention import MutualSelfAttention, auto_start_layer
+from spdinv_pack.attention_patches.plug_and_play import PlugAndPlay, pnp_attention_layers, pnp_sites
 from spdinv_pack.attention_patches.prompt_to_prompt import PromptToPrompt, ReplaceMapping
 from spdinv_pack.attention_patches.unet_layers import (
-    decoder_layer_at,
     decoder_stage_at_level,
     resblock_output_path,
     transformer_layers,
 )
+
+
+def family(name):
+    return next(f for f in FAMILIES if f.name == name)
 
 
 def controlled(engine, layers, kind):
@@ -45,25 +49,28 @@ def test_sdxl_layout_gets_the_same_rules():
     assert {(la.block, la.block_id): la.level for la in layers if la.index == 0} == {
         ("input", 4): 1, ("input", 5): 1, ("input", 7): 2, ("input", 8): 2, ("middle", 0): 2,
         ("output", 0): 2, ("output", 1): 2, ("output", 2): 2, ("output", 3): 1, ("output", 4): 1, ("output", 5): 1}
-    p2p = PromptToPrompt(ReplaceMapping(torch.eye(77)))
+    p2p = PromptToPrompt(ReplaceMapping(torch.eye(77)), self_min_level=family("SDXL").default("p2p_self_min_level"))
     assert len(controlled(p2p, layers, "attn1")) == 70
-    sdxl = next(f for f in FAMILIES if f.name == "SDXL")
-    stage = decoder_stage_at_level(unet, sdxl.default("pnp_feature_level"))
-    pnp = PlugAndPlay(resblock_output_path(unet, stage, sdxl.default("pnp_feature_index")),
-                      qk_layers=pnp_attention_layers(layers))
-    assert pnp.feature_path == "output_blocks.1.0.out_layers.3"  # what the node uses on SDXL
-    assert len(pnp.qk_layers) == 26 and not any(key[1] == 0 for key in pnp.qk_layers)
+    path, qk_layers = pnp_sites(family("SDXL"), unet)
+    assert path == "output_blocks.1.0.out_layers.3"
+    assert len(qk_layers) == 26 and not any(key[1] == 0 for key in qk_layers)
     with pytest.raises(ValueError, match="the model has 70 transformer layers"):
         MutualSelfAttention(start_layer=70).check_sites(layers)
 
 
-def test_a_third_into_the_decoder_is_sd15s_masactrl_layer_and_comparable_on_sdxl():
-    assert decoder_layer_at(transformer_layers(sd15_like()), 1 / 3) == 10
-    sdxl = transformer_layers(sdxl_like())
-    start = decoder_layer_at(sdxl, 1 / 3)
-    controlled_layers = [la for la in sdxl if la.order >= start]
+def test_masactrl_auto_start_is_sd15s_layer_and_a_third_into_sdxls_decoder():
+    assert auto_start_layer(family("SD1.x"), sd15_like()) == 10
+    sdxl = sdxl_like()
+    start = auto_start_layer(family("SDXL"), sdxl)
+    controlled_layers = [la for la in transformer_layers(sdxl) if la.order >= start]
     assert start == 46 and len(controlled_layers) == 24
     assert {la.block for la in controlled_layers} == {"output"}
+
+
+def test_pnp_node_choice_is_the_reference_block_on_sd15():
+    path, qk_layers = pnp_sites(family("SD1.x"), sd15_like())
+    assert path == "output_blocks.4.0.out_layers.3"
+    assert sorted(key[1] for key in qk_layers) == list(range(4, 12))
 
 
 def test_pnp_feature_block_sits_at_a_32nd_of_the_image_on_every_family():

@@ -42,27 +42,30 @@ def prompt(text: str, length: int = 77) -> PromptTokens:
                         length=length)
 
 
-def test_content_positions_start_after_bos():
+def test_content_tokens_are_the_words_tokens_in_order():
     p = prompt("a photo of a cat")
     assert p.words == ("a", "photo", "of", "a", "cat")
     assert p.n_tokens == 5
-    assert p.word_positions(0) == [1]
-    assert p.word_positions(4) == [5]
-    assert p.token_positions() == [1, 2, 3, 4, 5]
     assert p.ids == tuple(fake_tokenize("a photo of a cat"))
+
+
+def test_content_positions_start_after_bos():
+    p = prompt("a photo of a cat")
+    assert find_phrase(p, "a", fake_tokenize) == [1, 4]
+    assert find_phrase(p, "cat", fake_tokenize) == [5]
 
 
 def test_multi_token_words_and_punctuation_take_consecutive_positions():
     p = prompt("a crocodile swims.")
     assert p.word_tokens[1] == tuple(fake_tokenize("crocodile"))
-    assert p.word_positions(1) == [2, 3]
-    assert p.word_positions(2) == [4, 5]
     assert p.n_tokens == 5
+    assert find_phrase(p, "crocodile", fake_tokenize) == [2, 3]
+    assert find_phrase(p, "swims.", fake_tokenize) == [4, 5]
 
 
 def test_empty_prompt_has_no_tokens():
     p = prompt("   ")
-    assert p.words == () and p.n_tokens == 0 and p.token_positions() == []
+    assert p.words == () and p.n_tokens == 0 and p.ids == ()
 
 
 def test_find_phrase_sees_a_word_before_its_punctuation():

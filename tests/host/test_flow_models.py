@@ -141,7 +141,12 @@ def test_mutual_attention_keeps_more_of_the_photo_and_identity_stays_exact(run_n
     baseline = latent_psnr(plain["samples"], recon["samples"])
     print(f"\n[host] SD3 edit vs reconstruction: plain {baseline:.3f} dB, mutual keys+values "
           f"{results['keys and values']:.3f} dB, values only {results['values']:.3f} dB")
-    assert len({baseline, *results.values()}) == 3  # random weights attend almost uniformly: small effects
+    # Random weights attend almost uniformly, so the effects are small (+0.005 dB here; sharing the opposite way,
+    # target + (target - source), gives -0.006 dB), but the edit that attends to the source's image tokens must lie
+    # nearer the reconstruction than the plain edit.
+    for share, psnr in results.items():
+        assert psnr > baseline, f"{share}: {psnr:.4f} dB from the reconstruction, plain edit {baseline:.4f} dB"
+    assert results["keys and values"] != results["values"]
 
 
 def test_mutual_attention_patches_only_a_clone_and_chains_onto_a_block_patch(run_node, pack_nodes, sd3_scene):

@@ -109,12 +109,22 @@ def test_p2p_keeps_patches_other_nodes_put_on_the_model(run_node, pack_nodes, ph
     assert calls["n"] > 0
 
 
-def test_cfg_one_runs_cond_only_batches(run_node, pack_nodes, photo_scene):
+def test_cfg_one_runs_cond_only_batches(run_node, pack_nodes, photo_scene, monkeypatch):
     """At CFG 1 everywhere ComfyUI skips the unconditional batch: the controller sees cond chunks only."""
     model, clip, _, inversion = photo_scene
     patched, source, target = p2p(run_node, pack_nodes, model, clip, "a photo of a dog", proximal_guidance=False,
                                   inversion_guidance=False)
+    seen = []
+    engine = type(patched.model_options["transformer_options"]["spdinv_engine"])
+    original = engine.cross_attention
+
+    def spy(self, call):
+        seen.append(tuple(call.chunks))
+        return original(self, call)
+
+    monkeypatch.setattr(engine, "cross_attention", spy)
     edited, recon, attention = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=1.0)
+    assert seen and set(seen) == {(0,)}
     assert torch.isfinite(edited["samples"]).all() and attention.maps is not None
 
 
