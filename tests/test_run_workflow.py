@@ -80,6 +80,7 @@ def executing(node: str | None, prompt_id: str = "p") -> dict[str, Any]:
 def test_progress_line_names_the_node_step_elapsed_and_time_left() -> None:
     prompt = p2p()
     tracker = rw.ProgressTracker(rw.api_titles(prompt), {"8": 10, "9": 10}, start=0.0, prompt_id="p")
+    assert tracker.line(3.0) == "waiting for ComfyUI | 0:03 elapsed"
     assert tracker.feed(executing("8"), 10.0) == "node"
     assert tracker.line(10.0) == "SPDInv inversion | 0:10 elapsed"
     assert tracker.feed(progress("8", 2, 10), 14.0) == "step"
@@ -87,8 +88,14 @@ def test_progress_line_names_the_node_step_elapsed_and_time_left() -> None:
     assert tracker.line(14.0) == "SPDInv inversion | step 2/10 | 0:14 elapsed | ~0:36 left"
     tracker.feed(progress("8", 10, 10), 30.0)
     tracker.feed(executing("9"), 30.0)
+    assert tracker.line(30.0) == "P2P edit | 0:30 elapsed | ~0:20 left"  # its 10 planned steps at 2 s
     tracker.feed(progress("9", 5, 10), 35.0)
     assert tracker.line(35.0) == "P2P edit | step 5/10 | 0:35 elapsed | ~0:05 left"
+    tracker.feed(progress("9", 10, 10), 40.0)
+    tracker.feed(executing("10"), 40.0)
+    assert tracker.line(41.0) == "Decode edit | 0:41 elapsed"  # no planned step left: no estimate
+    tracker.feed(executing(None), 42.0)
+    assert tracker.line(42.0) == "done, collecting the images | 0:42 elapsed"
 
 
 def test_progress_ignores_other_prompts_and_skips_cached_nodes() -> None:

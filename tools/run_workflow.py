@@ -462,6 +462,7 @@ class ProgressTracker:
     maximum: int = 0
     finished: dict[str, tuple[int, float]] = field(default_factory=dict)
     cached: set[str] = field(default_factory=set)
+    ran: bool = False
 
     def feed(self, message: Mapping[str, Any], now: float) -> str | None:
         """Take one message; return "node" when another node started, "step" on progress, else None."""
@@ -480,24 +481,30 @@ class ProgressTracker:
             if self.node is not None and self.value:
                 self.finished[self.node] = (self.value, now - self.node_start)
             self.node, self.node_start, self.value, self.maximum = (None if node is None else str(node)), now, 0, 0
+            self.ran = self.ran or node is not None
         if kind == "progress":
             self.value, self.maximum = int(data.get("value") or 0), int(data.get("max") or 0)
         return "node" if switched else "step" if kind == "progress" else None
 
     def seconds_left(self, now: float) -> float | None:
-        """Estimated seconds left, or None before the first step."""
+        """Estimated seconds left; None before the first step and once no planned step is left."""
         running = now - self.node_start if self.value else 0.0
         steps = sum(n for n, _ in self.finished.values()) + self.value
         if not steps:
             return None
         mean = (sum(t for _, t in self.finished.values()) + running) / steps
-        here = (self.maximum - self.value) * running / self.value if self.value else 0.0
+        if self.value:
+            here = (self.maximum - self.value) * running / self.value
+        else:  # a node that has not reported a step yet: its planned steps at the mean pace
+            here = mean * self.plan.get(self.node or "", 0)
         skip = {*self.finished, *self.cached, self.node}
-        return here + mean * sum(n for node_id, n in self.plan.items() if node_id not in skip)
+        left = here + mean * sum(n for node_id, n in self.plan.items() if node_id not in skip)
+        return left or None
 
     def line(self, now: float) -> str:
         """``title | step i/n | elapsed | ~left``, the parts known so far."""
-        parts = [self.titles.get(self.node, self.node) if self.node is not None else "waiting for ComfyUI"]
+        idle = "done, collecting the images" if self.ran else "waiting for ComfyUI"
+        parts = [self.titles.get(self.node, self.node) if self.node is not None else idle]
         if self.maximum:
             parts.append(f"step {self.value}/{self.maximum}")
         parts.append(f"{format_duration(now - self.start)} elapsed")
