@@ -212,3 +212,31 @@ def test_the_runner_imports_no_torch() -> None:
 
     code = "import sys, tools.run_workflow; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=P2P.parents[2]).returncode == 0
+
+
+class LiveProcess:
+    returncode = None
+
+    def poll(self) -> None:
+        return None
+
+
+def test_waiting_outlasts_a_poll_that_times_out_while_the_server_is_alive(tmp_path: Path) -> None:
+    from spdinv_pack.tools import comfy_server
+
+    (tmp_path / "main.py").write_text("")
+    server = comfy_server.ComfyServer(tmp_path)
+    server.port, server.proc = 1, LiveProcess()
+    answers: list[Any] = [TimeoutError("timed out"), {"status": {"completed": True}}]
+
+    def history(prompt_id: str) -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    server.history = history  # type: ignore[method-assign]
+    assert server.wait("p", timeout=10, poll=0) == {"status": {"completed": True}}
+    answers[:] = [ConnectionRefusedError("refused")]
+    with pytest.raises(comfy_server.ComfyServerError, match="cannot reach ComfyUI"):
+        server.wait("p", timeout=10, poll=0)
