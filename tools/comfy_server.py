@@ -593,9 +593,10 @@ class ComfyServer:
             try:
                 entry = self.history(prompt_id)
             except OSError as e:  # connection refused/reset: find out below whether the server died
-                if self.proc is None or self.proc.poll() is None:
+                late = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
+                if not late and (self.proc is None or self.proc.poll() is None):
                     raise ComfyServerError(f"cannot reach ComfyUI at {self.url}: {e}") from e
-                entry = None
+                entry = None  # a server busy swapping may answer a poll late: ask again until the deadline
             if entry is not None:
                 status = entry.get("status") or {}
                 if status.get("completed") or status.get("status_str") == "success":

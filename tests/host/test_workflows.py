@@ -209,22 +209,34 @@ def test_api_twin_executes_on_the_example_photo(server, ui_path, clip_vision_pat
 ], ids=["reconstruction", "p2p"])
 def test_headless_runner_runs_a_shipped_workflow_from_the_command_line(comfyui_path, sd15_checkpoint_path,
                                                                        photo_file, tmp_path, ui, prompts, expected):
-    """The UI file itself, converted by comfy-cli inside the runner."""
+    """The UI file itself, converted by comfy-cli inside the runner, on the device the runner picks. The P2P edit
+    keeps the quick preset's image size (256, on the CPU) and reports its changes, device and progress."""
     needs_comfy_cli()
-    sets = [f"{k}={v}" for k, v in small_overrides(api_prompt(ui)).items()]
+    small = small_overrides(api_prompt(ui))
     if ui == P2P:
-        sets += ["Prompt-to-Prompt.blend_source_words=dog", "Prompt-to-Prompt.blend_target_words=cat",
-                 "Prompt-to-Prompt.reweight=cat:2.0"]
+        small = {k: v for k, v in small.items() if not k.startswith("Resize.")}
+        small.update({"Prompt-to-Prompt.blend_source_words": "dog", "Prompt-to-Prompt.blend_target_words": "cat",
+                      "Prompt-to-Prompt.reweight": "cat:2.0"})
     cmd = [sys.executable, "-m", "tools.run_workflow", str(ui), "--comfyui", str(comfyui_path),
            "--python", sys.executable, "--checkpoint", str(sd15_checkpoint_path), "--image", str(photo_file),
            *prompts, "--out", str(tmp_path)]
-    for s in sets:
-        cmd += ["--set", s]
+    for key, value in small.items():
+        cmd += ["--set", f"{key}={value}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     for prefix in expected:
         assert any(n.startswith(prefix) for n in names), names
+    if ui == P2P:
+        log = done.stderr
+        on_cpu = "\ndevice: CPU (" in "\n" + log
+        assert on_cpu or log.startswith("device: GPU ("), log
+        assert "SPDInv inversion | step 4/4" in log and "P2P edit | step " in log, log
+        if on_cpu:
+            assert "quick preset (on the CPU by default; " in log, log
+            assert "Resize.width 512 -> 256; Resize.height 512 -> 256\n" in log, log  # steps: the --set wins
+            with Image.open(next(tmp_path.glob("spdinv_p2p_edit*.png"))) as edit:
+                assert edit.size == (256, 256)
 
 
 def test_changing_only_the_target_prompt_reuses_the_cached_inversion(server, photo_file, sd15_checkpoint_path):
