@@ -82,7 +82,7 @@ def vision_features(clip_vision, image: torch.Tensor) -> list[torch.Tensor]:
     if found != VIT_L:
         raise ValueError(f"clip_vision: ELITE needs CLIP ViT-L/14 (257 tokens, width 1024, 24 layers); this model "
                          f"gives {found[0]} tokens, width {found[1]}, {found[2]} layers. Load "
-                         "clip_vision_vit_l (openai/clip-vit-large-patch14)")
+                         "clip-vit-large-patch14.safetensors (openai/clip-vit-large-patch14)")
     return clip_features(last.float(), [last] + list(every.float().unbind(1)))
 
 
@@ -104,8 +104,8 @@ class ELITEMapper(io.ComfyNode):
                         "the text transformer. Feed the result to SPDInv Prompt-to-Prompt as target_conditioning.",
             inputs=[
                 EliteMapperType.Input("mapper", tooltip="From SPDInv ELITE Mapper Loader."),
-                io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-L/14 (clip_vision_vit_l), as ELITE was trained "
-                                    "with."),
+                io.ClipVision.Input("clip_vision", tooltip="CLIP ViT-L/14 (clip-vit-large-patch14), as ELITE was "
+                                    "trained with."),
                 io.Image.Input("image", tooltip="The reference image whose object the placeholder word becomes."),
                 io.Clip.Input("clip", tooltip="The SD1.x text encoder."),
                 io.String.Input("text", multiline=True, default="a photo of a white *",

@@ -427,3 +427,57 @@ def test_server_helpers(tmp_path: Path) -> None:
     assert 0 < port < 65536
     with pytest.raises(comfy_server.ComfyServerError, match="not a ComfyUI checkout"):
         comfy_server.ComfyServer(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ shipped workflows' metadata
+
+MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+MODEL_FOLDERS = {"checkpoints", "diffusion_models", "text_encoders", "vae", "clip_vision", "elite"}
+
+
+@pytest.mark.parametrize("ui_path", wa.shipped_workflows(), ids=lambda p: p.stem)
+def test_every_loader_of_a_shipped_workflow_names_its_model_file_folder_and_download_url(ui_path: Path) -> None:
+    """The frontend offers a missing model's download from the loader's ``properties.models``: each model file a
+    loader's widgets name must be listed there with its models folder and an https download URL."""
+    loaders = [n for n in json.loads(ui_path.read_text())["nodes"] if n["type"].endswith("Loader")
+               or n["type"] == "CheckpointLoaderSimple"]
+    for node in loaders:
+        files = [v for v in node.get("widgets_values") or [] if isinstance(v, str) and v.endswith(MODEL_EXTENSIONS)]
+        assert files, f"{ui_path.stem}: {node['type']} names no model file"
+        models = {m["name"]: m for m in node.get("properties", {}).get("models", [])}
+        assert set(files) <= set(models), f"{ui_path.stem}: {node['type']} has no download metadata for {files}"
+        for name in files:
+            assert models[name]["directory"] in MODEL_FOLDERS, models[name]
+            assert models[name]["url"].startswith("https://huggingface.co/"), models[name]
+
+
+def test_inversions_compared_in_one_workflow_take_their_steps_from_one_node() -> None:
+    """Two inversions compared side by side (the reconstruction workflows) must run the same steps: both ``steps``
+    inputs are linked to one primitive, so changing it changes both."""
+    compared = 0
+    for ui_path in wa.shipped_workflows():
+        twin = json.loads(wa.api_twin(ui_path).read_text())
+        steps = [n["inputs"]["steps"] for n in twin.values() if n["class_type"] == "SPDInvInvert"]
+        if len(steps) < 2:
+            continue
+        compared += 1
+        assert all(isinstance(s, list) for s in steps), f"{ui_path.stem}: a steps widget is not linked: {steps}"
+        assert len({tuple(s) for s in steps}) == 1, f"{ui_path.stem}: {steps}"
+        assert twin[steps[0][0]]["class_type"] == "PrimitiveInt", ui_path.stem
+    assert compared >= 2, "the two reconstruction workflows compare two inversions"
+
+
+def test_the_elite_workflow_puts_the_example_cup_into_the_cat_photo() -> None:
+    """The reference image is another object than the photo (the cup, shipped with its licence recorded), and the
+    target prompt is the source prompt with the subject replaced by the placeholder."""
+    twin = json.loads(wa.api_twin(wa.WORKFLOWS / "SPDInv edit with ELITE.json").read_text())
+    images = {n["_meta"]["title"].split(" (")[0]: n["inputs"]["image"] for n in twin.values()
+              if n["class_type"] == "LoadImage"}
+    assert images == {"Photo": "spdinv_example_cat.png", "Reference image": "spdinv_example_cup.png"}
+    inputs = wa.WORKFLOWS / "input"
+    assert (inputs / "spdinv_example_cup.png").is_file()
+    assert "`spdinv_example_cup.png`" in (inputs / "README.md").read_text()
+    texts = {n["_meta"]["title"].split(" (")[0]: n["inputs"]["value"] for n in twin.values()
+             if n["class_type"] == "PrimitiveStringMultiline"}
+    source, target = texts["Source prompt"].split(), texts["Target prompt"].split()
+    assert target.count("*") == 1 and source[:-1] == target[:-1] and target[-1] == "*", texts

@@ -53,6 +53,16 @@ THUMBNAIL_WIDTH = 640
 
 PHOTO = "1. Photo: load your photo (the example is a CC0 photo of a cat).\n"
 SOURCE = "2. Source prompt: describe the photo as it is.\n"
+STEPS = ("3. Steps (both inversions): one step count, linked to the steps input of both inversions, which "
+         "must agree.\n")
+P2P = ("Edit a photo with SPDInv + Prompt-to-Prompt\n\n" + PHOTO + SOURCE + "3. Prompt-to-Prompt, target_text: the "
+       "same sentence with the change (and the changed word in blend/reweight).\n\nThen Run. Saved: the edit, "
+       "reconstruction | edit, attention maps.")
+MASACTRL = ("Edit a photo with SPDInv + MasaCtrl (pose, action, layout changes)\n\n" + PHOTO + SOURCE + "3. Target "
+            "prompt: the same subject doing something else.\n\nThen Run. Saved: the edit, reconstruction | edit.")
+SDXL_VAE = ("\n\nSDXL's own VAE gives NaN (a black image) in fp16: on a GPU that runs the VAE in fp16, load "
+            "sdxl_vae.safetensors from madebyollin/sdxl-vae-fp16-fix with Load VAE into the Encode and Decode nodes, "
+            "or start ComfyUI with --fp32-vae.")
 NOTES = {
     "paper procedure": "The SPDInv paper's exact procedure (ECCV 2024, official code's defaults)\n\nInversion: AdamW "
                        "through the UNet, K 25, lr 1e-3, delta 5e-6 alone (rel_tol 0), 50 steps on the official "
@@ -60,22 +70,22 @@ NOTES = {
                        "and inversion guidance, CFG 7.5. Slow: AdamW backpropagates through the UNet at "
                        "every iteration.\n\n"
                        + PHOTO + SOURCE + "3. target_text: the change.",
-    "Prompt to Prompt": "Edit a photo with SPDInv + Prompt-to-Prompt\n\n" + PHOTO + SOURCE
-                        + "3. Prompt-to-Prompt, target_text: the same sentence with the change (and the changed word "
-                          "in blend/reweight).\n\nThen Run. Saved: the edit, reconstruction | edit, attention maps.",
-    "MasaCtrl": "Edit a photo with SPDInv + MasaCtrl (pose, action, layout changes)\n\n" + PHOTO + SOURCE
-                + "3. Target prompt: the same subject doing something else.\n\nThen Run. Saved: the edit, "
-                  "reconstruction | edit.",
+    "SDXL edit with Prompt to Prompt": P2P + SDXL_VAE,
+    "SDXL edit with MasaCtrl": MASACTRL + SDXL_VAE,
+    "Prompt to Prompt": P2P,
+    "MasaCtrl": MASACTRL,
     "Plug and Play": "Edit a photo with SPDInv + Plug-and-Play (style, material, appearance)\n\n" + PHOTO + SOURCE
                      + "3. Target prompt: what it should look like.\n\nThen Run. Saved: the edit, photo | edit. "
                        "Color fix: Ctrl+B.",
-    "ELITE": "Put an object from another image into a photo (SPDInv + ELITE)\n\n1. Photo and Reference image: your "
-             "photo, and the object for *.\n" + SOURCE + "3. Target prompt: use * for the object, e.g. 'a photo of "
-             "a white *'.\n\nNeeds ELITE's global_mapper.pt in models/elite.",
+    "ELITE": "Put an object from another image into a photo (SPDInv + ELITE)\n\n1. Photo: your photo; Reference "
+             "image: the object that * stands for (the examples: CC0 photos of a cat and a coffee cup).\n" + SOURCE
+             + "3. Target prompt: the source prompt with the subject replaced by *, e.g. 'a close-up photo of a *'.\n\n"
+             "Models: models/elite/global_mapper.pt (ELITE-library/ELITE); models/clip_vision/"
+             "clip-vit-large-patch14.safetensors (openai/clip-vit-large-patch14's model.safetensors, renamed).",
     "SD3 reconstruction": "Invert a photo with a flow model (SD3.x) and rebuild it: SPDInv vs plain flow "
-                          "inversion\n\n" + PHOTO + SOURCE + "3. Steps (SPDInv inversion): the same on both "
-                          "inversions.\n\nThe checkpoint: an SD3.x file with its text encoders (or Flux through "
-                          "Load Diffusion Model). Saved: plain | SPDInv reconstruction, the residual plot.",
+                          "inversion\n\n" + PHOTO + SOURCE + STEPS + "\nThe checkpoint: an SD3.x file with its text "
+                          "encoders (or Flux through Load Diffusion Model). Saved: plain | SPDInv reconstruction, the "
+                          "residual plot.",
     "MM-DiT": "Edit a photo with a flow model (SD3.x, Flux): SPDInv + MM-DiT mutual attention\n\n" + PHOTO + SOURCE
               + "3. Target prompt: the edit.\n\nThen Run. Saved: the edit, reconstruction | edit. Flux: CFG 1 "
                 "in the edit sampler and the guidance from FluxGuidance.",
@@ -119,9 +129,8 @@ NOTES = {
                                    "'Preview edit region'); connect a mask to 'Preserve outside edit' to choose it. "
                                    "Global edits: remove the preservation node. Saved: the edit, reconstruction | "
                                    "edit.",
-    "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE
-                      + "3. Steps (SPDInv inversion): the same on both inversions.\n\nThen Run. Saved: both "
-                        "reconstructions and the residual plot.",
+    "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE + STEPS
+                      + "\nThen Run. Saved: both reconstructions and the residual plot.",
 }
 
 MODEL_FILES = {
@@ -148,11 +157,30 @@ MODEL_FILES = {
     "qwen_image_edit_2509_fp8_e4m3fn.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/"
                                                                         "Qwen-Image-Edit_ComfyUI/resolve/main/"
                                                                         "split_files/diffusion_models/"),
+    "v1-5-pruned-emaonly.safetensors": ("checkpoints", "https://huggingface.co/Comfy-Org/"
+                                                       "stable-diffusion-v1-5-archive/resolve/main/"),
+    "sd_xl_base_1.0.safetensors": ("checkpoints", "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/"
+                                                  "resolve/main/"),
+    "sd3.5_medium_incl_clips_t5xxlfp8scaled.safetensors": ("checkpoints", "https://huggingface.co/Comfy-Org/"
+                                                                          "stable-diffusion-3.5-fp8/resolve/main/"),
+    "clip-vit-large-patch14.safetensors": ("clip_vision", "https://huggingface.co/openai/clip-vit-large-patch14/"
+                                                          "resolve/main/model.safetensors"),
+    "global_mapper.pt": ("elite", "https://huggingface.co/ELITE-library/ELITE/resolve/main/checkpoints/"),
 }
-"""Model file -> (ComfyUI models folder, download folder URL), as ComfyUI's own templates name and link them
-(comfyui-workflow-templates: flux_dev_full_text_to_image, image_flux2_klein_text_to_image, image_qwen_image; the
-Kontext and Qwen-Image-Edit files from Comfy-Org's flux1-kontext-dev_ComfyUI and Qwen-Image-Edit_ComfyUI)."""
-LOADERS = ("UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple")
+"""Model file -> (ComfyUI models folder, download URL): a folder URL (ending in ``/``) that holds the file under
+its name, or the file's own URL where it is published under another name (CLIP ViT-L/14's ``model.safetensors``).
+The flow models as ComfyUI's own templates name and link them (comfyui-workflow-templates:
+flux_dev_full_text_to_image, image_flux2_klein_text_to_image, image_qwen_image; the Kontext and Qwen-Image-Edit
+files from Comfy-Org's flux1-kontext-dev_ComfyUI and Qwen-Image-Edit_ComfyUI); the SD checkpoints from Comfy-Org's
+and Stability AI's repositories; ELITE's global mapper from its authors' release (ELITE-library/ELITE)."""
+LOADERS = ("UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple", "CLIPVisionLoader",
+           "ELITEMapperLoader")
+
+
+def model_url(name: str) -> str:
+    """Download URL of a :data:`MODEL_FILES` file."""
+    url = MODEL_FILES[name][1]
+    return url + name if url.endswith("/") else url
 
 
 def link_model_files(workflow: dict) -> None:
@@ -164,7 +192,7 @@ def link_model_files(workflow: dict) -> None:
         names = [v for v in node.get("widgets_values") or [] if isinstance(v, str) and v in MODEL_FILES]
         if names:
             node.setdefault("properties", {})["models"] = [
-                {"name": n, "url": MODEL_FILES[n][1] + n, "directory": MODEL_FILES[n][0]} for n in names]
+                {"name": n, "url": model_url(n), "directory": MODEL_FILES[n][0]} for n in names]
 
 
 def note_text(stem: str) -> str:

@@ -8,7 +8,7 @@
     # 2. the seven metrics (and the corrected background ones) for every method folder under --edits
     python -m benchmarks.pie metrics --pie-dir ~/PIE-Bench_v1 --edits pie_out --out pie_out \\
         --dino dino_vitbase8_pretrain.pth --lpips squeezenet1_1-b8a52dc0.pth \\
-        --clip ~/ComfyUI/models/clip_vision/clip_vision_vit_l.safetensors \\
+        --clip ~/ComfyUI/models/clip_vision/clip-vit-large-patch14.safetensors \\
                ~/ComfyUI/models/text_encoders/clip_l.safetensors --clip-tokenizer ~/ComfyUI/comfy/sd1_tokenizer
 
     # what will run, without running anything: each (item, method)'s protocol and API graph
