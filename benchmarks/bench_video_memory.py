@@ -1,0 +1,136 @@
+"""Peak memory and DiT passes of inverting (and editing) a video clip, per frame count, on the random Wan test model.
+
+Runs ``bench_inversion.py --family wan --frames F`` once per frame count, each in a fresh process so that one
+count's allocations cannot raise the next one's peak, and tabulates what each run measured: the latent's size, the
+clip's tokens (every block's self-attention sees all of them at once), and per method (plain ``ddim`` flow
+inversion, ``spdinv``) and for the edit (source + target branches with mutual attention) the peak memory, its rise
+over the level before the call, DiT passes per step and wall time. On CPU the memory is the process's peak resident
+set (``VmHWM``, reset through ``/proc/self/clear_refs`` before each timed call, as ``bench_inversion.py`` measures
+it); on CUDA, torch's peak allocated memory. Writes ``<out>.json`` and ``<out>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 2**20
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", type=int, nargs="+", default=[9, 17, 33], help="pixel frame counts, 1 + 4k each")
+    p.add_argument("--resolution", type=int, default=256, help="frame side in pixels, multiple of 16 (default 256)")
+    p.add_argument("--steps", type=int, default=10, help="inversion and edit steps (default 10)")
+    p.add_argument("--edit-cfg", type=float, default=5.0, help="CFG of the edit (default 5, Wan's usual)")
+    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout ($COMFYUI_PATH)")
+    p.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    args = p.parse_args(argv)
+    if any(f < 1 or (f - 1) % 4 for f in args.frames):
+        p.error(f"--frames: each count must be 1 + 4k (Wan's VAE packs 4 frames a latent frame), got {args.frames}")
+    if args.resolution % 16:
+        p.error(f"--resolution: must be a multiple of 16 (8 pixels a latent cell, 2×2 cells a token), got "
+                f"{args.resolution}")
+    return args
+
+
+def one_count(args: argparse.Namespace, frames: int, scratch: Path) -> dict[str, Any]:
+    """``bench_inversion.py``'s report for ``frames`` frames, from a fresh process."""
+    out = scratch / f"frames-{frames}"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_inversion.py"), "--family", "wan", "--frames",
+               str(frames), "--resolution", str(args.resolution), "--steps", str(args.steps), "--repeats", "1",
+               "--methods", "ddim", "spdinv", "--engine", "mmdit", "--edit-cfg", str(args.edit_cfg), "--out",
+               str(out)]
+    if args.comfyui:
+        command += ["--comfyui", args.comfyui]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def summary(frames: int, report: dict[str, Any]) -> dict[str, Any]:
+    """One frame count's row: latent size, tokens, and per method and the edit peak, rise, passes a step, time."""
+    shape = report["meta"]["latent_shape"]
+    (table,) = report["tables"]
+    steps = table["steps"]
+    row: dict[str, Any] = {"frames": frames, "latent_shape": shape, "latent_mib": _numel(shape) * 4 / MIB,
+                           "tokens": shape[2] * (shape[3] // 2) * (shape[4] // 2)}
+    for method in table["rows"]:
+        row[method["method"]] = {"peak_mib": method["peak_mem_bytes"] / MIB,
+                                 "rise_mib": (method["peak_mem_bytes"] - method["mem_base_bytes"]) / MIB,
+                                 "passes_per_step": method["forwards"] / steps, "wall_s": method["median_s"],
+                                 "recon_psnr_db": method["recon_psnr_db"]}
+    edit = table.get("edit")
+    if edit:
+        row["edit"] = {"peak_mib": edit["peak_mem_bytes"] / MIB,
+                       "rise_mib": (edit["peak_mem_bytes"] - edit["mem_base_bytes"]) / MIB,
+                       "wall_s": edit["median_s"]}
+    return row
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table under the run's environment."""
+    lines = ["# Video inversion memory per frame count (Wan)", "",
+             f"- {meta['bench_meta']['device']}; torch {meta['bench_meta']['torch']}, ComfyUI "
+             f"{meta['bench_meta']['comfyui_version']}, pack commit {meta['pack_commit']}",
+             f"- model: {Path(meta['bench_meta']['checkpoint']).name} ({meta['bench_meta']['model']}); synthetic "
+             f"clip at {meta['resolution']}², {meta['steps']} steps; edit with mutual attention at CFG "
+             f"{meta['edit_cfg']} (source and target branches)",
+             f"- memory: {meta['bench_meta']['memory']}; one fresh process per frame count; rise = peak − level "
+             "before the call",
+             f"- {meta['date']}: `{meta['command']}`", "",
+             "| frames | latent | latent MiB | tokens | ddim peak / rise MiB | spdinv peak / rise MiB | "
+             "spdinv passes/step | ddim / spdinv s | edit peak / rise MiB | edit s |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        d, s, e = r["ddim"], r["spdinv"], r.get("edit", {})
+        lines.append(f"| {r['frames']} | {r['latent_shape']} | {r['latent_mib']:.2f} | {r['tokens']} | "
+                     f"{d['peak_mib']:,.0f} / {d['rise_mib']:,.0f} | {s['peak_mib']:,.0f} / {s['rise_mib']:,.0f} | "
+                     f"{s['passes_per_step']:.2f} | {d['wall_s']:.2f} / {s['wall_s']:.2f} | "
+                     f"{e.get('peak_mib', float('nan')):,.0f} / {e.get('rise_mib', float('nan')):,.0f} | "
+                     f"{e.get('wall_s', float('nan')):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    rows, reports = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        for frames in args.frames:
+            print(f"[memory] {frames} frames", file=sys.stderr, flush=True)
+            report = one_count(args, frames, Path(scratch))
+            reports.append(report)
+            rows.append(summary(frames, report))
+    git = reports[0]["meta"]["pack_git"]
+    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "pack_commit": (git["commit"] or "unknown")[:12] + (" (uncommitted changes)" if git["dirty"] else ""),
+            "resolution": args.resolution, "steps": args.steps, "edit_cfg": args.edit_cfg,
+            "bench_meta": reports[0]["meta"]}
+    out = args.out.with_suffix("") if args.out.suffix in (".json", ".md") else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    text = render(meta, rows)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
