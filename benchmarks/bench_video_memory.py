@@ -1,12 +1,12 @@
 """Peak memory and DiT passes of inverting (and editing) a video clip, per frame count, on the random Wan test model.
 
-Runs ``bench_inversion.py --family wan --frames F`` once per frame count, each in a fresh process so that one
-count's allocations cannot raise the next one's peak, and tabulates what each run measured: the latent's size, the
-clip's tokens (every block's self-attention sees all of them at once), and per method (plain ``ddim`` flow
-inversion, ``spdinv``) and for the edit (source + target branches with mutual attention) the peak memory, its rise
-over the level before the call, DiT passes per step and wall time. On CPU the memory is the process's peak resident
-set (``VmHWM``, reset through ``/proc/self/clear_refs`` before each timed call, as ``bench_inversion.py`` measures
-it); on CUDA, torch's peak allocated memory. Writes ``<out>.json`` and ``<out>.md``.
+Runs ``bench_inversion.py --family wan --frames F`` for each frame count, plain inversion and SPDInv (then the edit)
+each in a fresh process so that one run's allocations cannot raise another's peak, and tabulates what each run
+measured: the latent's size, the clip's tokens (every block's self-attention sees all of them at once), and per
+method (plain ``ddim`` flow inversion, ``spdinv``) and for the edit (source + target branches with mutual attention)
+the peak memory, its rise over the level before the call, DiT passes per step and wall time. On CPU the memory is
+the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` before each timed call, as
+``bench_inversion.py`` measures it); on CUDA, torch's peak allocated memory. Writes ``<out>.json`` and ``<out>.md``.
 """
 
 from __future__ import annotations
@@ -44,17 +44,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def one_count(args: argparse.Namespace, frames: int, scratch: Path) -> dict[str, Any]:
-    """``bench_inversion.py``'s report for ``frames`` frames, from a fresh process."""
-    out = scratch / f"frames-{frames}"
+def one_run(args: argparse.Namespace, frames: int, method: str, scratch: Path) -> dict[str, Any]:
+    """``bench_inversion.py``'s report for ``frames`` frames and ``method`` from a fresh process (``spdinv`` with
+    the edit after it, ``ddim`` without)."""
+    out = scratch / f"frames-{frames}-{method}"
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_inversion.py"), "--family", "wan", "--frames",
                str(frames), "--resolution", str(args.resolution), "--steps", str(args.steps), "--repeats", "1",
-               "--methods", "ddim", "spdinv", "--engine", "mmdit", "--edit-cfg", str(args.edit_cfg), "--out",
-               str(out)]
+               "--methods", method, "--engine", "mmdit", "--edit-cfg", str(args.edit_cfg), "--out", str(out)]
+    if method != "spdinv":
+        command.append("--no-edit")
     if args.comfyui:
         command += ["--comfyui", args.comfyui]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.with_suffix(".json").read_text())
+
+
+def one_count(args: argparse.Namespace, frames: int, scratch: Path) -> dict[str, Any]:
+    """The report for ``frames`` frames: plain inversion and SPDInv (then the edit) each from its own process, so
+    neither inherits the other's allocations."""
+    ddim, spdinv = (one_run(args, frames, method, scratch) for method in ("ddim", "spdinv"))
+    for table, other in zip(spdinv["tables"], ddim["tables"], strict=True):
+        table["rows"] = other["rows"] + table["rows"]
+    return spdinv
 
 
 def summary(frames: int, report: dict[str, Any]) -> dict[str, Any]:
@@ -92,8 +103,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              f"- model: {Path(meta['bench_meta']['checkpoint']).name} ({meta['bench_meta']['model']}); synthetic "
              f"clip at {meta['resolution']}², {meta['steps']} steps; edit with mutual attention at CFG "
              f"{meta['edit_cfg']} (source and target branches)",
-             f"- memory: {meta['bench_meta']['memory']}; one fresh process per frame count; rise = peak − level "
-             "before the call",
+             f"- memory: {meta['bench_meta']['memory']}; one fresh process per frame count and method (the edit "
+             "after SPDInv); rise = peak − level before the call",
              f"- {meta['date']}: `{meta['command']}`", "",
              "| frames | latent | latent MiB | tokens | ddim peak / rise MiB | spdinv peak / rise MiB | "
              "spdinv passes/step | ddim / spdinv s | edit peak / rise MiB | edit s |",
