@@ -98,6 +98,12 @@ NOTES = {
                        + SOURCE + "3. Target prompt: the edit.\n\nTrue CFG 4 against an empty negative and 50 "
                          "steps (Qwen-Image's reference settings), shift 3.1 as ComfyUI's template; inversion at "
                          "CFG 1. Fewer steps run faster. Saved: the edit, reconstruction | edit, the residual plot.",
+    "Wan video": "Edit a video clip with Wan 2.1: SPDInv + mutual attention\n\nModels: models/diffusion_models/"
+                 "wan2.1_t2v_1.3B_fp16.safetensors; models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors; "
+                 "models/vae/wan_2.1_vae.safetensors.\n\n1. Clip: load your clip (the example pans over a CC0 photo "
+                 "of a cat); First frames: how many to edit, 1 + 4k (Wan's own length is 81).\n" + SOURCE
+                 + "3. Target prompt: the edit.\n\nCFG 5 against the source prompt, 30 steps, the model's shift 8; "
+                   "inversion at CFG 1. Saved: the edited clip, the reconstructed clip, the residual plot.",
     "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE
                       + "3. Steps (SPDInv inversion): the same on both inversions.\n\nThen Run. Saved: both "
                         "reconstructions and the residual plot.",
@@ -121,9 +127,18 @@ MODEL_FILES = {
                                                                "resolve/main/split_files/text_encoders/"),
     "qwen_image_vae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/"
                                           "split_files/vae/"),
+    "wan2.1_t2v_1.3B_fp16.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/"
+                                                             "Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
+                                                             "diffusion_models/"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": ("text_encoders", "https://huggingface.co/Comfy-Org/"
+                                                                "Wan_2.1_ComfyUI_repackaged/resolve/main/"
+                                                                "split_files/text_encoders/"),
+    "wan_2.1_vae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/"
+                                       "split_files/vae/"),
 }
 """Model file -> (ComfyUI models folder, download folder URL), as ComfyUI's own templates name and link them
-(comfyui-workflow-templates: flux_dev_full_text_to_image, image_flux2_klein_text_to_image, image_qwen_image)."""
+(comfyui-workflow-templates: flux_dev_full_text_to_image, image_flux2_klein_text_to_image, image_qwen_image,
+text_to_video_wan)."""
 LOADERS = ("UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple")
 
 
@@ -260,7 +275,7 @@ PREPARE = """([note]) => {
     const sizes = {};
     for (const n of graph._nodes) {
         const need = n.computeSize();
-        const shows = n.type === 'SaveImage' || n.type === 'PreviewImage' || n.type === 'LoadImage';
+        const shows = ['SaveImage', 'PreviewImage', 'LoadImage', 'LoadVideo', 'SaveVideo'].includes(n.type);
         sizes[n.id] = n === target ? [360, 220] : [Math.max(need[0], shows ? 280 : 220),
                                                     Math.max(need[1], shows ? 280 : 0)];
     }
