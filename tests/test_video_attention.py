@@ -155,3 +155,44 @@ def test_an_override_already_on_the_model_still_runs_and_the_base_model_is_untou
     assert seen == [48, 512] * 3
     assert all(torch.equal(out[1], given[0]) for kind, given, out in log if kind == "self")
     assert base.model_options["transformer_options"] == before
+
+
+def test_a_clips_mask_is_read_in_latent_cells_and_frames_packed_as_wans_vae_packs_them():
+    from spdinv_pack.attention_patches.edit_region import latent_region
+
+    mask = torch.zeros(9, 32, 32)
+    mask[0, :8, :8] = 1.0  # frame 0: the top-left latent cell
+    mask[6, 31, 31] = 1.0  # one pixel of frame 6 (latent frame 2: frames 5-8): the bottom-right cell
+    region = latent_region(mask, (1, 16, 3, 4, 4))
+    assert region.shape == (1, 1, 3, 4, 4) and region.dtype == torch.bool
+    assert region[0, 0, 0].nonzero().tolist() == [[0, 0]]
+    assert not region[0, 0, 1].any()
+    assert region[0, 0, 2].nonzero().tolist() == [[3, 3]]
+    assert torch.equal(latent_region(mask[:1], (1, 16, 3, 4, 4))[0, 0], region[0, 0, :1].expand(3, 4, 4))
+    assert latent_region(mask[0], (2, 16, 4, 4)).shape == (1, 1, 4, 4)  # an image latent, any batch
+
+
+def test_a_mask_that_fits_no_latent_is_refused_naming_the_mask_and_what_fits():
+    from spdinv_pack.attention_patches.edit_region import latent_region
+
+    with pytest.raises(ValueError, match="^mask: 5 frames cannot be matched to the clip's 3 latent frames; give one "
+                                         "mask, 3 \\(one per latent frame\\) or 9 \\(one per frame of the clip\\)"):
+        latent_region(torch.ones(5, 32, 32), (1, 16, 3, 4, 4))
+    with pytest.raises(ValueError, match="^mask: 30×32 is not a whole multiple of the latent's 4×4 cells"):
+        latent_region(torch.ones(1, 30, 32), (1, 16, 3, 4, 4))
+    with pytest.raises(ValueError, match="^mask: 2 frames for an image latent"):
+        latent_region(torch.ones(2, 32, 32), (1, 16, 4, 4))
+    engine = JointMutualAttention(0.0, 0, region=torch.ones(5, 32, 32))
+    with pytest.raises(ValueError, match="^mask: 5 frames"):
+        engine.check_run(edit_run(4, (1, 16, 3, 4, 4)))
+
+
+def test_outside_the_mask_the_target_becomes_the_source_after_every_step_and_inside_it_stays_its_own():
+    mask = torch.zeros(9, 32, 32)
+    mask[:, :16] = 1.0  # the top half of every frame
+    engine = JointMutualAttention(0.0, 0, region=mask)
+    x = torch.randn(2, 16, 3, 4, 4, generator=torch.Generator().manual_seed(0))  # [source, target]
+    out = engine.after_step(edit_run(4, (1, 16, 3, 4, 4)), 0, x)
+    assert torch.equal(out[0], x[0])
+    assert torch.equal(out[1, :, :, :2], x[1, :, :, :2]) and torch.equal(out[1, :, :, 2:], x[0, :, :, 2:])
+    assert JointMutualAttention(0.0, 0).after_step(edit_run(4), 0, x) is x

@@ -134,3 +134,18 @@ def test_cancel_mid_edit_leaves_the_model_untouched_and_the_edit_runs_again(run_
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
     again = edit(run_node, pack_nodes, wan, inversion, source, target, cfg=5.0)
     assert all(torch.equal(a["samples"], b["samples"]) for a, b in zip(again[:2], plain[:2], strict=True))
+
+
+def test_with_a_mask_over_the_frames_the_edit_changes_only_inside_it(run_node, pack_nodes, wan, scene):
+    inversion, source, target, _, plain = scene
+    mask = torch.zeros(9, 64, 64)
+    mask[4:, :, 32:] = 1.0  # the right half, from the 5th frame on: latent frames 1 and 2
+    patched = mutual(run_node, pack_nodes, wan, mask=mask)
+    edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=5.0)
+    inside = torch.zeros(1, 16, 3, 8, 8, dtype=torch.bool)
+    inside[:, :, 1:, :, 4:] = True
+    assert torch.equal(recon["samples"], plain[1]["samples"])
+    assert torch.equal(edited["samples"][~inside], recon["samples"][~inside])
+    assert not torch.equal(edited["samples"][inside], recon["samples"][inside])
+    with pytest.raises(ValueError, match="^mask: 5 frames cannot be matched to the clip's 3 latent frames"):
+        edit(run_node, pack_nodes, mutual(run_node, pack_nodes, wan, mask=mask[:5]), inversion, source, target)
