@@ -101,9 +101,10 @@ NOTES = {
     "Wan video": "Edit a video clip with Wan 2.1: SPDInv + mutual attention\n\nModels: models/diffusion_models/"
                  "wan2.1_t2v_1.3B_fp16.safetensors; models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors; "
                  "models/vae/wan_2.1_vae.safetensors.\n\n1. Clip: load your clip (the example pans over a CC0 photo "
-                 "of a cat); First frames: how many to edit, 1 + 4k (Wan's own length is 81).\n" + SOURCE
-                 + "3. Target prompt: the edit.\n\nCFG 5 against the source prompt, 30 steps, the model's shift 8; "
-                   "inversion at CFG 1. Saved: the edited clip, the reconstructed clip, the residual plot.",
+                 "of a cat); First frames: how many to edit, 1 + 4k (Wan's own length is 81).\n2. Source prompt: "
+                 "describe the clip as it is.\n3. Target prompt: the edit.\n\nCFG 5 against the source prompt, 30 "
+                 "steps, the model's shift 8; inversion at CFG 1. Optional: a MASK into Mutual attention keeps the "
+                 "edit inside it. Saved: the edited clip, the reconstructed clip, the residual plot.",
     "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE
                       + "3. Steps (SPDInv inversion): the same on both inversions.\n\nThen Run. Saved: both "
                         "reconstructions and the residual plot.",
