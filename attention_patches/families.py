@@ -40,12 +40,14 @@ resolution maps. PnP: features of the second block of the decoder stage at 1/32 
 @dataclass(frozen=True)
 class Family:
     """One model family (see the module docstring). ``tokens``: ``"spatial"`` (UNet layers see an ``h×w`` grid),
-    ``"joint"`` (MM-DiT: text and image tokens attend together) or ``"joint+single"`` (double-stream then
-    single-stream blocks). ``blocks``: a DiT's ``(dit patch kind, attribute)`` block lists in forward order.
+    ``"joint"`` (MM-DiT: text and image tokens attend together), ``"joint+single"`` (double-stream then
+    single-stream blocks) or ``"video"`` (Wan: self-attention over all frames' tokens, cross-attention to the
+    text). ``blocks``: a DiT's ``(dit patch kind, attribute)`` block lists in forward order.
     ``grid``: the scheduler of the ``auto`` inversion grid. ``hook``: how the DiT engine is installed:
     ``"attn1_patch"``, the host's pre-attention hook, where this ComfyUI's blocks call it (else ``dit`` block
     patches, as with ``None``); ``"optimized_attention_override"``, one attention override for the whole model, for
-    models with neither (Z-Image, HiDream): the pack's call wrapper tells it which block is running.
+    models with neither (Z-Image, HiDream): the pack's call wrapper tells it which block is running;
+    ``"self-attention"``: ``dit`` block patches that hand the engine each block's self-attention only (Wan).
     ``image_at``: where the noisy image's tokens lie in a block's attention call, ``"last"`` (after the text, padded
     to the model's ``pad_tokens_multiple`` where it has one) or ``"first"``. ``marks``: attributes a diffusion model
     of a config no entry names must also have to count as this family (Z-Image's ``layers`` is a common name).
@@ -133,6 +135,8 @@ FLUX_BLOCKS = (("double_block", "double_blocks"), ("single_block", "single_block
 HIDREAM_BLOCKS = (("double_block", "double_stream_blocks"), ("single_block", "single_stream_blocks"))
 OVERRIDE = "optimized_attention_override"
 """``hook`` of the families installed through one model-wide attention override."""
+SELF_ATTENTION = "self-attention"
+"""``hook`` of video DiTs (Wan): ``dit`` block patches that hand the engine each block's self-attention only."""
 
 FAMILIES: tuple[Family, ...] = (
     Family("SD1.x", ("SD15",), grid="ddim_uniform", engines=(P2P, MASACTRL, PNP, ELITE), defaults=UNET_DEFAULTS),
@@ -154,7 +158,9 @@ FAMILIES: tuple[Family, ...] = (
            defaults={"mmdit_start_block": 0.5}),
     Family("HiDream", ("HiDream",), tokens="joint+single", blocks=HIDREAM_BLOCKS, grid="simple", hook=OVERRIDE,
            image_at="first", refuses=("image_cond",), engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
-    Family("Wan", ("WAN21_T2V",), tokens="video", grid="simple"),
+    Family("Wan", ("WAN21_T2V",), tokens="video", blocks=(("double_block", "blocks"),), grid="simple",
+           hook=SELF_ATTENTION, marks=("patch_embedding", "text_embedding", "time_projection"), engines=(MMDIT,),
+           defaults={"mmdit_start_block": 0.5}),
 )
 """The families the pack knows. A model's family is the entry naming its config class, else the nearest parent
 class an entry names (Flux.2's config is a child of Flux.1's); a model of no named config takes the first entry
@@ -172,5 +178,8 @@ HiDream); a Lumina 2 model (Z-Image's parent config: the same transformer, no pa
 structure and runs it too. HiDream E1's reference image (``image_cond``) is concatenated with the latent along the
 width, which interleaves its tokens with the photo's, and Z-Image's omni reference images (``ref_latents``) come with
 their own caption segments: the engine refuses both. Flux's, Flux.2's and Qwen-Image's reference images (Kontext,
-Flux.2 edits, Qwen-Image-Edit) follow the image's tokens; the engine leaves them out of what it shares. Wan inverts
-(any flow model does) but has no editing engine yet."""
+Flux.2 edits, Qwen-Image-Edit) follow the image's tokens; the engine leaves them out of what it shares. Wan (2.1, 2.2
+and their variants, all children of ``WAN21_T2V``): self-attention over every frame's tokens, then cross-attention to
+the prompt in each block; the engine shares the self-attention's keys and values (every token is the clip's) through
+``dit`` block patches (ComfyUI's ``attn1_patch`` runs after Wan's attention), from half the blocks on, by analogy with
+SD3.x, not yet measured on real weights."""

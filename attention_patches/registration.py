@@ -7,7 +7,9 @@ engines ``dit`` block replace patches that set an attention override for the blo
 both hand the engine one :class:`~.attention_call.AttentionCall`. Where the family and this ComfyUI have the DiT
 pre-attention hook (``attn1_patch``), the engine is installed through it instead (:class:`PreAttentionPatch`; other
 nodes' hooks in the same list run before or after it). Families with neither (Z-Image, HiDream) get one attention
-override for the whole model (:class:`ModelAttentionOverride`), told the running block by the call wrapper. Another
+override for the whole model (:class:`ModelAttentionOverride`), told the running block by the call wrapper. Video
+blocks (Wan) get ``dit`` block patches whose override hands only the block's self-attention to the engine
+(:class:`SelfAttentionBlockPatch`). Another
 node's patch or override already on a site stays as that site's inner attention, so both act. The patches hold only
 the (immutable) engine and their site: clones may share them (ComfyUI after 0.3.64 copies only dicts and lists), and
 the run (and, for the model-wide override, the running block) comes with each call.
@@ -25,7 +27,7 @@ from ..spdinv.branches import Chunks
 from .attention_call import AttentionCall
 from .dit_blocks import DiTBlock, ImageTokens, block_paths, calls_pre_attention_patch
 from .engine import EditEngine
-from .families import OVERRIDE, Family
+from .families import OVERRIDE, SELF_ATTENTION, Family
 from .run import RUN_KEY, EditRun
 from .unet_layers import TransformerLayer
 
@@ -114,6 +116,55 @@ class JointBlockPatch(EnginePatch):
             self.engine, self.site, tokens, options.get("optimized_attention_override"),
             0 if run is None else run.reference_tokens)
         args = {**args, "transformer_options": options}
+        if self.inner is not None:
+            return self.inner(args, extra)
+        return extra["original_block"](args)
+
+
+class SelfAttentionOverride:
+    """``optimized_attention_override`` for one call of a video DiT block (Wan), made fresh for that call: the block's
+    first attention call is its self-attention over the clip's tokens (every token is the clip's) and goes to the
+    engine; the later ones (cross-attention to the prompt, whose keys are the prompt's tokens) go unchanged to the
+    override that was there before (``previous``, another node's) or the host's attention. ``calls`` counts the
+    attention calls of this one block call."""
+
+    def __init__(self, engine: EditEngine, block: DiTBlock, previous: Any = None):
+        self.engine, self.block, self.previous, self.calls = engine, block, previous, 0
+
+    def __call__(self, func: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+        q, k, v, *rest = args
+
+        def plain(q, k, v):
+            return func(q, k, v, *rest, **kwargs)
+
+        inner = None if self.previous is None else (lambda q, k, v: self.previous(func, q, k, v, *rest, **kwargs))
+        self.calls += 1
+        if self.calls > 1:
+            return (plain if inner is None else inner)(q, k, v)
+        token_dim = 2 if kwargs.get("skip_reshape") else 1
+        tokens = k.shape[token_dim]
+        if q.shape[token_dim] != tokens:
+            raise ValueError(f"model: the first attention of {self.block.kind} {self.block.index} attends "
+                             f"{q.shape[token_dim]} queries to {tokens} keys, not a self-attention; "
+                             f"{self.engine.node} runs on Wan blocks (self-attention first)")
+        heads = rest[0] if rest else kwargs.get("heads", 1)
+        call = AttentionCall.of(q, k, v, heads, "joint", self.block, kwargs.get("transformer_options") or {}, plain,
+                                inner, image=(0, tokens), token_dim=token_dim)
+        return self.engine.attention(call)
+
+
+class SelfAttentionBlockPatch(EnginePatch):
+    """``dit`` block replace patch of a video DiT block (Wan: self-attention over the clip, then cross-attention to
+    the prompt; ComfyUI's ``attn1_patch`` there runs after the attention, too late to change keys and values): in an
+    edit run the block runs with a fresh :class:`SelfAttentionOverride` in its ``transformer_options``; outside one
+    it runs as it is."""
+
+    def __call__(self, args: dict, extra: dict) -> Any:
+        options = dict(args.get("transformer_options") or {})
+        if EditRun.of(options) is not None:
+            options["optimized_attention_override"] = SelfAttentionOverride(
+                self.engine, self.site, options.get("optimized_attention_override"))
+            args = {**args, "transformer_options": options}
         if self.inner is not None:
             return self.inner(args, extra)
         return extra["original_block"](args)
@@ -294,11 +345,13 @@ def attach_engine(model_patcher: Any, engine: EditEngine, host_attention: HostAt
             engine, family.image_tokens(diffusion_model), options.get("optimized_attention_override"))
     else:
         existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+        patch = SelfAttentionBlockPatch if family.hook == SELF_ATTENTION else JointBlockPatch
         for block in sites:
             if engine.controls(block):
-                patched.set_model_patch_replace(JointBlockPatch(engine, block, existing.get((block.kind, block.index))),
+                patched.set_model_patch_replace(patch(engine, block, existing.get((block.kind, block.index))),
                                                 "dit", block.kind, block.index)
-    patch_size = None if family.is_unet else int(getattr(diffusion_model, "patch_size", 2))
+    patch_size = None if family.is_unet or family.hook == SELF_ATTENTION else int(getattr(diffusion_model,
+                                                                                          "patch_size", 2))
     blocks = block_paths(family.blocks, sites) if family.hook == OVERRIDE else {}
     refuses = family.refuses if family.hook == OVERRIDE else ()
     if patch_size is not None or engine.feature_taps():

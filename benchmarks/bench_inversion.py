@@ -159,6 +159,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "to judge reconstruction on);\n"
                         "auto: sd-like with the random test checkpoint and no --image, else vae")
     p.add_argument("--resolution", type=int, default=128, help="image side in pixels, multiple of 8 (default 128)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="video families (--family wan): pixel frames of the synthetic clip, 1 + 4k\n"
+                        "(default the family's test clip, 9)")
     p.add_argument("--steps", type=int, nargs="+", default=[20], help="inversion steps; one table per value")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is reported")
     p.add_argument("--warmup-steps", type=int, default=1,
@@ -180,6 +183,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.methods = [parse_method(m) for m in DEFAULT_METHODS]
     if args.family is not None and args.checkpoint is not None:
         p.error("--family and --checkpoint exclude each other")
+    if args.frames is not None and (args.family is None or FLOW_TEST_MODELS[args.family].clip_frames == 1
+                                    or args.frames < 1 or (args.frames - 1) % 4):
+        p.error("--frames: give 1 + 4k frames (1, 5, 9, 17, ...) with a video --family (wan)")
     if args.resolution < 8 or args.resolution % 8:
         p.error("--resolution must be a positive multiple of 8")
     if min(args.steps) < 1 or args.repeats < 1 or args.warmup_steps < 1:
@@ -411,7 +417,8 @@ class Bench:
             else:
                 (self.model,) = self.run_node(n.UNETLoader, unet_name=ckpt.name, weight_dtype="default")
             self.latent_source = "sd-like"
-            self.latent = self.test_model.photo(args.resolution)
+            self.latent = (self.test_model.photo(args.resolution) if args.frames is None
+                           else self.test_model.clip(args.resolution, args.frames))
             self.source, self.target, self.null = (self.test_model.prompt(seed) for seed in (0, 1, 2))
         else:
             self.model, self.clip, self.vae = self.run_node(n.CheckpointLoaderSimple, ckpt_name=ckpt.name)
@@ -603,6 +610,8 @@ class Bench:
             "unet_dtype": str(base.get_dtype()),
             "resolution": args.resolution,
             "latent_shape": list(self.latent["samples"].shape),
+            "frames": None if self.test_model is None or self.test_model.clip_frames == 1 else (
+                args.frames or self.test_model.clip_frames),
             "image": str(args.image) if args.image else "synthetic",
             "latent": self.latent_source,
             "prompt": args.prompt,
@@ -640,7 +649,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         *environment_lines(m),
         f"- model: {Path(m['checkpoint']).name} ({m['model']}, UNet {m['unet_dtype']}); "
         f"{'VAE-encoded image ' + m['image'] if m['latent'] == 'vae' else 'SD-like synthetic latent'} at "
-        f"{m['resolution']}x{m['resolution']} (latent {m['latent_shape']}); "
+        f"{m['resolution']}x{m['resolution']}" + (f", {m['frames']} frames" if m.get("frames") else "")
+        + f" (latent {m['latent_shape']}); "
         + (f"stand-in encodings of the {m['family']} text encoder's shape" if m.get("family")
            else f"prompt \"{m['prompt']}\""),
         f"- wall time: median of {m['repeats']} SPDInvInvert calls after a {m['warmup_steps']}-step warm-up; "

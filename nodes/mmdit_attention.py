@@ -1,5 +1,5 @@
 """MMDiTMutualAttention: mutual attention on a flow transformer's joint attention (SD3.x, Flux.1, Flux.2, Chroma,
-Qwen-Image, Z-Image, HiDream), on a MODEL clone."""
+Qwen-Image, Z-Image, HiDream) and on Wan's self-attention over a clip's frames, on a MODEL clone."""
 
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ class MMDiTMutualAttention(io.ComfyNode):
             display_name="SPDInv MM-DiT Mutual Attention",
             category="SPDInv/engines",
             description="Mutual attention for flow transformers (SD3.x, Flux.1, Flux.2, Chroma, Qwen-Image, "
-                        "Z-Image, HiDream) with the "
+                        "Z-Image, HiDream; Wan video: the self-attention over all frames) with the "
                         "SPDInv Edit Sampler: from a "
                         "start step, in the blocks from a start depth on, the target's image tokens attend to the "
                         "source's image-token keys and values (or values only, as RF-Solver-Edit), next to its own "
                         "prompt's tokens: the new prompt changes the content, the photo's layout and appearance "
                         "stay. Installed on a clone through ComfyUI's pre-attention hook (or block patches where "
                         "the model has no hook; Z-Image and HiDream: one attention override for the model, "
-                        "chained onto one already there); other samplers see plain attention.",
+                        "chained onto one already there; Wan: block patches that change only the "
+                        "self-attention); other samplers see plain attention. With a mask, the edit stays inside it.",
             inputs=[
                 io.Model.Input("model", tooltip="The flow model the photo was inverted with (SD3.x, Flux.1, "
-                               "Flux.2, Chroma, Qwen-Image, Z-Image, HiDream)."),
+                               "Flux.2, Chroma, Qwen-Image, Z-Image, HiDream, Wan)."),
                 io.Float.Input("start_step", default=0.1, min=0.0, max=1.0, step=0.02,
                                tooltip="Fraction of the steps before sharing starts (0.1). Later: the target "
                                        "forms more of its own layout first."),
@@ -43,21 +44,27 @@ class MMDiTMutualAttention(io.ComfyNode):
                                        "shares, in the order joint blocks, then single-stream blocks. -1: the "
                                        "model's default (SD3.x, Qwen-Image and Z-Image: 0.5, the second half of "
                                        "the blocks; Flux.1: 0.65, the last 20 of its 38 single-stream blocks; "
-                                       "Flux.2, Chroma and HiDream: 0.65). Lower: more of the photo kept."),
+                                       "Flux.2, Chroma and HiDream: 0.65; Wan: 0.5). Lower: more of the photo "
+                                       "kept."),
                 io.Combo.Input("share", options=list(SHARES), default=SHARES[0],
                                tooltip="keys and values: the target's image tokens see the source's (MasaCtrl, "
                                        "KV-Edit). values: only the values are the source's (RF-Solver-Edit): "
                                        "the target keeps its own attention pattern, a weaker hold."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Optional: where the edit may change the photo or clip (white). Outside it "
+                                      "the edit is the reconstruction. The photo's size; for a clip one mask, one "
+                                      "per latent frame, or one per frame."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The model with mutual attention (use it with "
                                      "the SPDInv Edit Sampler).")],
         )
 
     @classmethod
-    def execute(cls, model, start_step, start_block, share) -> io.NodeOutput:
+    def execute(cls, model, start_step, start_block, share, mask=None) -> io.NodeOutput:
         family = Family.of(model)
         family.require(JointMutualAttention.node)
         blocks = named("model", family.sites, model.get_model_object("diffusion_model"))
         depth = family.default("mmdit_start_block") if start_block == AUTO_DEPTH else start_block
-        engine = JointMutualAttention(start_step, block_from(depth, len(blocks)), share)
+        region = None if mask is None else mask.detach().float().cpu()
+        engine = JointMutualAttention(start_step, block_from(depth, len(blocks)), share, region)
         return io.NodeOutput(attach_engine(model, engine, None, WrappersMP.DIFFUSION_MODEL))

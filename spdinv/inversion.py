@@ -277,13 +277,15 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
             dr = torch.stack([h.flatten(1) for h in hist_dr], dim=-1).double()
             cols = torch.arange(len(hist_dz), device=z.device)
             keep = (cols.unsqueeze(0) >= valid_from.unsqueeze(1)).double().unsqueeze(1)
-            dz, dr = dz * keep, dr * keep
+            dz.mul_(keep)  # in place, here and below: the float64 history is 4·memory latents' worth (video)
+            dr.mul_(keep)
             gram = dr.transpose(1, 2) @ dr
             reg = 1e-10 * gram.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30)
             gram = gram + reg.view(-1, 1, 1) * torch.eye(gram.shape[-1], dtype=gram.dtype, device=z.device)
             rhs = dr.transpose(1, 2) @ r.flatten(1).double().unsqueeze(-1)
             gamma = torch.linalg.solve(gram, rhs)
-            correction = ((dz + beta.view(-1, 1, 1) * dr) @ gamma).squeeze(-1)
+            correction = (dr.mul_(beta.view(-1, 1, 1)).add_(dz) @ gamma).squeeze(-1)
+            del dz, dr
             step = step - correction.view_as(z).to(z.dtype)
         active = (~done).view(view)
         z_new = torch.where(active, z + step, z)

@@ -90,7 +90,7 @@ def test_refusals_name_the_engine_that_fits():
                                          "use SPDInv MM-DiT Mutual Attention"):
         attach_engine(sd3, MutualSelfAttention(), None, "wrapper")
     sd15 = FakePatcher(sd15_like(), config("SD15"))
-    with pytest.raises(ValueError, match="runs on SD3.x, Flux.1, Flux.2, Chroma, Qwen-Image, Z-Image, HiDream; "
+    with pytest.raises(ValueError, match="runs on SD3.x, Flux.1, Flux.2, Chroma, Qwen-Image, Z-Image, HiDream, Wan; "
                                          "this model is SD1.x: use SPDInv Prompt-to-Prompt or SPDInv MasaCtrl or "
                                          "SPDInv Plug-and-Play"):
         attach_engine(sd15, JointMutualAttention(0.1, 0), None, "wrapper")

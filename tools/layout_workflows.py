@@ -129,6 +129,13 @@ NOTES = {
                                    "'Preview edit region'); connect a mask to 'Preserve outside edit' to choose it. "
                                    "Global edits: remove the preservation node. Saved: the edit, reconstruction | "
                                    "edit.",
+    "Wan video": "Edit a video clip with Wan 2.1: SPDInv + mutual attention\n\nModels: models/diffusion_models/"
+                 "wan2.1_t2v_1.3B_fp16.safetensors; models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors; "
+                 "models/vae/wan_2.1_vae.safetensors.\n\n1. Clip: load your clip (the example pans over a CC0 photo "
+                 "of a cat); First frames: how many to edit, 1 + 4k (Wan's own length is 81).\n2. Source prompt: "
+                 "describe the clip as it is.\n3. Target prompt: the edit.\n\nCFG 5 against the source prompt, 30 "
+                 "steps, the model's shift 8; inversion at CFG 1. Optional: a MASK into Mutual attention keeps the "
+                 "edit inside it. Saved: the edited clip, the reconstructed clip, the residual plot.",
     "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE + STEPS
                       + "\nThen Run. Saved: both reconstructions and the residual plot.",
 }
@@ -166,13 +173,22 @@ MODEL_FILES = {
     "clip-vit-large-patch14.safetensors": ("clip_vision", "https://huggingface.co/openai/clip-vit-large-patch14/"
                                                           "resolve/main/model.safetensors"),
     "global_mapper.pt": ("elite", "https://huggingface.co/ELITE-library/ELITE/resolve/main/checkpoints/"),
+    "wan2.1_t2v_1.3B_fp16.safetensors": ("diffusion_models", "https://huggingface.co/Comfy-Org/"
+                                                             "Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/"
+                                                             "diffusion_models/"),
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors": ("text_encoders", "https://huggingface.co/Comfy-Org/"
+                                                                "Wan_2.1_ComfyUI_repackaged/resolve/main/"
+                                                                "split_files/text_encoders/"),
+    "wan_2.1_vae.safetensors": ("vae", "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/"
+                                       "split_files/vae/"),
 }
 """Model file -> (ComfyUI models folder, download URL): a folder URL (ending in ``/``) that holds the file under
 its name, or the file's own URL where it is published under another name (CLIP ViT-L/14's ``model.safetensors``).
 The flow models as ComfyUI's own templates name and link them (comfyui-workflow-templates:
-flux_dev_full_text_to_image, image_flux2_klein_text_to_image, image_qwen_image; the Kontext and Qwen-Image-Edit
-files from Comfy-Org's flux1-kontext-dev_ComfyUI and Qwen-Image-Edit_ComfyUI); the SD checkpoints from Comfy-Org's
-and Stability AI's repositories; ELITE's global mapper from its authors' release (ELITE-library/ELITE)."""
+flux_dev_full_text_to_image, image_flux2_klein_text_to_image, image_qwen_image, text_to_video_wan; the Kontext and
+Qwen-Image-Edit files from Comfy-Org's flux1-kontext-dev_ComfyUI and Qwen-Image-Edit_ComfyUI); the SD checkpoints
+from Comfy-Org's and Stability AI's repositories; ELITE's global mapper from its authors' release
+(ELITE-library/ELITE)."""
 LOADERS = ("UNETLoader", "CLIPLoader", "DualCLIPLoader", "VAELoader", "CheckpointLoaderSimple", "CLIPVisionLoader",
            "ELITEMapperLoader")
 
@@ -316,7 +332,7 @@ PREPARE = """([note]) => {
     const sizes = {};
     for (const n of graph._nodes) {
         const need = n.computeSize();
-        const shows = n.type === 'SaveImage' || n.type === 'PreviewImage' || n.type === 'LoadImage';
+        const shows = ['SaveImage', 'PreviewImage', 'LoadImage', 'LoadVideo', 'SaveVideo'].includes(n.type);
         sizes[n.id] = n === target ? [360, 220] : [Math.max(need[0], shows ? 280 : 220),
                                                     Math.max(need[1], shows ? 280 : 0)];
     }

@@ -45,6 +45,7 @@ from .flow import (
     flux_vae_path,
     qwen_image_model_path,
     sd3_checkpoint_path,
+    wan21_model_path,
     wan21_vae_path,
 )
 from .latents import sd_like_latent
@@ -69,7 +70,7 @@ __all__ = [
     "flux_full_width_model_path", "flux_model_path", "FLUX_REDUCED_WIDTH",
     "FLOW_TEST_MODELS", "FlowTestModel", "INSTRUCTION_EDITORS", "InstructionEditor",
     "FLUX2_CONTEXT", "flux2_model_path", "QWEN_IMAGE_CONTEXT",
-    "qwen_image_model_path", "flux_vae_path", "flux2_vae_path", "wan21_vae_path",
+    "qwen_image_model_path", "flux_vae_path", "flux2_vae_path", "wan21_model_path", "wan21_vae_path",
     "lora_path", "sd15_checkpoint_path", "sd2_checkpoint_path", "sd3_checkpoint_path",
     "sd_like_latent", "sdxl_checkpoint_path",
 ]

@@ -30,6 +30,11 @@ CHROMA_DEPTH = (1, 1)
 0.28 B parameters)."""
 FLUX2_MODEL_NAME = f"spdinv-test-flux2-klein-d2s2-random-v{FORMAT_VERSION}.safetensors"
 QWEN_IMAGE_MODEL_NAME = f"spdinv-test-qwen-image-b1-random-v{FORMAT_VERSION}.safetensors"
+WAN21_MODEL_NAME = f"spdinv-test-wan21-t2v-w128-d2-random-v{FORMAT_VERSION}.safetensors"
+WAN_CONTEXT = 4096
+"""Wan's text width: umT5-XXL's hidden size (ComfyUI pads a prompt to 512 tokens)."""
+WAN_TEST_WIDTH, WAN_TEST_DEPTH = 128, 2
+"""The Wan test model's width (one head of 128: ComfyUI reads the heads as width / 128) and blocks."""
 FLUX_VAE_NAME = f"spdinv-test-flux-vae-random-v{FORMAT_VERSION}.safetensors"
 FLUX2_VAE_NAME = f"spdinv-test-flux2-vae-random-v{FORMAT_VERSION}.safetensors"
 WAN21_VAE_NAME = f"spdinv-test-wan21-vae-random-v{FORMAT_VERSION}.safetensors"
@@ -187,6 +192,34 @@ def qwen_image_shapes(blocks: int = 1) -> Shapes:
     return s
 
 
+def wan21_shapes(dim: int = WAN_TEST_WIDTH, layers: int = WAN_TEST_DEPTH, ffn: int = 2 * WAN_TEST_WIDTH) -> Shapes:
+    """Wan 2.1 text-to-video's diffusion model (``comfy/ldm/wan/model.py``, detected by ``head.modulation``): ComfyUI
+    reads the width, FFN width, block count and input channels from the keys and the heads as width / 128; patches
+    1×2×2 of 16 latent channels, 4096-d umT5 text input, self- then cross-attention in every block (the 1.3 B model:
+    width 1536, 30 blocks)."""
+    s: Shapes = {"patch_embedding.weight": (dim, 16, 1, 2, 2), "patch_embedding.bias": (dim,)}
+    _linear(s, "text_embedding.0", dim, WAN_CONTEXT)
+    _linear(s, "text_embedding.2", dim, dim)
+    _linear(s, "time_embedding.0", dim, 256)
+    _linear(s, "time_embedding.2", dim, dim)
+    _linear(s, "time_projection.1", 6 * dim, dim)
+    for i in range(layers):
+        p = f"blocks.{i}"
+        for attention in ("self_attn", "cross_attn"):
+            for proj in ("q", "k", "v", "o"):
+                _linear(s, f"{p}.{attention}.{proj}", dim, dim)
+            s[f"{p}.{attention}.norm_q.weight"] = (dim,)
+            s[f"{p}.{attention}.norm_k.weight"] = (dim,)
+        s[f"{p}.norm3.weight"] = (dim,)
+        s[f"{p}.norm3.bias"] = (dim,)
+        _linear(s, f"{p}.ffn.0", ffn, dim)
+        _linear(s, f"{p}.ffn.2", dim, ffn)
+        s[f"{p}.modulation"] = (1, 6, dim)
+    _linear(s, "head.head", 4 * 16, dim)
+    s["head.modulation"] = (1, 2, dim)
+    return s
+
+
 def _conv3d(s: Shapes, name: str, c_out: int, c_in: int, kernel: tuple[int, int, int]) -> None:
     s[f"{name}.weight"] = (c_out, c_in, *kernel)
     s[f"{name}.bias"] = (c_out,)
@@ -303,6 +336,11 @@ def build_sd3_state_dict(seed: int = SEED + 5, dtype: torch.dtype = torch.float1
     return _random(sd3_shapes(), torch.Generator().manual_seed(seed), dtype)
 
 
+def build_wan21_state_dict(seed: int = SEED + 12, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """All tensors of the Wan 2.1 T2V-class test diffusion model (:func:`wan21_shapes`), deterministic random."""
+    return _random(wan21_shapes(), torch.Generator().manual_seed(seed), dtype)
+
+
 def build_vae_state_dict(shapes: Shapes, seed: int, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """All tensors of a stand-alone VAE file, deterministic random values; RMS-norm scales (``gamma``) one."""
     sd = _random(shapes, torch.Generator().manual_seed(seed), dtype)
@@ -367,3 +405,10 @@ def qwen_image_model_path() -> Path:
     meta = {"spdinv_test": "random-weight one-block Qwen-Image diffusion model, not a real model",
             "seed": str(SEED + 8)}
     return _cached(QWEN_IMAGE_MODEL_NAME, build_qwen_image_state_dict, meta)
+
+
+def wan21_model_path() -> Path:
+    """Path of the cached random Wan 2.1 T2V-class diffusion model (width 128, 2 blocks, 1.1 M parameters)."""
+    meta = {"spdinv_test": "random-weight Wan 2.1 T2V-class diffusion model of reduced width and depth, not a real "
+                           "model", "seed": str(SEED + 12)}
+    return _cached(WAN21_MODEL_NAME, build_wan21_state_dict, meta)

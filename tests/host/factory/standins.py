@@ -20,10 +20,12 @@ from .cache import SEED
 from .flow import (
     FLUX2_CONTEXT,
     QWEN_IMAGE_CONTEXT,
+    WAN_CONTEXT,
     chroma_model_path,
     flux2_model_path,
     flux_model_path,
     qwen_image_model_path,
+    wan21_model_path,
 )
 from .latents import sd_like_latent
 
@@ -39,7 +41,8 @@ class FlowTestModel:
     per-prompt tensors by conditioning key and shape (Flux.1's CLIP-L ``pooled_output``, HiDream's Llama layers;
     shape ``None``: the key is there with ``None``, as ComfyUI's T5-only encoders give ``pooled_output``);
     ``guidance``: the distilled guidance a prompt carries (FluxGuidance), if any; ``channels``/``downscale``: latent
-    channels and pixels per latent cell; ``frames``: 5-D latents."""
+    channels and pixels per latent cell; ``frames``: 5-D latents; ``clip_frames``: the pixel frames of the test clip
+    :meth:`photo` gives (video models; 1: one image)."""
 
     family: str
     model_path: Callable[[], Path] | None
@@ -51,6 +54,7 @@ class FlowTestModel:
     downscale: int = 8
     frames: bool = False
     bypass: tuple[str, dict[str, Any], int] | None = None
+    clip_frames: int = 1
 
     def prompt(self, seed: int, guidance: float | None = None) -> list:
         """A stand-in CONDITIONING for prompt number ``seed`` (at ``guidance``, default the family's)."""
@@ -63,9 +67,21 @@ class FlowTestModel:
         return [[tokens, options]]
 
     def photo(self, resolution: int, seed: int = 0) -> dict[str, torch.Tensor]:
-        """A ``resolution``² photo's LATENT: smooth, unit statistics, in the model's layout."""
+        """A ``resolution``² photo's LATENT: smooth, unit statistics, in the model's layout; for a video model the
+        test clip of ``clip_frames`` frames (:meth:`clip`)."""
+        if self.clip_frames > 1:
+            return self.clip(resolution, self.clip_frames, seed)
         samples = sd_like_latent(resolution * 8 // self.downscale, seed=seed, channels=self.channels, scale=1.0)
         return {"samples": samples.unsqueeze(2) if self.frames else samples}
+
+    def clip(self, resolution: int, frames: int, seed: int = 0) -> dict[str, torch.Tensor]:
+        """A ``frames``-frame ``resolution``² clip's LATENT ``[1, C, 1 + (frames - 1) // 4, h, w]`` (Wan's VAE keeps
+        the first frame and packs four frames into each later latent frame): a smooth field drifting smoothly into
+        another over time, unit statistics."""
+        ends = sd_like_latent(resolution * 8 // self.downscale, batch=2, seed=seed, channels=self.channels, scale=1.0)
+        t = torch.linspace(0, 1, 1 + (frames - 1) // 4).reshape(1, 1, -1, 1, 1)
+        samples = ends[:1].unsqueeze(2) * (1 - t) + ends[1:].unsqueeze(2) * t
+        return {"samples": samples / samples.std()}
 
 
 Z_IMAGE = dict(image_model="lumina2", patch_size=2, in_channels=16, dim=256, cap_feat_dim=2560, n_layers=2,
@@ -88,10 +104,12 @@ FLOW_TEST_MODELS: dict[str, FlowTestModel] = {
     "hidream": FlowTestModel("HiDream", None, 4096, tokens=8,
                              extras=(("conditioning_llama3", (1, 32, 8, 4096)), ("pooled_output", (1, 2048))),
                              bypass=("HiDream", HIDREAM, SEED + 10)),
+    "wan": FlowTestModel("Wan", wan21_model_path, WAN_CONTEXT, tokens=512, frames=True, clip_frames=9),
 }
 """By command-line name: Flux.1-dev (T5-XXL tokens, CLIP-L pooled, guidance 3.5), Flux.2 Klein (three Qwen3-4B
 layers), Chroma (T5-XXL tokens, no pooled output), Qwen-Image (Qwen2.5-VL-7B, 5-D latents), Z-Image (Qwen3-4B's
-width), HiDream (T5-XXL tokens, every Llama-3.1 layer, the pooled CLIP-L + CLIP-G)."""
+width), HiDream (T5-XXL tokens, every Llama-3.1 layer, the pooled CLIP-L + CLIP-G), Wan 2.1 T2V (umT5-XXL's 512
+padded tokens, a 9-frame clip)."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
-"""Test-only ComfyUI node that stands in for the real text encoders of Flux.1, Flux.2, Qwen-Image and Chroma.
+"""Test-only ComfyUI node that stands in for the real text encoders of Flux.1, Flux.2, Qwen-Image, Chroma and Wan.
 
 T5-XXL (4.7 B), Qwen3-4B / Mistral-3 24B and Qwen2.5-VL 7B cannot run in the CPU host tests, so the server tests
 replace a workflow's text-encoder loader + ``CLIPTextEncode`` with this node (``FluxGuidance`` stays). It returns
 CONDITIONING in each family's real shapes, with random values seeded from the text so that different prompts
 differ and the same prompt is the same: Flux.1 T5 tokens ``[1, L, 4096]`` + CLIP-L ``pooled_output [1, 768]``;
 Flux.2 Klein 4B ``[1, 512, 7680]`` (three stacked Qwen3-4B layers, padded to 512 tokens as ComfyUI pads it);
-Qwen-Image ``[1, L, 3584]``; Chroma T5 tokens ``[1, L, 4096]``. Encoders without a pooled output give
+Qwen-Image ``[1, L, 3584]``; Chroma T5 tokens ``[1, L, 4096]``; Wan umT5-XXL ``[1, 512, 4096]`` (padded to 512 tokens
+as ComfyUI pads it). Encoders without a pooled output give
 ``pooled_output`` None, as ComfyUI's do. Loaded into the test server next to the pack; never shipped as a node of
 the pack.
 """
@@ -16,17 +17,19 @@ import zlib
 
 import torch
 
-FAMILIES = {"flux": (4096, 768), "flux2": (7680, None), "qwen_image": (3584, None), "chroma": (4096, None)}
+FAMILIES = {"flux": (4096, 768), "flux2": (7680, None), "qwen_image": (3584, None), "chroma": (4096, None),
+            "wan": (4096, None)}
 """Loader ``type`` -> (text width, pooled width or None: then ``pooled_output`` is None, as for a T5-only
 encoder)."""
-FLUX2_TOKENS = 512
+PADDED_TOKENS = {"flux2": 512, "wan": 512}
+"""Families whose encoder pads every prompt to a fixed length."""
 
 
 def stand_in_conditioning(text: str, family: str) -> list:
     """CONDITIONING for ``text`` in ``family``'s shapes, seeded from the text."""
     width, pooled = FAMILIES[family]
     gen = torch.Generator().manual_seed(zlib.crc32(f"{family}:{text}".encode()))
-    tokens = FLUX2_TOKENS if family == "flux2" else 4 + len(text.split())
+    tokens = PADDED_TOKENS.get(family, 4 + len(text.split()))
     extra = {"pooled_output": torch.randn(1, pooled, generator=gen) if pooled else None}
     return [[torch.randn(1, tokens, width, generator=gen), extra]]
 

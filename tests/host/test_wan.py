@@ -1,0 +1,151 @@
+"""Wan 2.1 inside real ComfyUI: a random Wan 2.1 T2V-class diffusion model (width 128, one head, 2 blocks; ComfyUI
+reads width, depth and FFN width from the keys) that the diffusion-model loader detects as ``WAN21_T2V`` (shift 8),
+a 9-frame 64² clip's latent ``[1, 16, 3, 8, 8]`` inverted and edited with mutual attention on the blocks'
+self-attention (``dit`` block patches, on 0.33 and 0.3.64 alike).
+
+Random weights stand in for Wan 2.1 T2V 1.3B, and random encodings in umT5-XXL's shape (512 tokens of 4096) for its
+text encoder. The clip's 3 latent frames of 4×4 patches make 48 tokens, which every block's self-attention sees
+together; its cross-attention sees the prompt's 512.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from spdinv_pack.attention_patches.families import Family
+from spdinv_pack.attention_patches.registration import SelfAttentionBlockPatch
+from spdinv_pack.spdinv.metrics import latent_psnr
+from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, wan21_model_path
+from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, mutual, reconstruction_psnr
+
+WAN = FLOW_TEST_MODELS["wan"]
+OVERRIDE = "optimized_attention_override"
+CLIP_TOKENS, TEXT_TOKENS = 3 * 4 * 4, 512
+STEPS = 6
+prompt = WAN.prompt
+"""A stand-in for a Wan prompt's CONDITIONING (umT5-XXL's 512 tokens of 4096)."""
+
+
+@pytest.fixture(scope="module")
+def wan(comfy_env):
+    """The random Wan 2.1 T2V-class MODEL as ComfyUI's diffusion-model loader loads it."""
+    with diffusion_model(wan21_model_path()) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def clip_latent():
+    """A 9-frame 64² clip's Wan latent (16 channels, 3 latent frames of 8×8), smooth in space and time."""
+    return WAN.photo(64)
+
+
+@pytest.fixture(scope="module")
+def scene(run_node, pack_nodes, wan, clip_latent):
+    """The clip inverted in 6 steps with prompt 0, the options the base MODEL had, and a plain edit to prompt 1
+    (CFG 5, Wan's usual, the source prompt as negative)."""
+    options = copy.deepcopy(wan.model_options)
+    source, target = prompt(0), prompt(1)
+    inversion, _ = invert(run_node, pack_nodes, wan, source, clip_latent, steps=STEPS, rel_tol=0.01)
+    plain = edit(run_node, pack_nodes, wan, inversion, source, target, cfg=5.0)
+    return inversion, source, target, options, plain
+
+
+def test_the_loader_detects_wan_and_spdinv_reconstructs_a_clip_far_better_than_plain_flow_inversion(
+        run_node, pack_nodes, wan, clip_latent):
+    assert type(wan.model.model_config).__name__ == "WAN21_T2V" and Family.of(wan).name == "Wan"
+    assert wan.get_model_object("model_sampling").shift == 8.0
+    assert clip_latent["samples"].shape == (1, 16, 3, 8, 8)
+    psnr = reconstruction_psnr(run_node, pack_nodes, wan, prompt(0), clip_latent, 10, "Wan (9 frames, 64²)")
+    assert psnr["spdinv"] >= psnr["ddim"] + 10
+
+
+def test_self_attention_of_every_frame_is_shared_from_the_start_block_and_cross_attention_is_not(
+        run_node, pack_nodes, wan, scene):
+    inversion, source, target, _, _ = scene
+    calls, running = [], {}
+
+    def earlier(func, q, k, v, *rest, **kwargs):  # another node's override, run under the engine's
+        calls.append(dict(block=running["block"], k=k.clone(), v=v.clone()))
+        return func(q, k, v, *rest, **kwargs)
+
+    chained = wan.clone()
+    chained.model_options.setdefault("transformer_options", {})[OVERRIDE] = earlier
+    patched = mutual(run_node, pack_nodes, chained)
+    replace = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert sorted(replace) == [("double_block", 1)] and isinstance(replace[("double_block", 1)],
+                                                                  SelfAttentionBlockPatch)
+    blocks = wan.get_model_object("diffusion_model").blocks
+    handles = [block.register_forward_pre_hook(lambda _m, _a, i=i: running.update(block=i))
+               for i, block in enumerate(blocks)]  # 0.3.64 does not name the block in the options
+    try:
+        edit(run_node, pack_nodes, patched, inversion, source, target, cfg=1.0)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(calls) == 2 * 2 * STEPS  # two blocks, self- then cross-attention, one call a step at CFG 1
+    by_kind = {"self": [c for c in calls if c["k"].shape[1] == CLIP_TOKENS],
+               "cross": [c for c in calls if c["k"].shape[1] == TEXT_TOKENS]}
+    assert len(by_kind["self"]) == len(by_kind["cross"]) == 2 * STEPS
+    shared = [c for c in by_kind["self"] if c["block"] == 1]
+    assert all(torch.equal(c["k"][1], c["k"][0]) and torch.equal(c["v"][1], c["v"][0]) for c in shared)  # rows:
+    # source, target. Block 0 sees the rows' own latents (equal at the first step: the prompt enters at the
+    # cross-attention)
+    assert any(not torch.equal(c["k"][1], c["k"][0]) for c in by_kind["self"] if c["block"] == 0)
+    assert all(not torch.equal(c["k"][1], c["k"][0]) for c in by_kind["cross"])  # each row its own prompt
+
+
+def test_mutual_attention_edits_the_target_keeps_the_source_and_an_identity_edit_is_exact(
+        run_node, pack_nodes, wan, scene):
+    inversion, source, target, options, plain = scene
+    patched = mutual(run_node, pack_nodes, wan)
+    edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=5.0)
+    assert edited["samples"].shape == (1, 16, 3, 8, 8)
+    assert not torch.equal(edited["samples"], plain[0]["samples"])
+    assert torch.equal(recon["samples"], plain[1]["samples"])  # the source branch is untouched
+    print(f"\n[host] Wan edit vs reconstruction: plain {latent_psnr(plain[0]['samples'], plain[1]['samples']):.2f} "
+          f"dB, mutual attention {latent_psnr(edited['samples'], recon['samples']):.2f} dB")
+    same, recon_same, _ = edit(run_node, pack_nodes, patched, inversion, source, source, cfg=5.0)
+    assert torch.equal(same["samples"], recon_same["samples"])
+    assert wan.model_options == options
+
+
+def test_cancel_mid_edit_leaves_the_model_untouched_and_the_edit_runs_again(run_node, pack_nodes, wan, scene):
+    import comfy.model_management as mm
+
+    inversion, source, target, options, plain = scene
+    calls = {"n": 0}
+
+    def interrupting(apply_model, args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            mm.interrupt_current_processing(True)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    wrapped = wan.clone()
+    wrapped.set_model_unet_function_wrapper(interrupting)
+    with pytest.raises(mm.InterruptProcessingException):
+        edit(run_node, pack_nodes, mutual(run_node, pack_nodes, wrapped), inversion, source, target, cfg=5.0)
+    assert calls["n"] == 3 and not mm.processing_interrupted()
+    assert wan.model_options == options
+    unet = wan.get_model_object("diffusion_model")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+    again = edit(run_node, pack_nodes, wan, inversion, source, target, cfg=5.0)
+    assert all(torch.equal(a["samples"], b["samples"]) for a, b in zip(again[:2], plain[:2], strict=True))
+
+
+def test_with_a_mask_over_the_frames_the_edit_changes_only_inside_it(run_node, pack_nodes, wan, scene):
+    inversion, source, target, _, plain = scene
+    mask = torch.zeros(9, 64, 64)
+    mask[4:, :, 32:] = 1.0  # the right half, from the 5th frame on: latent frames 1 and 2
+    patched = mutual(run_node, pack_nodes, wan, mask=mask)
+    edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=5.0)
+    inside = torch.zeros(1, 16, 3, 8, 8, dtype=torch.bool)
+    inside[:, :, 1:, :, 4:] = True
+    assert torch.equal(recon["samples"], plain[1]["samples"])
+    assert torch.equal(edited["samples"][~inside], recon["samples"][~inside])
+    assert not torch.equal(edited["samples"][inside], recon["samples"][inside])
+    with pytest.raises(ValueError, match="^mask: 5 frames cannot be matched to the clip's 3 latent frames"):
+        edit(run_node, pack_nodes, mutual(run_node, pack_nodes, wan, mask=mask[:5]), inversion, source, target)

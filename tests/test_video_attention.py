@@ -1,0 +1,198 @@
+"""Mutual attention on a video DiT (Wan): ``dit`` block patches whose override hands the engine each block's
+self-attention only, on a stand-in without ComfyUI.
+
+The stand-in's blocks run as Wan's do under ComfyUI: the model calls ``patches_replace["dit"][("double_block", i)]``
+with ``{"img", "txt", "transformer_options"}`` and ``{"original_block"}``, and a block calls
+``transformer_options["optimized_attention_override"]`` first for its self-attention over the clip's tokens, then
+for its cross-attention to the prompt's tokens (``override(func, q, k, v, heads=..., transformer_options=...)`` on
+``[B, N, heads·dim]``). The host tests run the real model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_calls import FakePatcher, edit_run
+from torch import nn
+
+from spdinv_pack.attention_patches.families import MMDIT, SELF_ATTENTION, Family
+from spdinv_pack.attention_patches.joint_attention import JointMutualAttention
+from spdinv_pack.attention_patches.registration import SelfAttentionBlockPatch, attach_engine
+from spdinv_pack.attention_patches.run import RUN_KEY
+
+OVERRIDE = "optimized_attention_override"
+
+
+def config(name: str) -> object:
+    return type(name, (), {})()
+
+
+def host_attention(q, k, v, *rest, **kwargs):
+    """ComfyUI's attention as the override receives it (``func``): here it returns the values it attends to."""
+    return v
+
+
+class WanBlockLike(nn.Module):
+    """Self-attention over ``x`` then cross-attention of ``x`` to ``context``; logs what each attention received."""
+
+    def __init__(self, log: list, cross_first: bool = False):
+        super().__init__()
+        self.log, self.cross_first = log, cross_first
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        override = transformer_options.get(OVERRIDE)
+
+        def attend(q, k, v):
+            if override is None:
+                return host_attention(q, k, v)
+            return override(host_attention, q, k, v, heads=1, transformer_options=transformer_options)
+
+        order = (("cross", context), ("self", x)) if self.cross_first else (("self", x), ("cross", context))
+        for kind, kv in order:
+            self.log.append((kind, kv, attend(x, kv, kv)))
+        return x
+
+
+class WanLike(nn.Module):
+    """Three Wan blocks, called through their ``dit`` replace patches where there are some."""
+
+    patch_size = (1, 2, 2)
+
+    def __init__(self, cross_first: bool = False):
+        super().__init__()
+        self.log: list = []
+        self.patch_embedding, self.text_embedding, self.time_projection = nn.Identity(), nn.Identity(), nn.Identity()
+        self.blocks = nn.ModuleList(WanBlockLike(self.log, cross_first) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        replace = transformer_options.get("patches_replace", {}).get("dit", {})
+        for i, block in enumerate(self.blocks):
+            if ("double_block", i) in replace:
+                def original(args, block=block):
+                    return {"img": block(args["img"], args["txt"], args["transformer_options"])}
+
+                x = replace[("double_block", i)]({"img": x, "txt": context, "transformer_options": transformer_options},
+                                                 {"original_block": original})["img"]
+            else:
+                x = block(x, context, transformer_options)
+        return x
+
+
+def call(patched: FakePatcher, x: torch.Tensor, context: torch.Tensor, step: int = 1, with_run: bool = True) -> list:
+    """One model call of a two-row edit batch [source, target] as ComfyUI makes it; the attentions' log."""
+    run = edit_run(4, (1, 16, 3, 4, 4))
+    options = {**patched.model_options["transformer_options"], "sigmas": run.grid[step:step + 1],
+               "cond_or_uncond": [0]}
+    if with_run:
+        options[RUN_KEY] = run
+    model = patched.get_model_object("diffusion_model")
+    model.log.clear()
+    model(x, context, options)
+    return list(model.log)
+
+
+def tokens(seed: int, n: int) -> torch.Tensor:
+    return torch.randn(2, n, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_wan_and_its_children_are_the_wan_family_and_run_mutual_attention_through_block_patches():
+    for name in ("WAN21_T2V", "WAN22_T2V"):
+        parent = type("WAN21_T2V", (), {})
+        cls = parent if name == "WAN21_T2V" else type(name, (parent,), {})
+        family = Family.of(FakePatcher(WanLike(), cls()))
+        assert family.name == "Wan" and family.hook == SELF_ATTENTION and MMDIT in family.engines
+    assert Family.of(FakePatcher(WanLike(), config("NewVideo"))).name == "NewVideo (Wan-like)"
+    assert Family.of(FakePatcher(nn.Module(), config("NewVideo"))).engines == ()  # "blocks" alone is no Wan
+    patched = attach_engine(FakePatcher(WanLike(), config("WAN21_T2V")), JointMutualAttention(0.0, 1), None, "w")
+    replace = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert sorted(replace) == [("double_block", 1), ("double_block", 2)]
+    assert all(isinstance(p, SelfAttentionBlockPatch) for p in replace.values())
+    assert "wrappers" not in patched.model_options["transformer_options"]  # no call wrapper needed
+
+
+def test_the_target_takes_the_sources_self_attention_values_and_keeps_its_own_cross_attention():
+    base = FakePatcher(WanLike(), config("WAN21_T2V"))
+    patched = attach_engine(base, JointMutualAttention(0.0, 1), None, "w")
+    x, context = tokens(0, 48), tokens(1, 512)
+    log = call(patched, x, context)
+    assert [kind for kind, _, _ in log] == ["self", "cross"] * 3
+    for block, ((_, given, out), (_, text, cross)) in enumerate(zip(log[0::2], log[1::2], strict=True)):
+        assert torch.equal(cross, text)  # cross-attention: the target's own prompt
+        assert torch.equal(out[0], given[0])  # the source row: its own
+        expected = given[0] if block >= 1 else given[1]
+        assert torch.equal(out[1], expected)  # the target row: the source's from the start block on
+    assert not torch.equal(x[0], x[1])  # not vacuous
+
+
+def test_outside_an_edit_and_before_the_start_step_every_attention_is_plain():
+    patched = attach_engine(FakePatcher(WanLike(), config("WAN21_T2V")), JointMutualAttention(0.5, 0), None, "w")
+    x, context = tokens(0, 48), tokens(1, 512)
+    for log in (call(patched, x, context, with_run=False), call(patched, x, context, step=1)):
+        assert all(torch.equal(out, given) for _, given, out in log)
+    assert any(not torch.equal(out, given) for _, given, out in call(patched, x, context, step=3))
+
+
+def test_a_block_whose_first_attention_is_not_a_self_attention_is_refused_naming_the_block():
+    patched = attach_engine(FakePatcher(WanLike(cross_first=True), config("WAN21_T2V")), JointMutualAttention(0.0, 0),
+                            None, "w")
+    with pytest.raises(ValueError, match="^model: the first attention of double_block 0 attends 48 queries to 512 "
+                                         "keys, not a self-attention"):
+        call(patched, tokens(0, 48), tokens(1, 512))
+
+
+def test_an_override_already_on_the_model_still_runs_and_the_base_model_is_untouched():
+    seen = []
+
+    def earlier(func, q, k, v, *rest, **kwargs):
+        seen.append(k.shape[1])
+        return func(q, k, v, *rest, **kwargs)
+
+    base = FakePatcher(WanLike(), config("WAN21_T2V"))
+    base.model_options["transformer_options"][OVERRIDE] = earlier
+    before = dict(base.model_options["transformer_options"])
+    patched = attach_engine(base, JointMutualAttention(0.0, 0), None, "w")
+    log = call(patched, tokens(0, 48), tokens(1, 512))
+    assert seen == [48, 512] * 3
+    assert all(torch.equal(out[1], given[0]) for kind, given, out in log if kind == "self")
+    assert base.model_options["transformer_options"] == before
+
+
+def test_a_clips_mask_is_read_in_latent_cells_and_frames_packed_as_wans_vae_packs_them():
+    from spdinv_pack.attention_patches.edit_region import latent_region
+
+    mask = torch.zeros(9, 32, 32)
+    mask[0, :8, :8] = 1.0  # frame 0: the top-left latent cell
+    mask[6, 31, 31] = 1.0  # one pixel of frame 6 (latent frame 2: frames 5-8): the bottom-right cell
+    region = latent_region(mask, (1, 16, 3, 4, 4))
+    assert region.shape == (1, 1, 3, 4, 4) and region.dtype == torch.bool
+    assert region[0, 0, 0].nonzero().tolist() == [[0, 0]]
+    assert not region[0, 0, 1].any()
+    assert region[0, 0, 2].nonzero().tolist() == [[3, 3]]
+    assert torch.equal(latent_region(mask[:1], (1, 16, 3, 4, 4))[0, 0], region[0, 0, :1].expand(3, 4, 4))
+    assert latent_region(mask[0], (2, 16, 4, 4)).shape == (1, 1, 4, 4)  # an image latent, any batch
+
+
+def test_a_mask_that_fits_no_latent_is_refused_naming_the_mask_and_what_fits():
+    from spdinv_pack.attention_patches.edit_region import latent_region
+
+    with pytest.raises(ValueError, match="^mask: 5 frames cannot be matched to the clip's 3 latent frames; give one "
+                                         "mask, 3 \\(one per latent frame\\) or 9 \\(one per frame of the clip\\)"):
+        latent_region(torch.ones(5, 32, 32), (1, 16, 3, 4, 4))
+    with pytest.raises(ValueError, match="^mask: 30×32 is not a whole multiple of the latent's 4×4 cells"):
+        latent_region(torch.ones(1, 30, 32), (1, 16, 3, 4, 4))
+    with pytest.raises(ValueError, match="^mask: 2 frames for an image latent"):
+        latent_region(torch.ones(2, 32, 32), (1, 16, 4, 4))
+    engine = JointMutualAttention(0.0, 0, region=torch.ones(5, 32, 32))
+    with pytest.raises(ValueError, match="^mask: 5 frames"):
+        engine.check_run(edit_run(4, (1, 16, 3, 4, 4)))
+
+
+def test_outside_the_mask_the_target_becomes_the_source_after_every_step_and_inside_it_stays_its_own():
+    mask = torch.zeros(9, 32, 32)
+    mask[:, :16] = 1.0  # the top half of every frame
+    engine = JointMutualAttention(0.0, 0, region=mask)
+    x = torch.randn(2, 16, 3, 4, 4, generator=torch.Generator().manual_seed(0))  # [source, target]
+    out = engine.after_step(edit_run(4, (1, 16, 3, 4, 4)), 0, x)
+    assert torch.equal(out[0], x[0])
+    assert torch.equal(out[1, :, :, :2], x[1, :, :, :2]) and torch.equal(out[1, :, :, 2:], x[0, :, :, 2:])
+    assert JointMutualAttention(0.0, 0).after_step(edit_run(4), 0, x) is x
