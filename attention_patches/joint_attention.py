@@ -23,13 +23,11 @@ from typing import ClassVar
 
 import torch
 
-from ..spdinv.branches import BranchLayout
 from .attention_call import AttentionCall
 from .dit_blocks import DiTBlock
-from .edit_region import latent_region
 from .engine import EditEngine
 from .families import MMDIT
-from .run import EditRun, check_fraction
+from .run import check_fraction
 
 SHARES = ("keys and values", "values")
 """What the target's image tokens take from the source's: keys and values (MasaCtrl, KV-Edit) or values only
@@ -39,13 +37,11 @@ SHARES = ("keys and values", "values")
 @dataclass(frozen=True, eq=False)
 class JointMutualAttention(EditEngine):
     """One edit's mutual-attention configuration for an MM-DiT: from ``start_step`` (fraction of the steps), in
-    the blocks from ``start_block`` (position in forward order) on; ``region``: an optional MASK (pixels,
-    ``[frames, H, W]``) outside which the target stays the source (:mod:`.edit_region`)."""
+    the blocks from ``start_block`` (position in forward order) on."""
 
     start_step: float = 0.1
     start_block: int = 0
     share: str = SHARES[0]
-    region: torch.Tensor | None = None
     name: ClassVar[str] = "MM-DiT mutual attention"
     node: ClassVar[str] = MMDIT
     sites: ClassVar[str] = "dit blocks"
@@ -54,20 +50,6 @@ class JointMutualAttention(EditEngine):
         check_fraction("start_step", self.start_step)
         if self.share not in SHARES:
             raise ValueError(f"share: must be one of {', '.join(SHARES)}, got {self.share!r}")
-
-    def check_run(self, run: EditRun) -> None:
-        if self.region is not None:
-            latent_region(self.region, run.latent_shape)
-
-    def after_step(self, run: EditRun, step: int, x: torch.Tensor) -> torch.Tensor:
-        """Outside ``region``, the target rows of the stacked latent ``[source rows, target rows]`` become their
-        source rows."""
-        if self.region is None:
-            return x
-        inside = latent_region(self.region, (1, *x.shape[1:])).to(x.device)
-        layout = BranchLayout.of_batch(x.shape[0])
-        source, target = layout.split(x)
-        return layout.join(source, torch.where(inside, target, source))
 
     def check_sites(self, blocks: Sequence[DiTBlock]) -> None:
         if not 0 <= self.start_block < len(blocks):

@@ -32,7 +32,8 @@ class MMDiTMutualAttention(io.ComfyNode):
                         "stay. Installed on a clone through ComfyUI's pre-attention hook (or block patches where "
                         "the model has no hook; Z-Image and HiDream: one attention override for the model, "
                         "chained onto one already there; Wan: block patches that change only the "
-                        "self-attention); other samplers see plain attention. With a mask, the edit stays inside it.",
+                        "self-attention); other samplers see plain attention. To keep the edit inside a region, "
+                        "connect SPDInv Preserve Outside Edit to the edit sampler.",
             inputs=[
                 io.Model.Input("model", tooltip="The flow model the photo was inverted with (SD3.x, Flux.1, "
                                "Flux.2, Chroma, Qwen-Image, Z-Image, HiDream, Wan)."),
@@ -50,21 +51,16 @@ class MMDiTMutualAttention(io.ComfyNode):
                                tooltip="keys and values: the target's image tokens see the source's (MasaCtrl, "
                                        "KV-Edit). values: only the values are the source's (RF-Solver-Edit): "
                                        "the target keeps its own attention pattern, a weaker hold."),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="Optional: where the edit may change the photo or clip (white). Outside it "
-                                      "the edit is the reconstruction. The photo's size; for a clip one mask, one "
-                                      "per latent frame, or one per frame."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The model with mutual attention (use it with "
                                      "the SPDInv Edit Sampler).")],
         )
 
     @classmethod
-    def execute(cls, model, start_step, start_block, share, mask=None) -> io.NodeOutput:
+    def execute(cls, model, start_step, start_block, share) -> io.NodeOutput:
         family = Family.of(model)
         family.require(JointMutualAttention.node)
         blocks = named("model", family.sites, model.get_model_object("diffusion_model"))
         depth = family.default("mmdit_start_block") if start_block == AUTO_DEPTH else start_block
-        region = None if mask is None else mask.detach().float().cpu()
-        engine = JointMutualAttention(start_step, block_from(depth, len(blocks)), share, region)
+        engine = JointMutualAttention(start_step, block_from(depth, len(blocks)), share)
         return io.NodeOutput(attach_engine(model, engine, None, WrappersMP.DIFFUSION_MODEL))

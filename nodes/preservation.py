@@ -26,7 +26,10 @@ class PreservationRequest:
     def for_edit(self, model: Any, latent_shape: tuple[int, ...]) -> Preservation:
         """The rule on ``model``'s patch grid, the mask at ``latent_shape``'s cells."""
         cells = tuple(latent_shape[2:])
-        mask = None if self.mask is None else mask_to_cells(self.mask, cells)
+        try:
+            mask = None if self.mask is None else mask_to_cells(self.mask, cells)
+        except ValueError as e:
+            raise ValueError(f"preserve: {e}") from None
         if mask is not None and mask.shape[0] not in (1, latent_shape[0]):
             raise ValueError(f"preserve: its mask has {mask.shape[0]} images for {latent_shape[0]} inverted; give one "
                              "mask, or one per image (per frame for video)")

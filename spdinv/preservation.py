@@ -133,20 +133,34 @@ def snap_to_cells(region: torch.Tensor, cell: tuple[int, int]) -> torch.Tensor:
     return (snapped > 0).reshape(region.shape)
 
 
+FRAMES_PER_LATENT = 4
+"""Pixel frames per latent frame after the first (Wan 2.1's causal VAE: the first frame alone, then four a latent)."""
+
+
 def mask_to_cells(mask: torch.Tensor, cells: tuple[int, ...]) -> torch.Tensor:
     """A pixel mask ``[masks, H, W]`` (ComfyUI's MASK) as a region mask ``[masks, 1, *cells]`` in ``[0, 1]``: a cell
-    is the largest value of the pixels it covers (any covered pixel puts it inside). For ``(frames, h, w)`` cells,
-    masks hold one per frame (``frames`` of them per image) or one for all frames."""
+    is the largest value of the pixels it covers (any covered pixel puts it inside). For a clip's ``(frames, h, w)``
+    cells: one mask for every frame, one per latent frame, or one per frame of the clip (packed as Wan's VAE packs
+    frames: the first alone, then four to a latent frame); a ``ValueError`` names the counts that fit."""
     if mask.dim() == 2:
         mask = mask[None]
     h, w = cells[-2:]
     plane = F.adaptive_max_pool2d(mask.float()[:, None], (h, w))
     if len(cells) == 2:
         return plane
-    frames = cells[0]
-    if plane.shape[0] % frames:
-        return plane[:, :, None].expand(-1, -1, frames, -1, -1)
-    return plane.reshape(-1, frames, 1, h, w).transpose(1, 2)
+    frames, given = cells[0], plane.shape[0]
+    clip = 1 + FRAMES_PER_LATENT * (frames - 1)
+    if given == 1:
+        packed = plane.expand(frames, -1, -1, -1)
+    elif given == frames:
+        packed = plane
+    elif given == clip:
+        rest = plane[1:].reshape(frames - 1, FRAMES_PER_LATENT, 1, h, w).amax(dim=1)
+        packed = torch.cat([plane[:1], rest])
+    else:
+        raise ValueError(f"mask: {given} frames cannot be matched to the clip's {frames} latent frames; give one mask, "
+                         f"{frames} (one per latent frame) or {clip} (one per frame of the clip)")
+    return packed.transpose(0, 1)[None]
 
 
 def pin_outside(target: torch.Tensor, region: torch.Tensor, inverted: torch.Tensor) -> torch.Tensor:

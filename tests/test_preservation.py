@@ -135,3 +135,17 @@ def test_a_mask_that_does_not_fit_the_latent_names_the_input():
         Preservation(mask=torch.ones(1, 1, 4, 4)).given_region((1, 4, 8, 8))
     with pytest.raises(ValueError, match="threshold"):
         Preservation(threshold=2.0)
+
+
+def test_a_clips_mask_per_frame_is_packed_into_latent_frames_as_wans_vae_packs_them():
+    mask = torch.zeros(9, 32, 32)
+    mask[0, :8, :8] = 1.0  # frame 0: the top-left latent cell
+    mask[6, 31, 31] = 1.0  # one pixel of frame 6 (latent frame 2: frames 5-8): the bottom-right cell
+    region = mask_to_cells(mask, (3, 4, 4))
+    assert region.shape == (1, 1, 3, 4, 4)
+    assert region[0, 0, 0].nonzero().tolist() == [[0, 0]] and not region[0, 0, 1].any()
+    assert region[0, 0, 2].nonzero().tolist() == [[3, 3]]
+    assert torch.equal(mask_to_cells(mask[:1], (3, 4, 4))[0, 0], region[0, 0, :1].expand(3, 4, 4))
+    with pytest.raises(ValueError, match="^mask: 5 frames cannot be matched to the clip's 3 latent frames; give one "
+                                         "mask, 3 \\(one per latent frame\\) or 9 \\(one per frame of the clip\\)"):
+        mask_to_cells(torch.ones(5, 32, 32), (3, 4, 4))

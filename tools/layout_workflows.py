@@ -134,8 +134,9 @@ NOTES = {
                  "models/vae/wan_2.1_vae.safetensors.\n\n1. Clip: load your clip (the example pans over a CC0 photo "
                  "of a cat); First frames: how many to edit, 1 + 4k (Wan's own length is 81).\n2. Source prompt: "
                  "describe the clip as it is.\n3. Target prompt: the edit.\n\nCFG 5 against the source prompt, 30 "
-                 "steps, the model's shift 8; inversion at CFG 1. Optional: a MASK into Mutual attention keeps the "
-                 "edit inside it. Saved: the edited clip, the reconstructed clip, the residual plot.",
+                 "steps, the model's shift 8; inversion at CFG 1. Optional: SPDInv Preserve Outside Edit with a MASK "
+                 "(one, or one per frame) into the Edit's 'preserve' keeps the clip outside it. Saved: the edited "
+                 "clip, the reconstructed clip, the residual plot.",
     "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE + STEPS
                       + "\nThen Run. Saved: both reconstructions and the residual plot.",
 }

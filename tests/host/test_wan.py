@@ -19,7 +19,14 @@ from spdinv_pack.attention_patches.families import Family
 from spdinv_pack.attention_patches.registration import SelfAttentionBlockPatch
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, wan21_model_path
-from spdinv_pack.tests.host.pack_calls import diffusion_model, edit, invert, mutual, reconstruction_psnr
+from spdinv_pack.tests.host.pack_calls import (
+    diffusion_model,
+    edit,
+    edit_region,
+    invert,
+    mutual,
+    reconstruction_psnr,
+)
 
 WAN = FLOW_TEST_MODELS["wan"]
 OVERRIDE = "optimized_attention_override"
@@ -136,16 +143,22 @@ def test_cancel_mid_edit_leaves_the_model_untouched_and_the_edit_runs_again(run_
     assert all(torch.equal(a["samples"], b["samples"]) for a, b in zip(again[:2], plain[:2], strict=True))
 
 
-def test_with_a_mask_over_the_frames_the_edit_changes_only_inside_it(run_node, pack_nodes, wan, scene):
+def test_with_a_mask_over_the_frames_the_edit_keeps_the_clip_outside_it(run_node, pack_nodes, wan, clip_latent,
+                                                                          scene):
+    """SPDInv Preserve Outside Edit with one mask per frame of the clip: the mask packed into latent frames as Wan's
+    VAE packs frames; outside it the edit is the clip's latent, inside it edits."""
     inversion, source, target, _, plain = scene
     mask = torch.zeros(9, 64, 64)
     mask[4:, :, 32:] = 1.0  # the right half, from the 5th frame on: latent frames 1 and 2
-    patched = mutual(run_node, pack_nodes, wan, mask=mask)
-    edited, recon, _ = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=5.0)
+    (rule,) = run_node(pack_nodes.SPDInvPreservation, mask=mask, threshold=0.5, estimate_for=0.25, grow=0).result
+    patched = mutual(run_node, pack_nodes, wan)
+    edited, recon, _, region = edit_region(run_node, pack_nodes, patched, inversion, source, target, cfg=5.0,
+                                           preserve=rule)
     inside = torch.zeros(1, 16, 3, 8, 8, dtype=torch.bool)
     inside[:, :, 1:, :, 4:] = True
-    assert torch.equal(recon["samples"], plain[1]["samples"])
-    assert torch.equal(edited["samples"][~inside], recon["samples"][~inside])
+    assert region.shape == (3, 64, 64) and not region[0].any() and region[1:, :, 32:].all()
+    assert (edited["samples"] - clip_latent["samples"])[~inside].abs().max() < 1e-5
     assert not torch.equal(edited["samples"][inside], recon["samples"][inside])
-    with pytest.raises(ValueError, match="^mask: 5 frames cannot be matched to the clip's 3 latent frames"):
-        edit(run_node, pack_nodes, mutual(run_node, pack_nodes, wan, mask=mask[:5]), inversion, source, target)
+    (bad,) = run_node(pack_nodes.SPDInvPreservation, mask=mask[:5], threshold=0.5, estimate_for=0.25, grow=0).result
+    with pytest.raises(ValueError, match="^preserve: mask: 5 frames cannot be matched to the clip's 3 latent frames"):
+        edit(run_node, pack_nodes, patched, inversion, source, target, preserve=bad)
