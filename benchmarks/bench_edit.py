@@ -71,6 +71,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--steps and --repeats must be at least 1")
     # What bench_inversion.Bench reads to load the model and build the first latent.
     args.resolution, args.warmup_steps, args.no_edit = args.resolutions[0], 1, True
+    args.family, args.frames, args.engine, args.edit_cfg = None, None, "none", args.cfg
     return args
 
 
