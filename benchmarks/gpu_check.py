@@ -80,6 +80,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="longest one cell (a subprocess) may run before it is stopped (default 240)")
     p.add_argument("--out", type=Path,
                    help="output path without suffix (default: benchmarks/results/gpu-check-<device>[-tiny])")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only build (or find) the random test checkpoints in $SPDINV_TEST_CACHE and exit")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     tiny = args.tiny
@@ -95,7 +97,7 @@ def cells(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The matrix in priority order: dynamic VRAM on (ComfyUI's GPU default) first, then fp16 before bf16,
     SD1.5 before SDXL; so a short budget drops the least important cells."""
     resolution = {"sd15": 64 if args.tiny else 512, "sdxl": 128 if args.tiny else 1024}
-    out = []
+    out: list[dict[str, Any]] = []
     for dyn in args.dynamic_vram:
         for dtype in args.dtypes:
             for model in args.models:
@@ -107,7 +109,8 @@ def cells(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "repeats": args.repeats,
                     "dtype": dtype,
                     "dynamic_vram": dyn == "on",
-                    "tasks": ["edit"] if model == "sd15" else ["invert", "edit?"],
+                    "tasks": ["edit"] if model == "sd15" else ["invert"] + (
+                        [] if any(c["model"] == "sdxl" for c in out) else ["edit?"]),
                     "solver_checks": dyn == "on",
                     "check_steps": args.check_steps,
                     "check_iters": TINY_SOLVER_ITERS if args.tiny else None,
@@ -202,9 +205,28 @@ def device_label(cpu: bool) -> str:
         return "CUDA device"
 
 
+def prepare(models: Sequence[str]) -> dict[str, Any]:
+    """Build the random test checkpoints that are not cached yet (minutes and GBs on a bare machine), before
+    the budget's clock starts: the cells must not pay for it. Returns the paths, what was cached, and the time."""
+    import bench_inversion as inv
+
+    inv.register_pack()
+    from spdinv_pack.tests.host import factory
+
+    paths = {"sd15": factory.sd15_checkpoint_path, "sdxl": factory.sdxl_checkpoint_path}
+    names = {"sd15": factory.sd.CHECKPOINT_NAME, "sdxl": factory.sd.SDXL_CHECKPOINT_NAME}
+    t0 = time.monotonic()
+    cached = {m: (factory.cache_dir() / names[m]).is_file() for m in models}
+    built = {m: str(paths[m]()) for m in models}
+    seconds = time.monotonic() - t0
+    log(f"checkpoints ready in {seconds:.0f} s (cached before: {cached})")
+    return {"checkpoints": built, "cached_before": cached, "prepare_s": seconds}
+
+
 def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
     import bench_inversion as inv
 
+    prepared = prepare(args.models)
     start = time.monotonic()
     deadline_mono = start + args.budget_s
     pack_git = inv.git_state(ROOT)
@@ -245,6 +267,7 @@ def run_matrix(args: argparse.Namespace) -> dict[str, Any]:
             "python": sys.executable,
             "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "targets": {k: v["text"] for k, v in TARGETS.items()},
+            **prepared,
         },
         "cells": done,
     }
@@ -318,7 +341,9 @@ def start_comfy(cell: dict[str, Any]) -> dict[str, Any]:
         try:
             ok = aimdo.init_devices(devices)
         except (TypeError, ValueError) as e:
-            ok, info["why"] = False, f"comfy-aimdo init_devices({devices}) raised {type(e).__name__}: {e}"
+            ok = False
+            info["why"] = f"comfy-aimdo cannot take this device (init_devices raised {type(e).__name__})"
+            info["detail"] = f"init_devices({devices}): {e}"
         if ok:
             comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
             comfy.memory_management.aimdo_enabled = True
@@ -471,6 +496,9 @@ def run_child(cell: dict[str, Any]) -> int:
                     "recon_psnr_db": latent_psnr(samples, bench.latent["samples"]), "peak_mem_bytes": mem.peak}
         return body
 
+    if cell["solver_checks"]:
+        for label in ("spdinv/adamw", "null_text"):
+            task("check", solver_check(label))
     for name in cell["tasks"]:
         if name == "edit?":  # SDXL's edit: only when the inversion leaves time for it before the cell's deadline
             inv_rows = [t for t in out["tasks"] if t["task"] == "invert" and not t.get("error")]
@@ -483,9 +511,6 @@ def run_child(cell: dict[str, Any]) -> int:
                 continue
             name = "edit"
         task(name, edit if name == "edit" else invert)
-    if cell["solver_checks"]:
-        for label in ("spdinv/adamw", "null_text"):
-            task("check", solver_check(label))
     out["complete"] = True
     out["child_wall_s"] = time.monotonic() - t_start
     save()
@@ -518,7 +543,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- {m['steps']} steps, median of {m['repeats']} timed run(s) after a 1-step warm-up; solver checks "
         f"{m['check_steps']} steps, one run; every cell a fresh process with its own ComfyUI arguments",
         f"- total {m['total_wall_s']:.0f} s of a {m['budget_s']:.0f} s budget "
-        f"({'within' if m['within_budget'] else 'OVER'}); per-cell timeout {m['run_timeout_s']:.0f} s",
+        f"({'within' if m['within_budget'] else 'OVER'}); per-cell timeout {m['run_timeout_s']:.0f} s; before it, "
+        f"{m['prepare_s']:.0f} s to find or build the random checkpoints (cached before: {m['cached_before']})",
         "- peak MiB: the larger of the bench's meter (CUDA `max_memory_allocated`; CPU peak resident set) and, on "
         "CUDA, the device's used memory sampled every 10 ms above its level before the model was loaded",
         f"- targets (H200, judged on CUDA at full settings only): {'; '.join(m['targets'].values())}",
@@ -545,7 +571,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             name = t["task"]
             if name == "check":
                 inner = t.get("null_text_inner_steps")
-                name = (f"check {t.get('method', '')} ({t.get('steps', '?')} steps"
+                name = (f"check {t.get('method', '')} ({t.get('steps', '?')} step(s)"
                         + (f", {inner} inner steps)" if inner else ")"))
             if t.get("skipped"):
                 lines.append(f"{head} | {name} | skipped: {t['skipped']} | – | – | – | – | – | – | – |")
@@ -584,6 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_inversion as inv
 
+    if args.prepare_only:
+        prepare(args.models)
+        return 0
     report = run_matrix(args)
     text = render_markdown(report)
     out = args.out
