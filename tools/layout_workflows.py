@@ -134,9 +134,8 @@ NOTES = {
                  "models/vae/wan_2.1_vae.safetensors.\n\n1. Clip: load your clip (the example pans over a CC0 photo "
                  "of a cat); First frames: how many to edit, 1 + 4k (Wan's own length is 81).\n2. Source prompt: "
                  "describe the clip as it is.\n3. Target prompt: the edit.\n\nCFG 5 against the source prompt, 30 "
-                 "steps, the model's shift 8; inversion at CFG 1. Optional: SPDInv Preserve Outside Edit with a MASK "
-                 "(one, or one per frame) into the Edit's 'preserve' keeps the clip outside it. Saved: the edited "
-                 "clip, the reconstructed clip, the residual plot.",
+                 "steps, shift 8; inversion at CFG 1. A mask: SPDInv Preserve Outside Edit into the Edit. Saved: "
+                 "the edited and the reconstructed clips, the residual plot.",
     "reconstruction": "Invert a photo and rebuild it: SPDInv vs plain DDIM inversion\n\n" + PHOTO + SOURCE + STEPS
                       + "\nThen Run. Saved: both reconstructions and the residual plot.",
 }
@@ -334,7 +333,8 @@ PREPARE = """([note]) => {
     for (const n of graph._nodes) {
         const need = n.computeSize();
         const shows = ['SaveImage', 'PreviewImage', 'LoadImage', 'LoadVideo', 'SaveVideo'].includes(n.type);
-        sizes[n.id] = n === target ? [360, 220] : [Math.max(need[0], shows ? 280 : 220),
+        const wide = shows ? Math.min(need[0], 560) : need[0];  // a video preview sizes itself to the clip
+        sizes[n.id] = n === target ? [360, 220] : [Math.max(wide, shows ? 280 : 220),
                                                     Math.max(need[1], shows ? 280 : 0)];
     }
     return {note: target.id, sizes};
