@@ -22,7 +22,6 @@ nothing about edit quality; they show what the rule guarantees for any weights. 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -40,9 +39,9 @@ from bench_inversion import (  # noqa: E402 - the sibling script, imported as a 
     cpu_model,
     environment_lines,
     git_state,
-    json_safe,
     log,
     register_pack,
+    write_report,
 )
 
 
@@ -184,11 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"meta": meta, "editors": [measure(key, args, env, extra) for key in args.editors]}
     text = render(report)
     out = args.out or ROOT / "benchmarks" / "results" / f"instruction-drift-cpu-{args.resolution}-{args.steps}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")
-    out.with_suffix(".md").write_text(text)
-    print(text)
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_report(out, report, text)
     return 0
 
 

@@ -704,6 +704,15 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def write_report(out: Path, report: dict[str, Any], text: str) -> None:
+    """Write ``report`` as ``out``.json (strict JSON) and its Markdown ``text`` as ``out``.md, and print the text."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
 def default_out(report: dict[str, Any], args: argparse.Namespace) -> Path:
     m = report["meta"]
     dev = slug(m["device"]) if m["device_kind"] == "cuda" else "cpu-" + slug(cpu_model())
@@ -723,11 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or default_out(report, args)
     if out.suffix in (".json", ".md"):
         out = out.with_suffix("")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False) + "\n")
-    out.with_suffix(".md").write_text(text)
-    print(text)
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_report(out, report, text)
     return 0
 
 
