@@ -13,41 +13,15 @@ import torch
 
 from spdinv_pack.tests.host import factory
 from spdinv_pack.tests.host.test_family_server import (
-    after,
     check_reconstruction_gain,
+    mutual_attention_prompt,
     put_latent,
-    reconstructions,
-    save,
     saved_latents,
 )
-from spdinv_pack.tools.api_graph import ApiGraph
 
 SOURCE, TARGET = "a photo of a cat", "a photo of a dog"
 STEPS = 10
 CFG = 4.0
-
-
-def chroma_prompt(model_file: str, latent_file: str, object_info: dict) -> tuple[dict, dict[str, str]]:
-    g = ApiGraph()
-    model = g.add("UNETLoader", unet_name=model_file, weight_dtype="default")
-    latent = g.add("LoadLatent", latent=latent_file)
-    source, target, empty = (g.add("SPDInvTestTextEncoderStandIn", text=text, family="chroma")
-                             for text in (SOURCE, TARGET, ""))
-    ksampler = dict(model=model, seed=0, steps=2, cfg=CFG, sampler_name="euler", scheduler="simple",
-                    positive=source, negative=empty)
-    before = g.add("KSampler", latent_image=latent, **ksampler)
-    saved = {"ksampler before": save(g, before, "chroma_ksampler_before")}
-    inversions = reconstructions(g, model, source, after(g, latent, [before]), (STEPS,), saved, "chroma_")
-    mutual = g.add("MMDiTMutualAttention", model=model)
-    edits = []
-    for name, prompt in (("identity", source), ("edit", target)):
-        edits.append(g.add("SPDInvEditSampler", model=mutual, inversion=inversions["spdinv", STEPS], source=source,
-                           target=prompt, cfg=CFG))
-        saved[f"{name} edited"] = save(g, edits[-1], f"chroma_{name}_edited")
-        saved[f"{name} recon"] = save(g, edits[-1][1], f"chroma_{name}_recon")
-    later = g.add("KSampler", latent_image=after(g, latent, edits), **ksampler)
-    saved["ksampler after"] = save(g, later, "chroma_ksampler_after")
-    return g.prompt(object_info), saved
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +29,8 @@ def chroma_run(server):
     """``(input latent, results)`` of the Chroma prompt, run once."""
     samples = factory.sd_like_latent(128, channels=16, scale=0.3611, shift=0.1159)
     latent_file = put_latent(server, samples, "chroma_photo.latent")
-    nodes, saved = chroma_prompt(factory.chroma_model_path().name, latent_file, server.object_info())
+    nodes, saved = mutual_attention_prompt("chroma", factory.chroma_model_path().name, latent_file,
+                                           server.object_info(), (SOURCE, TARGET, ""), STEPS, CFG)
     return samples, saved_latents(server, server.run(nodes, timeout=3600), saved)
 
 

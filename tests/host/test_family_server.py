@@ -98,6 +98,38 @@ def after(g: ApiGraph, latent: Any, nodes: list[NodeRef]) -> Any:
     return latent
 
 
+def mutual_attention_prompt(family: str, model_file: str, latent_file: str, object_info: dict,
+                            texts: tuple[str, str, str | None], steps: int, cfg: float) -> tuple[dict, dict[str, str]]:
+    """The server check of a diffusion-model family's edit: the photo's latent sampled by a KSampler, inverted at
+    ``steps`` (plain and SPDInv), edited with mutual attention to the source prompt (identity) and to the target, and
+    sampled again; ``texts``: source, target and the KSampler's negative (``None``: the source prompt), through the
+    text-encoder stand-in of ``family``. Returns the API prompt and the saved latents by name."""
+    source_text, target_text, negative_text = texts
+    g = ApiGraph()
+    model = g.add("UNETLoader", unet_name=model_file, weight_dtype="default")
+    latent = g.add("LoadLatent", latent=latent_file)
+    source, target = (g.add("SPDInvTestTextEncoderStandIn", text=text, family=family)
+                      for text in (source_text, target_text))
+    negative = source if negative_text is None else g.add("SPDInvTestTextEncoderStandIn", text=negative_text,
+                                                          family=family)
+    prefix = family.replace("-", "_") + "_"
+    ksampler = dict(model=model, seed=0, steps=2, cfg=cfg, sampler_name="euler", scheduler="simple",
+                    positive=source if negative_text is not None else target, negative=negative)
+    before = g.add("KSampler", latent_image=latent, **ksampler)
+    saved = {"ksampler before": save(g, before, f"{prefix}ksampler_before")}
+    inversions = reconstructions(g, model, source, after(g, latent, [before]), (steps,), saved, prefix)
+    mutual = g.add("MMDiTMutualAttention", model=model)
+    edits = []
+    for name, prompt in (("identity", source), ("edit", target)):
+        edits.append(g.add("SPDInvEditSampler", model=mutual, inversion=inversions["spdinv", steps], source=source,
+                           target=prompt, cfg=cfg))
+        saved[f"{name} edited"] = save(g, edits[-1], f"{prefix}{name}_edited")
+        saved[f"{name} recon"] = save(g, edits[-1][1], f"{prefix}{name}_recon")
+    later = g.add("KSampler", latent_image=after(g, latent, edits), **ksampler)
+    saved["ksampler after"] = save(g, later, f"{prefix}ksampler_after")
+    return g.prompt(object_info), saved
+
+
 def saved_latents(server, history: dict, saved: dict[str, str]) -> dict[str, torch.Tensor]:
     out = {}
     for name, node_id in saved.items():

@@ -17,14 +17,11 @@ import torch
 
 from spdinv_pack.tests.host import factory
 from spdinv_pack.tests.host.test_family_server import (
-    after,
     check_reconstruction_gain,
+    mutual_attention_prompt,
     put_latent,
-    reconstructions,
-    save,
     saved_latents,
 )
-from spdinv_pack.tools.api_graph import ApiGraph
 from spdinv_pack.tools.comfy_server import ExecutionInterrupted
 
 SOURCE, TARGET = "a cat walks across the garden", "a tiger walks across the garden"
@@ -34,25 +31,9 @@ CFG = 5.0
 
 def wan_prompt(model_file: str, latent_file: str, object_info: dict, steps: int = STEPS
                ) -> tuple[dict, dict[str, str]]:
-    g = ApiGraph()
-    model = g.add("UNETLoader", unet_name=model_file, weight_dtype="default")
-    latent = g.add("LoadLatent", latent=latent_file)
-    source, target = (g.add("SPDInvTestTextEncoderStandIn", text=text, family="wan") for text in (SOURCE, TARGET))
-    ksampler = dict(model=model, seed=0, steps=2, cfg=CFG, sampler_name="euler", scheduler="simple",
-                    positive=target, negative=source)
-    before = g.add("KSampler", latent_image=latent, **ksampler)
-    saved = {"ksampler before": save(g, before, "wan_ksampler_before")}
-    inversions = reconstructions(g, model, source, after(g, latent, [before]), (steps,), saved, "wan_")
-    mutual = g.add("MMDiTMutualAttention", model=model)
-    edits = []
-    for name, prompt in (("identity", source), ("edit", target)):
-        edits.append(g.add("SPDInvEditSampler", model=mutual, inversion=inversions["spdinv", steps], source=source,
-                           target=prompt, cfg=CFG))
-        saved[f"{name} edited"] = save(g, edits[-1], f"wan_{name}_edited")
-        saved[f"{name} recon"] = save(g, edits[-1][1], f"wan_{name}_recon")
-    later = g.add("KSampler", latent_image=after(g, latent, edits), **ksampler)
-    saved["ksampler after"] = save(g, later, "wan_ksampler_after")
-    return g.prompt(object_info), saved
+    """The Wan check's prompt (the KSampler guided by the target against the source prompt, CFG 5)."""
+    return mutual_attention_prompt("wan", model_file, latent_file, object_info, (SOURCE, TARGET, None), steps,
+                                   CFG)
 
 
 @pytest.fixture(scope="module")
