@@ -28,11 +28,14 @@ FeatureTap = Callable[[torch.Tensor, EditRun | None, int | None, Chunks], torch.
 @dataclass(frozen=True)
 class RecordedMaps:
     """What an engine recorded for the preview: cross-attention maps ``[rows, h, w, tokens]`` (source rows,
-    then target rows), the last local-blend mask ``[B, 1, H, W]`` (latent size) and both prompts' token text."""
+    then target rows; a clip's frames stacked along ``h``), the last local-blend mask ``[B, 1, H, W]`` (latent size;
+    a clip's ``[B, 1, frames, H, W]``), both prompts' token text and the window position of their first content token
+    (CLIP: 1, after the start token; umT5: 0)."""
 
     maps: torch.Tensor | None = None
     blend_mask: torch.Tensor | None = None
     labels: tuple[list[str], list[str]] = ([], [])
+    first_token: int = 1
 
 
 @dataclass(frozen=True, eq=False)

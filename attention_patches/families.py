@@ -159,7 +159,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("HiDream", ("HiDream",), tokens="joint+single", blocks=HIDREAM_BLOCKS, grid="simple", hook=OVERRIDE,
            image_at="first", refuses=("image_cond",), engines=(MMDIT,), defaults={"mmdit_start_block": 0.65}),
     Family("Wan", ("WAN21_T2V",), tokens="video", blocks=(("double_block", "blocks"),), grid="simple",
-           hook=SELF_ATTENTION, marks=("patch_embedding", "text_embedding", "time_projection"), engines=(MMDIT,),
+           hook=SELF_ATTENTION, marks=("patch_embedding", "text_embedding", "time_projection"), engines=(MMDIT, P2P),
            defaults={"mmdit_start_block": 0.5}),
 )
 """The families the pack knows. A model's family is the entry naming its config class, else the nearest parent
@@ -182,4 +182,7 @@ Flux.2 edits, Qwen-Image-Edit) follow the image's tokens; the engine leaves them
 and their variants, all children of ``WAN21_T2V``): self-attention over every frame's tokens, then cross-attention to
 the prompt in each block; the engine shares the self-attention's keys and values (every token is the clip's) through
 ``dit`` block patches (ComfyUI's ``attn1_patch`` runs after Wan's attention), from half the blocks on, by analogy with
-SD3.x, not yet measured on real weights."""
+SD3.x, not yet measured on real weights. Wan's cross-attention reads the prompt's umT5 tokens, embedded once and the
+same in every block, so Prompt-to-Prompt runs there too: every block's cross-attention is controlled and recorded,
+and its self-attention replaced inside the self-replace window (a DiT has one resolution, so there are no levels
+to choose)."""

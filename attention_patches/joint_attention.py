@@ -9,7 +9,8 @@ the source's image tokens carry layout and appearance (MasaCtrl's idea, as KV-Ed
 to flow transformers). Source rows are untouched, so the source branch still retraces the inversion. An
 attention over image tokens only (SD3.5's second attention in its first blocks) shares all its tokens.
 
-Prompt-to-Prompt's cross-attention control does not carry over: in joint attention the text tokens are
+Prompt-to-Prompt's cross-attention control does not carry over to joint attention (it does to Wan's
+cross-attention, see :mod:`.prompt_to_prompt`): in joint attention the text tokens are
 updated by every block (the text stream has its own weights per block), so a text token's attention map is
 not a fixed word's map, and replacing maps across prompts of different lengths changes the attention of the
 text tokens themselves. This module offers the mutual-attention engine only.
@@ -78,6 +79,10 @@ class JointMutualAttention(EditEngine):
     def joint_attention(self, call: AttentionCall) -> torch.Tensor:
         """One joint attention call, attended with :meth:`shared_keys_values`."""
         return call.attend(call.q, *self.shared_keys_values(call))
+
+    def self_attention(self, call: AttentionCall) -> torch.Tensor:
+        """A video DiT's self-attention over the clip's tokens (Wan), shared as an attention of image tokens only."""
+        return self.joint_attention(call)
 
     def pre_attention(self, call: AttentionCall) -> dict[str, torch.Tensor]:
         """ComfyUI's DiT ``attn1_patch``: the shared keys and values, to attend with the host's own attention."""

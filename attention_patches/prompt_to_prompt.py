@@ -18,6 +18,13 @@ run plain attention. Per step ``i`` of ``steps``:
 - local blend (after the DDIM step, from ``int(start·steps)``): the blend words' summed maps, 3×3
   max-pool, upsampled to the latent, divided by their maximum, thresholded; the source and target word
   masks are united and outside them the target latent is replaced by the source latent.
+
+On a video DiT (Wan), each block's cross-attention reads the prompt's umT5 tokens, embedded once for the whole model
+and the same in every block, so a token's map is a word's map as in a UNet and the same control carries over: in
+every block the cross-attention is controlled and recorded (one resolution), the self-attention over all frames'
+tokens is replaced inside its window, and maps and blend masks lie over ``(frames, h, w)`` (recorded with the
+frames stacked along the height). Joint attention (SD3, Flux) has no such fixed word maps: see
+:mod:`.joint_attention`.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import torch.nn.functional as F
 from ..spdinv.branches import BranchLayout
 from .attention_call import AttentionCall
 from .attention_math import apply_probs, attention_probs
+from .dit_blocks import DiTBlock
 from .engine import EditEngine, RecordedMaps
 from .families import P2P
 from .run import EditRun, check_fraction, steps_for
@@ -104,7 +112,9 @@ class PromptToPrompt(EditEngine):
     """One edit's P2P configuration. In a call of an edit run, ``cross_attention``/``self_attention`` edit the
     target rows and record maps into the run; ``after_step`` blends. Outside a run every layer is plain.
 
-    ``labels``: the text of the content tokens (positions 1..n) of the source and the target prompt, for previews.
+    ``labels``: the text of the content tokens (positions ``first_token``.. of the window) of the source and the
+    target prompt, for previews. On DiT blocks (Wan) ``self_min_level`` and ``map_level`` do not apply: every block
+    is controlled and recorded.
     """
 
     mapping: ReplaceMapping | RefineMapping
@@ -116,6 +126,7 @@ class PromptToPrompt(EditEngine):
     map_level: int = 2
     labels: tuple[list[str], list[str]] = ([], [])
     blend_maps: str = "target"
+    first_token: int = 1
     name: ClassVar[str] = "P2P"
     node: ClassVar[str] = P2P
 
@@ -125,17 +136,33 @@ class PromptToPrompt(EditEngine):
         if self.blend_maps not in BLEND_MAPS:
             raise ValueError(f"blend_maps must be one of {BLEND_MAPS}, got {self.blend_maps!r}")
 
-    def controls(self, layer: TransformerLayer) -> tuple[str, ...]:
-        """Every cross-attention, and the self-attention at ``self_min_level`` and below."""
-        kinds = ("attn2",) if layer.cross_attention else ()
-        if layer.self_attention and layer.level >= self.self_min_level:
+    def controls(self, site: TransformerLayer | DiTBlock) -> tuple[str, ...]:
+        """Every cross-attention, and the self-attention at ``self_min_level`` and below (every DiT block's)."""
+        if isinstance(site, DiTBlock):
+            return ("self", "cross")
+        kinds = ("attn2",) if site.cross_attention else ()
+        if site.self_attention and site.level >= self.self_min_level:
             kinds += ("attn1",)
         return kinds
 
-    def check_sites(self, layers: Sequence[TransformerLayer]) -> None:
-        if not any(layer.cross_attention for layer in layers):
+    def check_sites(self, sites: Sequence[TransformerLayer | DiTBlock]) -> None:
+        if not any(isinstance(site, DiTBlock) or site.cross_attention for site in sites):
             raise ValueError("model: no cross-attention layers found; Prompt-to-Prompt needs a text-conditioned "
-                             "UNet (SD1.x, SD2.x, SDXL)")
+                             "UNet (SD1.x, SD2.x, SDXL) or Wan")
+
+    def _records_at(self, site: TransformerLayer | DiTBlock) -> bool:
+        return isinstance(site, DiTBlock) or site.level == self.map_level
+
+    def _needs_maps(self, call: AttentionCall, edit: bool) -> bool:
+        """Whether this call's maps are used: always at a UNet's one map level; on a DiT, where every block records,
+        only for local blend or inside the preview's window (explicit probabilities over a clip's tokens are
+        costly)."""
+        if not isinstance(call.site, DiTBlock) or self.blend is not None or edit:
+            return True
+        return call.in_run and steps_for(self.cross_fraction, call.run.steps) == 0
+
+    def _replaces_self_at(self, site: TransformerLayer | DiTBlock) -> bool:
+        return isinstance(site, DiTBlock) or site.level >= self.self_min_level
 
     def record(self, run: EditRun) -> MapRecord:
         """This run's map record (made on first use)."""
@@ -146,8 +173,8 @@ class PromptToPrompt(EditEngine):
 
         While it records or edits, every row is computed from explicit probabilities; an inner attention
         chained under the engine still adds its part to them."""
-        record = call.site.level == self.map_level
         edit = call.within(self.cross_fraction)
+        record = self._records_at(call.site) and self._needs_maps(call, edit)
         if not call.in_run or not (record or edit):
             return call.attend()
         q, k, v, heads = call.q, call.k, call.v, call.heads
@@ -156,7 +183,8 @@ class PromptToPrompt(EditEngine):
         if k.shape[1] % tokens:
             raise ValueError(f"P2P: the cross-attention context has {k.shape[1]} tokens, not a multiple of the "
                              f"prompts' {tokens}; a node that extends the text context (e.g. an IP-Adapter that "
-                             "appends image tokens) cannot be combined with Prompt-to-Prompt")
+                             "appends image tokens) or an image-to-video model's image context cannot be combined "
+                             "with Prompt-to-Prompt")
         in_window = edit or steps_for(self.cross_fraction, call.run.steps) == 0
         # Every row from explicit probabilities, the unconditional ones too: where the prompts agree (the
         # source branch, an identity edit) cond and uncond are then equal to the bit, so the guidance's edit
@@ -185,7 +213,7 @@ class PromptToPrompt(EditEngine):
 
     def self_attention(self, call: AttentionCall) -> torch.Tensor:
         """One self-attention layer: inside the window the target attends with the source's probabilities."""
-        if not call.within(self.self_fraction) or call.site.level < self.self_min_level:
+        if not call.within(self.self_fraction) or not self._replaces_self_at(call.site):
             return call.attend()
         layout = call.layout(self.name)
         half = layout.images
@@ -197,6 +225,9 @@ class PromptToPrompt(EditEngine):
         return call.attend(q, k)
 
     def _record(self, call: AttentionCall, probs: torch.Tensor, in_window: bool) -> None:
+        if call.spatial is None:
+            raise ValueError(f"model: the {probs.shape[-2]} query tokens of {self.node}'s cross-attention do not form "
+                             "the latent's grid; the maps cannot be laid out on this model")
         h, w = call.spatial
         self.record(call.run).add(probs.mean(1).reshape(probs.shape[0], h, w, probs.shape[-1]), in_window)
 
@@ -206,10 +237,12 @@ class PromptToPrompt(EditEngine):
         record = self.record(run)
         maps = None if record.preview_sum is None else (record.preview_sum / record.preview_count).cpu()
         mask = None if record.blend_mask is None else record.blend_mask.cpu()
-        return RecordedMaps(maps, mask, self.labels)
+        return RecordedMaps(maps, mask, self.labels, self.first_token)
 
-    def blend_masks(self, run: EditRun, latent_hw: tuple[int, int]) -> torch.Tensor | None:
-        """The local-blend mask ``[B, 1, H, W]`` (bool) from the maps recorded so far in ``run``, or ``None``."""
+    def blend_masks(self, run: EditRun, latent_size: tuple[int, ...]) -> torch.Tensor | None:
+        """The local-blend mask ``[B, 1, *latent_size]`` (bool) from the maps recorded so far in ``run``, or ``None``.
+        ``latent_size``: ``(H, W)``, or a clip's ``(frames, H, W)`` (maps recorded with the frames stacked along the
+        height; each frame pooled on its own, one peak for the whole clip)."""
         blend_sum = self.record(run).blend_sum
         if self.blend is None or blend_sum is None:
             return None
@@ -217,9 +250,12 @@ class PromptToPrompt(EditEngine):
         source, target = layout.split(blend_sum)
         words = layout.join(source[..., list(self.blend.source_positions)].sum(-1),
                             target[..., list(self.blend.target_positions)].sum(-1)).unsqueeze(1)
-        words = F.max_pool2d(words, kernel_size=3, stride=1, padding=1)
-        words = F.interpolate(words, size=latent_hw, mode="nearest")
-        peak = words.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(words.dtype).tiny)
+        if len(latent_size) == 3:
+            words = F.max_pool3d(words.unflatten(2, (latent_size[0], -1)), (1, 3, 3), stride=1, padding=(0, 1, 1))
+        else:
+            words = F.max_pool2d(words, kernel_size=3, stride=1, padding=1)
+        words = F.interpolate(words, size=tuple(latent_size), mode="nearest")
+        peak = words.amax(dim=tuple(range(2, words.dim())), keepdim=True).clamp_min(torch.finfo(words.dtype).tiny)
         source_mask, target_mask = layout.split((words / peak) > self.blend.threshold)
         return source_mask | target_mask
 
@@ -227,7 +263,7 @@ class PromptToPrompt(EditEngine):
         """Local blend on the stacked latent ``[source rows, target rows]`` after DDIM step ``step``."""
         if self.blend is None or step < steps_for(self.blend.start, run.steps):
             return x
-        mask = self.blend_masks(run, tuple(x.shape[-2:]))
+        mask = self.blend_masks(run, tuple(x.shape[2:]))
         if mask is None:
             return x
         self.record(run).blend_mask = mask

@@ -8,8 +8,8 @@ both hand the engine one :class:`~.attention_call.AttentionCall`. Where the fami
 pre-attention hook (``attn1_patch``), the engine is installed through it instead (:class:`PreAttentionPatch`; other
 nodes' hooks in the same list run before or after it). Families with neither (Z-Image, HiDream) get one attention
 override for the whole model (:class:`ModelAttentionOverride`), told the running block by the call wrapper. Video
-blocks (Wan) get ``dit`` block patches whose override hands only the block's self-attention to the engine
-(:class:`SelfAttentionBlockPatch`). Another
+blocks (Wan) get ``dit`` block patches whose override hands the block's self-attention and, to engines that control
+it, its cross-attention to the engine (:class:`SelfAttentionBlockPatch`). Another
 node's patch or override already on a site stays as that site's inner attention, so both act. The patches hold only
 the (immutable) engine and their site: clones may share them (ComfyUI after 0.3.64 copies only dicts and lists), and
 the run (and, for the model-wide override, the running block) comes with each call.
@@ -121,15 +121,28 @@ class JointBlockPatch(EnginePatch):
         return extra["original_block"](args)
 
 
-class SelfAttentionOverride:
-    """``optimized_attention_override`` for one call of a video DiT block (Wan), made fresh for that call: the block's
-    first attention call is its self-attention over the clip's tokens (every token is the clip's) and goes to the
-    engine; the later ones (cross-attention to the prompt, whose keys are the prompt's tokens) go unchanged to the
-    override that was there before (``previous``, another node's) or the host's attention. ``calls`` counts the
-    attention calls of this one block call."""
+def video_grid(latent_shape: tuple[int, ...], patch_size: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """A video DiT's token grid ``(frames, h, w)`` for latents ``[B, C, T, H, W]`` in patches of ``patch_size``
+    (Wan: ``(1, 2, 2)``), or ``None`` for latents of another rank."""
+    if len(latent_shape) != 5:
+        return None
+    return tuple(-(-n // p) for n, p in zip(latent_shape[2:], patch_size, strict=True))
 
-    def __init__(self, engine: EditEngine, block: DiTBlock, previous: Any = None):
-        self.engine, self.block, self.previous, self.calls = engine, block, previous, 0
+
+class SelfAttentionOverride:
+    """``optimized_attention_override`` for one call of a video DiT block (Wan), made fresh for that call. The block's
+    first attention call is its self-attention over the clip's tokens (every token is the clip's): it goes to the
+    engine as a ``self`` call where the engine controls ``self`` or ``joint`` attention there. The second is the
+    cross-attention to the prompt's tokens (an image-to-video model's: to its image tokens first): it goes to the
+    engine as a ``cross`` call where the engine controls ``cross``. Others go unchanged to the override that was
+    there before (``previous``, another node's) or the host's attention. ``grid``: the clip's token grid
+    ``(frames, h, w)``, given to the engine as ``spatial`` ``(frames·h, w)`` (frames stacked along the height).
+    ``calls`` counts the attention calls of this one block call."""
+
+    def __init__(self, engine: EditEngine, block: DiTBlock, previous: Any = None,
+                 grid: tuple[int, int, int] | None = None):
+        self.engine, self.block, self.previous, self.grid, self.calls = engine, block, previous, grid, 0
+        self.kinds = set(engine.controls(block))
 
     def __call__(self, func: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
         q, k, v, *rest = args
@@ -139,17 +152,23 @@ class SelfAttentionOverride:
 
         inner = None if self.previous is None else (lambda q, k, v: self.previous(func, q, k, v, *rest, **kwargs))
         self.calls += 1
-        if self.calls > 1:
+        kind = {1: "self" if self.kinds & {"self", "joint"} else None,
+                2: "cross" if "cross" in self.kinds else None}.get(self.calls)
+        if kind is None:
             return (plain if inner is None else inner)(q, k, v)
         token_dim = 2 if kwargs.get("skip_reshape") else 1
-        tokens = k.shape[token_dim]
-        if q.shape[token_dim] != tokens:
+        tokens = q.shape[token_dim]
+        if kind == "self" and k.shape[token_dim] != tokens:
             raise ValueError(f"model: the first attention of {self.block.kind} {self.block.index} attends "
-                             f"{q.shape[token_dim]} queries to {tokens} keys, not a self-attention; "
+                             f"{tokens} queries to {k.shape[token_dim]} keys, not a self-attention; "
                              f"{self.engine.node} runs on Wan blocks (self-attention first)")
+        spatial = None
+        if self.grid is not None and self.grid[0] * self.grid[1] * self.grid[2] == tokens:
+            spatial = (self.grid[0] * self.grid[1], self.grid[2])
         heads = rest[0] if rest else kwargs.get("heads", 1)
-        call = AttentionCall.of(q, k, v, heads, "joint", self.block, kwargs.get("transformer_options") or {}, plain,
-                                inner, image=(0, tokens), token_dim=token_dim)
+        call = AttentionCall.of(q, k, v, heads, kind, self.block, kwargs.get("transformer_options") or {}, plain,
+                                inner, image=(0, tokens) if kind == "self" else None, token_dim=token_dim,
+                                spatial=spatial)
         return self.engine.attention(call)
 
 
@@ -157,13 +176,19 @@ class SelfAttentionBlockPatch(EnginePatch):
     """``dit`` block replace patch of a video DiT block (Wan: self-attention over the clip, then cross-attention to
     the prompt; ComfyUI's ``attn1_patch`` there runs after the attention, too late to change keys and values): in an
     edit run the block runs with a fresh :class:`SelfAttentionOverride` in its ``transformer_options``; outside one
-    it runs as it is."""
+    it runs as it is. ``patch_size``: the model's ``(frames, h, w)`` patch, for the clip's token grid."""
+
+    def __init__(self, engine: EditEngine, site: Any, inner: Any = None, patch_size: tuple[int, ...] = (1, 2, 2)):
+        super().__init__(engine, site, inner)
+        self.patch_size = tuple(patch_size)
 
     def __call__(self, args: dict, extra: dict) -> Any:
         options = dict(args.get("transformer_options") or {})
-        if EditRun.of(options) is not None:
+        run = EditRun.of(options)
+        if run is not None:
             options["optimized_attention_override"] = SelfAttentionOverride(
-                self.engine, self.site, options.get("optimized_attention_override"))
+                self.engine, self.site, options.get("optimized_attention_override"),
+                video_grid(run.latent_shape, self.patch_size))
             args = {**args, "transformer_options": options}
         if self.inner is not None:
             return self.inner(args, extra)
@@ -345,11 +370,12 @@ def attach_engine(model_patcher: Any, engine: EditEngine, host_attention: HostAt
             engine, family.image_tokens(diffusion_model), options.get("optimized_attention_override"))
     else:
         existing = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-        patch = SelfAttentionBlockPatch if family.hook == SELF_ATTENTION else JointBlockPatch
         for block in sites:
             if engine.controls(block):
-                patched.set_model_patch_replace(patch(engine, block, existing.get((block.kind, block.index))),
-                                                "dit", block.kind, block.index)
+                inner = existing.get((block.kind, block.index))
+                patch = (SelfAttentionBlockPatch(engine, block, inner, getattr(diffusion_model, "patch_size", (1, 2, 2)))
+                         if family.hook == SELF_ATTENTION else JointBlockPatch(engine, block, inner))
+                patched.set_model_patch_replace(patch, "dit", block.kind, block.index)
     patch_size = None if family.is_unet or family.hook == SELF_ATTENTION else int(getattr(diffusion_model,
                                                                                           "patch_size", 2))
     blocks = block_paths(family.blocks, sites) if family.hook == OVERRIDE else {}

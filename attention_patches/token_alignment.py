@@ -1,11 +1,12 @@
 """Token-level mappings between a source and a target prompt, for Prompt-to-Prompt editing.
 
-Cross-attention probabilities end in a dimension of ``length`` (77) CLIP positions: 0 is BOS, 1..n the
-prompt's content tokens, n+1 EOS, then padding. Prompt-to-Prompt builds the target prompt's maps from the
+Cross-attention probabilities end in a dimension of ``length`` token positions: ``start`` start tokens (CLIP: BOS
+at 0), the prompt's n content tokens, EOS, then padding (CLIP: 77 positions, 1..n content, n+1 EOS; Wan's umT5: 512
+positions, no start token, 0..n-1 content, n EOS). Prompt-to-Prompt builds the target prompt's maps from the
 source prompt's, so it needs to know which source position feeds each target position: a word-swap matrix
 (``replacement_mapper``), an alignment for inserted or deleted words (``refinement_mapper``) and per-token
 scale factors (``equalizer``). The caller supplies the tokenizer, so this module works with ComfyUI's CLIP
-tokenizer in production and with a fake in tests, and imports no ComfyUI.
+and umT5 tokenizers in production and with a fake in tests, and imports no ComfyUI.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ TokenizeFn = Callable[[str], list[int]]
 
 WINDOW = 77
 """CLIP's token window: start token, 75 content tokens, end token."""
+UMT5_WINDOW = 512
+"""Wan's umT5 window: ComfyUI pads every prompt to 512 tokens (content, end token, padding; no start token)."""
 
 _BOS = -1
 _EOS = -2
@@ -29,12 +32,14 @@ _EOS = -2
 
 @dataclass(frozen=True)
 class PromptTokens:
-    """A prompt split into whitespace words and the CLIP tokens of each word, in a ``length`` window."""
+    """A prompt split into whitespace words and the tokens of each word, in a ``length`` window whose first
+    ``start`` positions are start tokens (CLIP: 1, umT5: 0)."""
 
     text: str
     words: tuple[str, ...]
     word_tokens: tuple[tuple[int, ...], ...]
     length: int = WINDOW
+    start: int = 1
 
     @property
     def ids(self) -> tuple[int, ...]:
@@ -45,6 +50,11 @@ class PromptTokens:
     def n_tokens(self) -> int:
         """Number of content tokens (BOS, EOS and padding excluded)."""
         return sum(len(tokens) for tokens in self.word_tokens)
+
+    @property
+    def end(self) -> int:
+        """Window position of the end token (after the start tokens and the content)."""
+        return self.start + self.n_tokens
 
 
 def _word_starts(prompt: PromptTokens) -> list[int]:
@@ -71,7 +81,7 @@ def find_phrase(prompt: PromptTokens, phrase: str, tokenize: TokenizeFn) -> list
     positions: list[int] = []
     for start in _word_starts(prompt):
         if ids[start : start + len(wanted)] == wanted:
-            positions.extend(range(start + 1, start + 1 + len(wanted)))
+            positions.extend(range(prompt.start + start, prompt.start + start + len(wanted)))
     if not positions:
         raise ValueError(f"the phrase {phrase!r} was not found in the prompt {prompt.text!r}")
     return sorted(set(positions))
@@ -79,13 +89,14 @@ def find_phrase(prompt: PromptTokens, phrase: str, tokenize: TokenizeFn) -> list
 
 def _pad_source(source: PromptTokens, target: PromptTokens, p: int) -> int:
     """Source position for target padding position ``p``: aligned from EOS onward, clipped to the window."""
-    return min(source.n_tokens + 1 + (p - (target.n_tokens + 1)), target.length - 1)
+    return min(source.end + (p - target.end), target.length - 1)
 
 
 def _check_windows(source: PromptTokens, target: PromptTokens) -> int:
-    """The common window length; both prompts must use the same one."""
-    if source.length != target.length:
-        raise ValueError(f"source and target windows differ: {source.length} vs {target.length} positions")
+    """The common window length; both prompts must use the same window (length and start tokens)."""
+    if (source.length, source.start) != (target.length, target.start):
+        raise ValueError(f"source and target windows differ: {source.length} vs {target.length} positions, "
+                         f"{source.start} vs {target.start} start tokens")
     return target.length
 
 
@@ -95,8 +106,8 @@ def replacement_mapper(source: PromptTokens, target: PromptTokens) -> torch.Tens
 
     Words are walked in order. Words with the same number of tokens (equal words included) pair token to
     token. A swapped word whose token count differs spreads each of its source tokens over all its target
-    tokens with weight ``1 / len(target tokens)``, so the word's total attention mass is kept. BOS maps to
-    BOS, EOS to EOS, and padding is aligned from EOS onward (clipped to the last position when the target
+    tokens with weight ``1 / len(target tokens)``, so the word's total attention mass is kept. Start tokens map
+    to themselves, EOS to EOS, and padding is aligned from EOS onward (clipped to the last position when the target
     is shorter). Unlike the reference implementation, which maps the tail ``j -> j`` after the last swapped
     word and so misaligns it when token counts differ, every following token is aligned ``i -> j``.
     """
@@ -107,8 +118,9 @@ def replacement_mapper(source: PromptTokens, target: PromptTokens) -> torch.Tens
             f'the target has {len(target.words)}; use the "refine" mode to insert or delete words'
         )
     mapper = torch.zeros(length, length, dtype=torch.float32)
-    mapper[0, 0] = 1.0
-    i = j = 1
+    for p in range(target.start):
+        mapper[p, p] = 1.0
+    i = j = target.start
     for src_tokens, tgt_tokens in zip(source.word_tokens, target.word_tokens, strict=True):
         n_src, n_tgt = len(src_tokens), len(tgt_tokens)
         if n_src == n_tgt:
@@ -118,8 +130,8 @@ def replacement_mapper(source: PromptTokens, target: PromptTokens) -> torch.Tens
             mapper[i : i + n_src, j : j + n_tgt] = 1.0 / n_tgt
         i += n_src
         j += n_tgt
-    mapper[source.n_tokens + 1, target.n_tokens + 1] = 1.0
-    for p in range(target.n_tokens + 2, length):
+    mapper[source.end, target.end] = 1.0
+    for p in range(target.end + 1, length):
         mapper[_pad_source(source, target, p), p] = 1.0
     return mapper
 
@@ -156,21 +168,23 @@ def _align(source: list[int], target: list[int]) -> list[int | None]:
 def refinement_mapper(source: PromptTokens, target: PromptTokens) -> tuple[torch.Tensor, torch.Tensor]:
     """Refine-mode alignment: ``(index, alphas)``, each [length], over target positions.
 
-    The sequences ``[BOS] + ids + [EOS]`` of both prompts are aligned globally (see ``_align`` for the
-    scores and the tie-breaking rule); BOS and EOS get placeholder ids that no real token has. An aligned
+    The sequences ``start tokens + ids + [EOS]`` of both prompts (as they lie in the window) are aligned globally
+    (see ``_align`` for the scores and the tie-breaking rule); start and end tokens get placeholder ids that no real
+    token has. An aligned
     target position takes its source position as ``index`` with alpha 1; an inserted target token has no
     source token, so index 0 and alpha 0 (it keeps its own attention). Padding after the target's EOS is
     aligned from EOS onward like ``replacement_mapper``, with alpha 1.
     """
     length = _check_windows(source, target)
-    aligned = _align([_BOS, *source.ids, _EOS], [_BOS, *target.ids, _EOS])
+    starts = [_BOS] * target.start
+    aligned = _align([*starts, *source.ids, _EOS], [*starts, *target.ids, _EOS])
     index = torch.zeros(length, dtype=torch.long)
     alphas = torch.zeros(length, dtype=torch.float32)
     for position, src in enumerate(aligned):
         if src is not None:
             index[position] = src
             alphas[position] = 1.0
-    for p in range(target.n_tokens + 2, length):
+    for p in range(target.end + 1, length):
         index[p] = _pad_source(source, target, p)
         alphas[p] = 1.0
     return index, alphas

@@ -20,7 +20,8 @@ class SPDInvAttentionPreview(io.ComfyNode):
             display_name="SPDInv Attention Preview",
             category="SPDInv/preview",
             description="Per-token cross-attention maps of the source and target prompts from a Prompt-to-Prompt "
-                        "edit (averaged over the cross-replace steps and the 16x16-equivalent layers), with the "
+                        "edit (averaged over the cross-replace steps and the 16x16-equivalent layers; on Wan over every "
+                        "block, a clip's frames stacked top to bottom), with the "
                         "local-blend mask. Use it to pick blend and reweight words.",
             inputs=[
                 AttentionMaps.Input("attention", tooltip="The 'attention' output of the SPDInv Edit Sampler."),
@@ -45,10 +46,12 @@ class SPDInvAttentionPreview(io.ComfyNode):
             raise ValueError(f"image_index: the edit has {images} image(s); use 0..{images - 1}")
         rows = []
         for branch, (title, labels) in enumerate(zip(("source", "target"), attention.labels, strict=True)):
-            maps = attention.maps[branch * images + image_index, :, :, 1:len(labels) + 1]
+            first = attention.first_token
+            maps = attention.maps[branch * images + image_index, :, :, first:first + len(labels)]
             rows.append(MapRow(f"{title}: {' '.join(labels)}", maps.permute(2, 0, 1).numpy(), labels))
         mask = attention.blend_mask
-        latent_mask = None if mask is None else mask[image_index, 0].float()
+        # A clip's mask [frames, H, W] is shown as its maps are: the frames stacked along the height.
+        latent_mask = None if mask is None else mask[image_index, 0].float().flatten(0, -2)
         grid = render_attention_grid(rows, panel_size, None if latent_mask is None else latent_mask.numpy())
         if latent_mask is None:
             h, w = attention.maps.shape[1:3]

@@ -1,7 +1,8 @@
 """Token ids and token text from a ComfyUI CLIP, for the token mappings of the attention engines.
 
 Uses ``clip.tokenize`` (the tokenisation the text encoder sees, word by word as ComfyUI splits prompts) and
-the CLIP BPE tokenizer behind it for start/end ids and token text. Prompts are read as ComfyUI parses them:
+the word tokenizer behind it (CLIP's BPE, or Wan's umT5 SentencePiece) for start/end ids, the window and token
+text. Prompts are read as ComfyUI parses them:
 weight syntax such as ``(fluffy cat:1.3)`` scales those words in the encoding, and their tokens are aligned
 and found like any other words.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..attention_patches.token_alignment import WINDOW, PromptTokens, TokenizeFn, find_phrase
+from ..attention_patches.token_alignment import PromptTokens, TokenizeFn, find_phrase
 
 T = TypeVar("T")
 
@@ -39,8 +40,8 @@ def _bpe_tokenizer(clip: Any, key: str) -> Any:
             return inner
     if hasattr(holder, "end_token"):
         return holder
-    raise ValueError("clip: this text encoder's tokenizer is not a CLIP BPE tokenizer; Prompt-to-Prompt supports "
-                     "the CLIP text encoders of SD1.x, SD2.x and SDXL")
+    raise ValueError("clip: this text encoder's tokenizer is not a word tokenizer the attention engines can align; "
+                     "Prompt-to-Prompt supports the CLIP text encoders of SD1.x, SD2.x and SDXL and Wan's umT5")
 
 
 def _clip_key(tokens: dict) -> str:
@@ -87,27 +88,33 @@ def token_ids(clip: Any) -> TokenizeFn:
 def prompt_tokens(clip: Any, text: str) -> PromptTokens:
     """``text`` as ``clip``'s encoder receives it, split into whitespace words as the reference's aligner
     splits prompts, after ComfyUI's weight syntax is parsed: ``a (fluffy cat:1.3)`` has the words ``a``,
-    ``fluffy`` and ``cat``. Each word is tokenized alone with the encoder's BPE tokenizer; together they must
-    give the encoder's tokens."""
+    ``fluffy`` and ``cat``. Each word is tokenized alone with the encoder's word tokenizer, as ComfyUI does;
+    together they must give the encoder's tokens. The window is the encoder's (CLIP: 77 positions after a start
+    token; umT5: padded to 512, no start token), and the prompt must fit one window."""
     from comfy.sd1_clip import escape_important, token_weights, unescape_important
 
     ids = token_ids(clip)(text)
-    bpe = _bpe_tokenizer(clip, _clip_key(clip.tokenize("")))
+    empty = clip.tokenize("")
+    key = _clip_key(empty)
+    bpe = _bpe_tokenizer(clip, key)
+    window = len(empty[key][0])
+    end = -1 if getattr(bpe, "tokenizer_adds_end_token", True) else None
     segments = token_weights(escape_important(text), 1.0)
     words = [w for segment, _ in segments for w in unescape_important(segment).split()]
-    word_tokens = [tuple(bpe.tokenizer(w)["input_ids"][bpe.tokens_start:-1]) for w in words]
-    prompt = PromptTokens(text=text, words=tuple(words), word_tokens=tuple(word_tokens), length=WINDOW)
+    word_tokens = [tuple(bpe.tokenizer(w)["input_ids"][bpe.tokens_start:end]) for w in words]
+    prompt = PromptTokens(text=text, words=tuple(words), word_tokens=tuple(word_tokens), length=window,
+                          start=bpe.tokens_start)
     if list(prompt.ids) != ids:
         raise ValueError(f"the prompt's words could not be matched to its tokens: {text!r}; write it without "
                          "embeddings and unusual escapes")
-    if prompt.n_tokens > WINDOW - 2:
-        raise ValueError(f"the prompt has {prompt.n_tokens} tokens, the maximum is {WINDOW - 2}; shorten it: "
-                         f"{text!r}")
+    most = window - prompt.start - 1
+    if prompt.n_tokens > most:
+        raise ValueError(f"the prompt has {prompt.n_tokens} tokens, the maximum is {most}; shorten it: {text!r}")
     return prompt
 
 
 def token_text(clip: Any, ids: list[int]) -> list[str]:
-    """Readable text of each token (CLIP's ``</w>`` word-end marker removed)."""
+    """Readable text of each token (CLIP's ``</w>`` word-end and SentencePiece's ``▁`` word-start markers removed)."""
     bpe = _bpe_tokenizer(clip, _clip_key(clip.tokenize("")))
     vocab = getattr(bpe, "inv_vocab", {})
-    return [vocab.get(i, str(i)).replace("</w>", "") for i in ids]
+    return [vocab.get(i, str(i)).replace("</w>", "").replace("\u2581", "") for i in ids]

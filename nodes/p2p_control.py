@@ -38,7 +38,8 @@ class P2PAttentionControl(io.ComfyNode):
             category="SPDInv/engines",
             description="Prompt-to-Prompt attention control for the SPDInv Edit Sampler: the target prompt's "
                         "cross-attention follows the source's (word swap or refine), optionally reweighted, with "
-                        "self-attention replacement and local blend. Also encodes both prompts and sets the "
+                        "self-attention replacement and local blend. SD1.x, SD2.x, SDXL and Wan video (umT5 prompts; "
+                        "maps and blend masks over every frame). Also encodes both prompts and sets the "
                         "ProxEdit guidance recipe SPDInv uses (proximal guidance, inversion guidance).",
             inputs=[
                 io.Model.Input("model", tooltip="The model the photo was inverted with."),
@@ -128,8 +129,10 @@ class P2PAttentionControl(io.ComfyNode):
         labels = (token_text(clip, list(source.ids)), token_text(clip, list(target.ids)))
         family = Family.of(model)
         family.require(PromptToPrompt.node)
-        engine = PromptToPrompt(mapping, eq, cross_replace, self_replace, blend, family.default("p2p_self_min_level"),
-                                family.default("p2p_map_level"), labels, blend_maps, recipe=recipe)
+        levels = ({"self_min_level": family.default("p2p_self_min_level"), "map_level": family.default("p2p_map_level")}
+                  if family.is_unet else {})
+        engine = PromptToPrompt(mapping, eq, cross_replace, self_replace, blend, labels=labels, blend_maps=blend_maps,
+                                first_token=source.start, recipe=recipe, **levels)
         patched = attach_engine(model, engine, optimized_attention, WrappersMP.DIFFUSION_MODEL)
         source_cond = clip.encode_from_tokens_scheduled(clip.tokenize(source_text))
         if target_conditioning is None:

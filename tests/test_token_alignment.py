@@ -35,11 +35,16 @@ def fake_tokenize(text: str) -> list[int]:
     return ids
 
 
-def prompt(text: str, length: int = 77) -> PromptTokens:
-    """``text`` split into whitespace words, each tokenized alone (as the nodes build prompts from CLIP's tokenizer)."""
+def prompt(text: str, length: int = 77, start: int = 1) -> PromptTokens:
+    """``text`` split into whitespace words, each tokenized alone (as the nodes build prompts from CLIP's tokenizer);
+    ``start=0, length=512``: Wan's umT5 window (no start token)."""
     words = tuple(text.split())
     return PromptTokens(text=text, words=words, word_tokens=tuple(tuple(fake_tokenize(w)) for w in words),
-                        length=length)
+                        length=length, start=start)
+
+
+def umt5(text: str) -> PromptTokens:
+    return prompt(text, length=512, start=0)
 
 
 def test_content_tokens_are_the_words_tokens_in_order():
@@ -227,3 +232,38 @@ def test_equalizer_later_entries_win_and_missing_words_raise():
     assert torch.equal(equalizer(p, [], fake_tokenize), torch.ones(77))
     with pytest.raises(ValueError, match="'boat'"):
         equalizer(p, [("boat", 2.0)], fake_tokenize)
+
+
+def test_without_a_start_token_content_starts_at_position_zero_and_eos_follows_it():
+    p = umt5("a photo of a cat")
+    assert find_phrase(p, "a", fake_tokenize) == [0, 3]
+    assert find_phrase(p, "cat", fake_tokenize) == [4]
+    assert p.end == 5
+
+
+def test_without_a_start_token_word_swap_maps_content_eos_and_padding_from_position_zero():
+    source, target = umt5("a photo of a cat"), umt5("a photo of a crocodile")
+    m = replacement_mapper(source, target)
+    assert m.shape == (512, 512)
+    assert [m[i, i].item() for i in range(4)] == [1.0] * 4
+    assert m[4, 4].item() == m[4, 5].item() == 0.5
+    assert m[5, 6].item() == 1.0
+    assert m[510, 511].item() == 1.0
+    assert torch.equal(m.sum(1)[:5], torch.ones(5))
+
+
+def test_without_a_start_token_refine_aligns_kept_tokens_and_leaves_an_inserted_word_alone():
+    index, alphas = refinement_mapper(umt5("a cat"), umt5("a silver cat"))
+    assert index[:4].tolist() == [0, 0, 1, 2]
+    assert alphas[:4].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert index[4:].tolist() == list(range(3, 511))
+
+
+def test_equalizer_without_a_start_token_scales_the_word_at_its_window_position():
+    scales = equalizer(umt5("a silver cat"), [("silver", 2.0)], fake_tokenize)
+    assert scales[1].item() == 2.0 and scales.sum().item() == 513.0
+
+
+def test_windows_with_different_start_tokens_are_refused():
+    with pytest.raises(ValueError, match="1 vs 0 start tokens"):
+        replacement_mapper(prompt("a cat", length=512), umt5("a dog"))

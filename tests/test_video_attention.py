@@ -10,13 +10,16 @@ for its cross-attention to the prompt's tokens (``override(func, q, k, v, heads=
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from engine_calls import FakePatcher, edit_run
 from torch import nn
 
-from spdinv_pack.attention_patches.families import MMDIT, SELF_ATTENTION, Family
+from spdinv_pack.attention_patches.families import MMDIT, P2P, SELF_ATTENTION, Family
 from spdinv_pack.attention_patches.joint_attention import JointMutualAttention
+from spdinv_pack.attention_patches.prompt_to_prompt import LocalBlend, PromptToPrompt, ReplaceMapping
 from spdinv_pack.attention_patches.registration import SelfAttentionBlockPatch, attach_engine
 from spdinv_pack.attention_patches.run import RUN_KEY
 
@@ -80,7 +83,7 @@ class WanLike(nn.Module):
 
 def call(patched: FakePatcher, x: torch.Tensor, context: torch.Tensor, step: int = 1, with_run: bool = True) -> list:
     """One model call of a two-row edit batch [source, target] as ComfyUI makes it; the attentions' log."""
-    run = edit_run(4, (1, 16, 3, 4, 4))
+    run = edit_run(4, (1, 16, 3, 8, 8))
     options = {**patched.model_options["transformer_options"], "sigmas": run.grid[step:step + 1],
                "cond_or_uncond": [0]}
     if with_run:
@@ -155,3 +158,76 @@ def test_an_override_already_on_the_model_still_runs_and_the_base_model_is_untou
     assert seen == [48, 512] * 3
     assert all(torch.equal(out[1], given[0]) for kind, given, out in log if kind == "self")
     assert base.model_options["transformer_options"] == before
+
+
+def attention(q, k, v, *rest, heads=1, **kwargs):
+    """Real scaled dot-product attention as ComfyUI's host attention computes it (one head)."""
+    return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, -1) @ v
+
+
+@pytest.fixture
+def real_attention(monkeypatch):
+    """The stand-in's blocks attend with real attention instead of returning their values."""
+    monkeypatch.setattr(sys.modules[__name__], "host_attention", attention)
+
+
+def p2p(**settings) -> PromptToPrompt:
+    return PromptToPrompt(ReplaceMapping(torch.eye(512)), **{"cross_fraction": 0.5, "self_fraction": 0.5, **settings})
+
+
+def test_prompt_to_prompt_runs_on_wan_blocks_controlling_every_self_and_cross_attention():
+    family = Family.of(FakePatcher(WanLike(), config("WAN21_T2V")))
+    assert P2P in family.engines
+    patched = attach_engine(FakePatcher(WanLike(), config("WAN21_T2V")), p2p(), None, "w")
+    replace = patched.model_options["transformer_options"]["patches_replace"]["dit"]
+    assert sorted(replace) == [("double_block", i) for i in range(3)]
+
+
+def test_on_wan_the_targets_cross_attention_follows_the_sources_maps_reweighted_inside_its_window(real_attention):
+    scale = torch.ones(512)
+    scale[2] = 3.0
+    patched = attach_engine(FakePatcher(WanLike(), config("WAN21_T2V")), p2p(equalizer=scale), None, "w")
+    x, context = tokens(0, 48), tokens(1, 512)
+    inside, outside = call(patched, x, context, step=1), call(patched, x, context, step=3)
+    source_maps = torch.softmax(x[0] @ context[0].T * 8 ** -0.5, -1)
+    for kind, given, out in inside:
+        if kind == "cross":
+            assert torch.allclose(out[0], attention(x[0], given[0], given[0]), atol=1e-6)  # the source: its own
+            assert torch.allclose(out[1], (source_maps * scale) @ given[1], atol=1e-5)  # source maps, reweighted
+    for kind, given, out in outside:
+        if kind == "cross":
+            assert torch.allclose(out[1], attention(x[1], given[1], given[1]), atol=1e-6)
+    assert not torch.allclose(attention(x[1], context[1], context[1]), source_maps @ context[1], atol=1e-3)
+
+
+def test_on_wan_the_targets_self_attention_takes_the_sources_queries_and_keys_inside_its_window(real_attention):
+    patched = attach_engine(FakePatcher(WanLike(), config("WAN21_T2V")), p2p(), None, "w")
+    x, context = tokens(0, 48), tokens(1, 512)
+    inside = [out for kind, _, out in call(patched, x, context, step=1) if kind == "self"]
+    outside = [out for kind, _, out in call(patched, x, context, step=3) if kind == "self"]
+    assert all(torch.allclose(out[1], attention(x[0], x[0], x[1]), atol=1e-6) for out in inside)
+    assert all(torch.allclose(out[1], attention(x[1], x[1], x[1]), atol=1e-6) for out in outside)
+    assert not torch.allclose(attention(x[0], x[0], x[1]), attention(x[1], x[1], x[1]), atol=1e-3)
+
+
+def test_on_wan_maps_lie_over_the_clips_frames_and_local_blend_keeps_the_source_outside_the_words_region(
+        real_attention):
+    blend = LocalBlend((4,), (4,), threshold=0.5, start=0.0)
+    engine = p2p(blend=blend)
+    patched = attach_engine(FakePatcher(WanLike(), config("WAN21_T2V")), engine, None, "w")
+    x, context = tokens(0, 48), tokens(1, 512)
+    context[:, 4] *= 0.0
+    context[:, 4, :] += x[:, :16].mean(1) * 6  # token 4 attends to the first latent frame's tokens
+    run = edit_run(4, (1, 16, 3, 8, 8))
+    model = patched.get_model_object("diffusion_model")
+    model(x, context, {**patched.model_options["transformer_options"], "sigmas": run.grid[1:2],
+                       "cond_or_uncond": [0], RUN_KEY: run})
+    maps = engine.recorded_maps(run).maps
+    assert maps.shape == (2, 3 * 4, 4, 512)  # rows, frames·h, w, tokens (3 latent frames of 4×4 patches)
+    latent = torch.randn(2, 16, 3, 8, 8)
+    blended = engine.after_step(run, 1, latent)
+    mask = engine.record(run).blend_mask
+    assert mask.shape == (1, 1, 3, 8, 8) and mask.any() and not mask.all()
+    assert mask[:, :, 0].float().mean() > mask[:, :, 1:].float().mean()
+    assert torch.equal(blended[1], torch.where(mask[0], latent[1], latent[0]))
+    assert torch.equal(blended[0], latent[0])
