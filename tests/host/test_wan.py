@@ -20,6 +20,7 @@ from spdinv_pack.attention_patches.registration import SelfAttentionBlockPatch
 from spdinv_pack.spdinv.metrics import latent_psnr
 from spdinv_pack.tests.host.factory import FLOW_TEST_MODELS, wan21_model_path
 from spdinv_pack.tests.host.pack_calls import (
+    check_local_blend,
     diffusion_model,
     edit,
     edit_region,
@@ -162,3 +163,70 @@ def test_with_a_mask_over_the_frames_the_edit_keeps_the_clip_outside_it(run_node
     (bad,) = run_node(pack_nodes.SPDInvPreservation, mask=mask[:5], threshold=0.5, estimate_for=0.25, grow=0).result
     with pytest.raises(ValueError, match="^preserve: mask: 5 frames cannot be matched to the clip's 3 latent frames"):
         edit(run_node, pack_nodes, patched, inversion, source, target, preserve=bad)
+
+
+SOURCE_TEXT, TARGET_TEXT = "a cat walks on the grass", "a dog walks on the grass"
+
+
+@pytest.fixture(scope="module")
+def umt5():
+    """A CLIP with ComfyUI's umT5 tokenizer classes (stand-in vocabulary and encodings, see ``UMT5ClipStandIn``)."""
+    from spdinv_pack.tests.host.text_encoder_stand_in import UMT5ClipStandIn
+
+    return UMT5ClipStandIn()
+
+
+def p2p(run_node, pack_nodes, model, clip, source_text=SOURCE_TEXT, target_text=TARGET_TEXT, **kw):
+    """SPDInv Prompt-to-Prompt on ``model``: (patched MODEL, source, target CONDITIONING)."""
+    return run_node(pack_nodes.P2PAttentionControl, model=model, clip=clip, source_text=source_text,
+                    target_text=target_text, **kw).result
+
+
+@pytest.fixture(scope="module")
+def p2p_scene(run_node, pack_nodes, wan, umt5, clip_latent):
+    """The clip inverted in 6 steps with the source text's encoding."""
+    _, source, _ = p2p(run_node, pack_nodes, wan, umt5)
+    inversion, _ = invert(run_node, pack_nodes, wan, source, clip_latent, steps=STEPS, rel_tol=0.01)
+    return inversion, source
+
+
+def test_prompt_to_prompt_on_wan_edits_the_target_from_the_sources_maps_and_an_identity_edit_is_exact(
+        run_node, pack_nodes, wan, umt5, p2p_scene):
+    inversion, source = p2p_scene
+    options = copy.deepcopy(wan.model_options)
+    patched, source_p2p, target = p2p(run_node, pack_nodes, wan, umt5, mode="word swap")
+    assert torch.equal(source_p2p[0][0], source[0][0]) and source[0][0].shape == (1, TEXT_TOKENS, 4096)
+    edited, recon, attention = edit(run_node, pack_nodes, patched, inversion, source, target, cfg=5.0)
+    plain, plain_recon, _ = edit(run_node, pack_nodes, wan, inversion, source, target, cfg=5.0)
+    assert edited["samples"].shape == (1, 16, 3, 8, 8) and torch.isfinite(edited["samples"]).all()
+    assert not torch.equal(edited["samples"], recon["samples"])
+    assert not torch.equal(edited["samples"], plain["samples"])  # the maps changed the edit
+    print(f"\n[host] Wan P2P word swap: edit vs reconstruction {latent_psnr(edited['samples'], recon['samples']):.2f} "
+          f"dB, plain edit {latent_psnr(plain['samples'], plain_recon['samples']):.2f} dB")
+    assert attention.maps.shape == (2, 3 * 4, 4, TEXT_TOKENS)  # rows, frames·h, w, umT5 positions
+    assert attention.first_token == 0 and attention.labels[1][1] == "dog"
+    identity, _, _ = p2p(run_node, pack_nodes, wan, umt5, target_text=SOURCE_TEXT)
+    same, same_recon, _ = edit(run_node, pack_nodes, identity, inversion, source, source, cfg=5.0)
+    assert torch.equal(same["samples"], same_recon["samples"])
+    assert wan.model_options == options
+
+
+def test_prompt_to_prompt_on_wan_reweights_a_word_and_local_blend_keeps_the_reconstruction_outside_its_frames_mask(
+        run_node, pack_nodes, wan, umt5, p2p_scene):
+    inversion, source = p2p_scene
+    _, _, target = p2p(run_node, pack_nodes, wan, umt5)
+    plain = edit(run_node, pack_nodes, p2p(run_node, pack_nodes, wan, umt5)[0], inversion, source, target, cfg=5.0)
+    reweighted = edit(run_node, pack_nodes, p2p(run_node, pack_nodes, wan, umt5, reweight="dog:4")[0], inversion,
+                      source, target, cfg=5.0)
+    assert not torch.equal(reweighted[0]["samples"], plain[0]["samples"])
+    with pytest.raises(ValueError, match="^reweight: the phrase 'horse' was not found"):
+        p2p(run_node, pack_nodes, wan, umt5, reweight="horse:2")
+    blended = p2p(run_node, pack_nodes, wan, umt5, blend_source_words="cat", blend_target_words="dog",
+                  blend_threshold=0.5, blend_start=0.0)[0]
+    edited, recon, attention = edit(run_node, pack_nodes, blended, inversion, source, target, cfg=5.0)
+    assert attention.blend_mask.shape == (1, 1, 3, 8, 8)  # one mask per latent frame
+    coverage = check_local_blend(edited, recon, attention)
+    print(f"[host] Wan P2P local blend: mask covers {coverage:.0%} of the clip's latent")
+    (maps, mask) = run_node(pack_nodes.SPDInvAttentionPreview, attention=attention, image_index=0,
+                            panel_size=32).result
+    assert maps.shape[0] == 1 and maps.shape[-1] == 3 and mask.shape == (1, 3 * 64, 64)  # frames stacked

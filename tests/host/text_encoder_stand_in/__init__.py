@@ -8,12 +8,13 @@ Flux.2 Klein 4B ``[1, 512, 7680]`` (three stacked Qwen3-4B layers, padded to 512
 Qwen-Image ``[1, L, 3584]``; Chroma T5 tokens ``[1, L, 4096]``; Wan umT5-XXL ``[1, 512, 4096]`` (padded to 512 tokens
 as ComfyUI pads it). Encoders without a pooled output give
 ``pooled_output`` None, as ComfyUI's do. Loaded into the test server next to the pack; never shipped as a node of
-the pack.
+the pack. :class:`UMT5ClipStandIn` is a CLIP for the engines that read a prompt's tokens (Prompt-to-Prompt on Wan).
 """
 
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import torch
 
@@ -32,6 +33,29 @@ def stand_in_conditioning(text: str, family: str) -> list:
     tokens = PADDED_TOKENS.get(family, 4 + len(text.split()))
     extra = {"pooled_output": torch.randn(1, pooled, generator=gen) if pooled else None}
     return [[torch.randn(1, tokens, width, generator=gen), extra]]
+
+
+class UMT5ClipStandIn:
+    """A CLIP for Wan prompts (tests only): ComfyUI's own umT5 tokenizer classes (``WanT5Tokenizer``: 512 positions,
+    no start token, an end token, padding 0, prompts split into words as ComfyUI splits them) over a stand-in
+    SentencePiece vocabulary, the pile T5 tokenizer ComfyUI ships (umT5's own comes inside the 11 GB encoder file);
+    and encodings ``[1, 512, 4096]`` made per token, seeded from the token id, padding zeroed as ComfyUI zeroes masked
+    positions, so that a word has the same encoding in both prompts, as it roughly has in a real encoder."""
+
+    def __init__(self) -> None:
+        from comfy.text_encoders import wan
+
+        vocabulary = Path(wan.__file__).parent / "t5_pile_tokenizer" / "tokenizer.model"
+        self.tokenizer = wan.WanT5Tokenizer(tokenizer_data={"spiece_model": vocabulary.read_bytes()})
+
+    def tokenize(self, text: str) -> dict:
+        return self.tokenizer.tokenize_with_weights(text)
+
+    def encode_from_tokens_scheduled(self, tokens: dict) -> list:
+        width = FAMILIES["wan"][0]
+        rows = [torch.zeros(width) if token == 0 else torch.randn(width, generator=torch.Generator().manual_seed(token))
+                for token, *_ in tokens["umt5xxl"][0]]
+        return [[torch.stack(rows)[None], {"pooled_output": None}]]
 
 
 class SPDInvTestTextEncoderStandIn:
