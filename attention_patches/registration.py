@@ -373,8 +373,9 @@ def attach_engine(model_patcher: Any, engine: EditEngine, host_attention: HostAt
         for block in sites:
             if engine.controls(block):
                 inner = existing.get((block.kind, block.index))
-                patch = (SelfAttentionBlockPatch(engine, block, inner, getattr(diffusion_model, "patch_size", (1, 2, 2)))
-                         if family.hook == SELF_ATTENTION else JointBlockPatch(engine, block, inner))
+                video_patch = getattr(diffusion_model, "patch_size", (1, 2, 2))
+                patch = (SelfAttentionBlockPatch(engine, block, inner, video_patch) if family.hook == SELF_ATTENTION
+                         else JointBlockPatch(engine, block, inner))
                 patched.set_model_patch_replace(patch, "dit", block.kind, block.index)
     patch_size = None if family.is_unet or family.hook == SELF_ATTENTION else int(getattr(diffusion_model,
                                                                                           "patch_size", 2))

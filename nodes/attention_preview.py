@@ -20,9 +20,9 @@ class SPDInvAttentionPreview(io.ComfyNode):
             display_name="SPDInv Attention Preview",
             category="SPDInv/preview",
             description="Per-token cross-attention maps of the source and target prompts from a Prompt-to-Prompt "
-                        "edit (averaged over the cross-replace steps and the 16x16-equivalent layers; on Wan over every "
-                        "block, a clip's frames stacked top to bottom), with the "
-                        "local-blend mask. Use it to pick blend and reweight words.",
+                        "edit (averaged over the cross-replace steps and the 16x16-equivalent layers; on Wan over "
+                        "every block, a clip's frames stacked top to bottom), with the local-blend mask. Use it to "
+                        "pick blend and reweight words.",
             inputs=[
                 AttentionMaps.Input("attention", tooltip="The 'attention' output of the SPDInv Edit Sampler."),
                 io.Int.Input("image_index", default=0, min=0, max=63,

@@ -64,6 +64,16 @@ SDXL_VAE = ("\n\nSDXL's own VAE gives NaN (a black image) in fp16: on a GPU that
             "sdxl_vae.safetensors from madebyollin/sdxl-vae-fp16-fix with Load VAE into the Encode and Decode nodes, "
             "or start ComfyUI with --fp32-vae.")
 NOTES = {
+    "Wan video edit with Prompt to Prompt": "Edit a video clip with Wan 2.1: SPDInv + Prompt-to-Prompt\n\nModels: "
+                                            "models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors; models/"
+                                            "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors; models/vae/"
+                                            "wan_2.1_vae.safetensors.\n\n1. Clip: load your clip; First frames: "
+                                            "how many to edit, 1 + 4k.\n2. Prompt-to-Prompt, source_text: describe "
+                                            "the clip as it is.\n3. target_text: the same sentence with the change "
+                                            "(and the changed word in blend/reweight).\n\nThe target follows the "
+                                            "source's word maps over every frame; local blend keeps the clip outside "
+                                            "the words' region. Saved: the edited and the reconstructed clips, the "
+                                            "attention maps (frames top to bottom), the residual plot.",
     "paper procedure": "The SPDInv paper's exact procedure (ECCV 2024, official code's defaults)\n\nInversion: AdamW "
                        "through the UNet, K 25, lr 1e-3, delta 5e-6 alone (rel_tol 0), 50 steps on the official "
                        "grid (980 ... 0). P2P: refine, reweight x2, local blend from the edited maps, ProxEdit "

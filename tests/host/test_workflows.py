@@ -161,7 +161,8 @@ def with_test_models(prompt: dict, family: str, old_comfyui: bool = False) -> di
     """Run a diffusion-model workflow on the family's random files (on ComfyUI 0.3.x, those of
     :data:`ON_0_3_64_MODELS`): the diffusion model and VAE swapped in, each text-encoder loader + ``CLIPTextEncode``
     replaced by the test-only stand-in (``FluxGuidance`` and ``ReferenceLatent`` stay; a Qwen-Image-Edit encoder
-    becomes :func:`stand_in_for_qwen_edit_encoder`), and ``SaveLatent`` of the encoded photo and the
+    becomes :func:`stand_in_for_qwen_edit_encoder`; Prompt-to-Prompt on Wan reads its prompts' tokens from the
+    umT5 CLIP stand-in), and ``SaveLatent`` of the encoded photo and the
     edit's reconstruction added; returns their node ids."""
     model_path, vae_path = DIFFUSION_MODEL_FAMILIES[family]
     model_path = ON_0_3_64_MODELS.get(family, model_path) if old_comfyui else model_path
@@ -178,6 +179,10 @@ def with_test_models(prompt: dict, family: str, old_comfyui: bool = False) -> di
                                "inputs": {"text": node["inputs"]["text"], "family": encoder["inputs"]["type"]}}
         elif node["class_type"] in QWEN_EDIT_ENCODERS:
             stand_in_for_qwen_edit_encoder(prompt, node_id)
+        elif node["class_type"] == "P2PAttentionControl" and node["inputs"]["clip"][0] in loaders:
+            prompt["umT5 stand-in"] = {"class_type": "SPDInvTestUMT5ClipStandIn", "_meta": {"title": "umT5"},
+                                       "inputs": {}}
+            node["inputs"]["clip"] = ["umT5 stand-in", 0]
     for node_id in loaders:
         del prompt[node_id]
     encoded = next(i for i, n in prompt.items() if n["class_type"] == "VAEEncode")

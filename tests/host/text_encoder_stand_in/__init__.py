@@ -73,4 +73,20 @@ class SPDInvTestTextEncoderStandIn:
         return (stand_in_conditioning(text, family),)
 
 
-NODE_CLASS_MAPPINGS = {"SPDInvTestTextEncoderStandIn": SPDInvTestTextEncoderStandIn}
+class SPDInvTestUMT5ClipStandIn:
+    """A Wan text-encoder loader's CLIP for nodes that read a prompt's tokens (:class:`UMT5ClipStandIn`; tests only)."""
+
+    CATEGORY = "SPDInv/tests"
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802 - ComfyUI's V1 node interface
+        return {"required": {}}
+
+    def load(self) -> tuple[UMT5ClipStandIn]:
+        return (UMT5ClipStandIn(),)
+
+
+NODE_CLASS_MAPPINGS = {"SPDInvTestTextEncoderStandIn": SPDInvTestTextEncoderStandIn,
+                       "SPDInvTestUMT5ClipStandIn": SPDInvTestUMT5ClipStandIn}
