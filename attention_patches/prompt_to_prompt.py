@@ -76,6 +76,17 @@ class RefineMapping:
         return source[..., self.index.to(source.device)] * alphas + target * (1 - alphas)
 
 
+PROBABILITIES_PER_BLOCK = 1 << 27
+"""Most attention probabilities (float32: 512 MiB) computed at once: a clip's queries go in blocks of this size (a
+real 81-frame Wan clip has 32,760 tokens; 40 heads × 512 keys × 2 rows of them would be 5 GiB at once)."""
+
+
+def query_blocks(queries: int, per_query: int, limit: int) -> list[slice]:
+    """Query ranges whose probabilities (``per_query`` each) stay within ``limit``: one range for any UNet layer."""
+    size = max(1, limit // max(1, per_query))
+    return [slice(start, min(start + size, queries)) for start in range(0, queries, size)]
+
+
 BLEND_MAPS = ("target", "edited")
 """Which target maps local blend and the preview read: the target's own, or the edited ones (the paper's)."""
 
@@ -190,23 +201,30 @@ class PromptToPrompt(EditEngine):
         # source branch, an identity edit) cond and uncond are then equal to the bit, so the guidance's edit
         # mask is empty there instead of marking the host kernel's rounding.
         out = torch.empty_like(q)
+        rows_at_once = max(c.stop - c.start for c in layout.cond_chunks() + layout.uncond_chunks())
+        queries = query_blocks(q.shape[1], rows_at_once * heads * k.shape[1], PROBABILITIES_PER_BLOCK)
         for rows in layout.uncond_chunks():
-            out[rows] = apply_probs(attention_probs(q[rows], k[rows], heads), v[rows]).to(out.dtype)
+            for part in queries:
+                out[rows, part] = apply_probs(attention_probs(q[rows, part], k[rows], heads), v[rows]).to(out.dtype)
         half = layout.images
         for rows in layout.cond_chunks():
-            probs = attention_probs(q[rows], k[rows], heads)
-            # ComfyUI repeats a context to batch it with a longer one: map each 77-token copy alike.
-            probs = probs.unflatten(-1, (-1, tokens))
-            if record and self.blend_maps == "target":
-                self._record(call, probs.sum(-2), in_window)
-            if edit:
-                mapped = self.mapping(probs[:half], probs[half:])
-                if self.equalizer is not None:
-                    mapped = mapped * self.equalizer.to(mapped)
-                probs = torch.cat([probs[:half], mapped])
-            if record and self.blend_maps == "edited":
-                self._record(call, probs.sum(-2), in_window)
-            out[rows] = apply_probs(probs.flatten(-2), v[rows])
+            maps = []
+            for part in queries:
+                probs = attention_probs(q[rows, part], k[rows], heads)
+                # ComfyUI repeats a context to batch it with a longer one: map each 77-token copy alike.
+                probs = probs.unflatten(-1, (-1, tokens))
+                if record and self.blend_maps == "target":
+                    maps.append(probs.sum(-2).mean(1))
+                if edit:
+                    mapped = self.mapping(probs[:half], probs[half:])
+                    if self.equalizer is not None:
+                        mapped = mapped * self.equalizer.to(mapped)
+                    probs = torch.cat([probs[:half], mapped])
+                if record and self.blend_maps == "edited":
+                    maps.append(probs.sum(-2).mean(1))
+                out[rows, part] = apply_probs(probs.flatten(-2), v[rows])
+            if maps:
+                self._record(call, torch.cat(maps, dim=1), in_window)
         if call.inner is not None:
             out = out + call.added(call.attend(), q, k, v)
         return out
@@ -224,12 +242,13 @@ class PromptToPrompt(EditEngine):
             k[start + half:rows.stop] = k[start:start + half]
         return call.attend(q, k)
 
-    def _record(self, call: AttentionCall, probs: torch.Tensor, in_window: bool) -> None:
+    def _record(self, call: AttentionCall, maps: torch.Tensor, in_window: bool) -> None:
+        """Add one call's maps ``[rows, queries, tokens]`` (averaged over heads) to the run's record."""
         if call.spatial is None:
-            raise ValueError(f"model: the {probs.shape[-2]} query tokens of {self.node}'s cross-attention do not form "
+            raise ValueError(f"model: the {maps.shape[1]} query tokens of {self.node}'s cross-attention do not form "
                              "the latent's grid; the maps cannot be laid out on this model")
         h, w = call.spatial
-        self.record(call.run).add(probs.mean(1).reshape(probs.shape[0], h, w, probs.shape[-1]), in_window)
+        self.record(call.run).add(maps.reshape(maps.shape[0], h, w, maps.shape[-1]), in_window)
 
     def recorded_maps(self, run: EditRun) -> RecordedMaps:
         """Cross-attention maps ``[rows, h, w, tokens]`` (source rows, then target rows) averaged over the

@@ -17,9 +17,16 @@ import torch
 from engine_calls import FakePatcher, edit_run
 from torch import nn
 
+from spdinv_pack.attention_patches import prompt_to_prompt
 from spdinv_pack.attention_patches.families import MMDIT, P2P, SELF_ATTENTION, Family
 from spdinv_pack.attention_patches.joint_attention import JointMutualAttention
-from spdinv_pack.attention_patches.prompt_to_prompt import LocalBlend, PromptToPrompt, ReplaceMapping
+from spdinv_pack.attention_patches.prompt_to_prompt import (
+    PROBABILITIES_PER_BLOCK,
+    LocalBlend,
+    PromptToPrompt,
+    ReplaceMapping,
+    query_blocks,
+)
 from spdinv_pack.attention_patches.registration import SelfAttentionBlockPatch, attach_engine
 from spdinv_pack.attention_patches.run import RUN_KEY
 
@@ -231,3 +238,36 @@ def test_on_wan_maps_lie_over_the_clips_frames_and_local_blend_keeps_the_source_
     assert mask[:, :, 0].float().mean() > mask[:, :, 1:].float().mean()
     assert torch.equal(blended[1], torch.where(mask[0], latent[1], latent[0]))
     assert torch.equal(blended[0], latent[0])
+
+
+def test_query_blocks_cover_every_query_once_within_the_limit_and_a_unet_layer_is_one_block():
+    blocks = query_blocks(100, 7, 50)
+    assert [i for b in blocks for i in range(b.start, b.stop)] == list(range(100))
+    assert all((b.stop - b.start) * 7 <= 50 for b in blocks) and len(blocks) == 15
+    assert query_blocks(4096, 2 * 8 * 77, PROBABILITIES_PER_BLOCK) == [slice(0, 4096)]  # SD1.5 512², 64×64 layer
+
+
+def test_on_wan_a_clip_in_query_blocks_gives_the_same_edit_and_maps_as_all_queries_at_once(real_attention,
+                                                                                          monkeypatch):
+    x, context = tokens(0, 48), tokens(1, 512)
+    results, blocks = [], []
+
+    def spied(*args):
+        blocks.append(len(query_blocks(*args)))
+        return query_blocks(*args)
+
+    monkeypatch.setattr(prompt_to_prompt, "query_blocks", spied)
+    for limit in (PROBABILITIES_PER_BLOCK, 2 * 512 * 10):  # 10 queries a block: 5 blocks for 48 tokens
+        monkeypatch.setattr(prompt_to_prompt, "PROBABILITIES_PER_BLOCK", limit)
+        engine = p2p(blend=LocalBlend((4,), (4,), threshold=0.5, start=0.0))
+        patched = attach_engine(FakePatcher(WanLike(), config("WAN21_T2V")), engine, None, "w")
+        run = edit_run(4, (1, 16, 3, 8, 8))
+        model = patched.get_model_object("diffusion_model")
+        model.log.clear()
+        model(x, context, {**patched.model_options["transformer_options"], "sigmas": run.grid[1:2],
+                           "cond_or_uncond": [0], RUN_KEY: run})
+        results.append(([out for kind, _, out in model.log if kind == "cross"], engine.recorded_maps(run).maps))
+    (outs, maps), (block_outs, block_maps) = results
+    assert set(blocks[:3]) == {1} and set(blocks[3:]) == {5}  # 3 blocks' cross-attention a run
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs, block_outs, strict=True))
+    assert torch.allclose(maps, block_maps, atol=1e-7)
