@@ -249,8 +249,22 @@ def measure_model(key: str, args: argparse.Namespace, cuda: bool) -> dict[str, A
 
 
 def family(method: str) -> str:
-    """The plot's line of a row: its method without the solver (``spdinv/anderson`` -> ``spdinv``)."""
-    return method.split("/")[0].split("+")[0]
+    """A method name or spec without solver and settings (``spdinv/anderson``, ``spdinv max_iters=1`` -> ``spdinv``)."""
+    return method.split()[0].split("/")[0].split("+")[0]
+
+
+def series_of(row: dict[str, Any]) -> str:
+    """The plot line of a row: SPDInv's by its settings (the row's spec, one line through its step counts), the
+    other methods' by method (null-text's line runs through its inner steps)."""
+    return row["label"] if family(row["method"]) == "spdinv" else family(row["method"])
+
+
+def shade_of(name: str, k: int) -> tuple[int, int, int]:
+    """The method's colour for its ``k``-th line: darker and lighter variants of it after the first."""
+    r, g, b = COLORS.get(name, (0, 0, 0))
+    f = (1.0, 0.55, 1.35, 0.8, 1.6, 0.35)[k % 6]
+    return (min(255, int(r * f)), min(255, int(g * f)), min(255, int(b * f))) if f <= 1 else tuple(
+        int(c + (255 - c) * (f - 1)) for c in (r, g, b))
 
 
 def claim_of(table: dict[str, Any], margin: float) -> dict[str, Any]:
@@ -321,11 +335,13 @@ def render_plot(report: dict[str, Any]) -> Any:
 
     def lines(table: dict[str, Any], key: str) -> list[Line]:
         out = []
-        names = sorted({family(r["method"]) for r in table["rows"]}, key=lambda n: (n != "ddim", n))
+        names = sorted({series_of(r) for r in table["rows"]}, key=lambda n: (family(n) != "ddim", n))
+        shades: dict[str, int] = {}
         for name in names:
-            pts = sorted((r["invert_row_evals"], r[key]) for r in table["rows"] if family(r["method"]) == name)
+            pts = sorted((r["invert_row_evals"], r[key]) for r in table["rows"] if series_of(r) == name)
             pts = [(x, y) for x, y in pts if y is not None]
-            out.append(Line(name, [x for x, _ in pts], [y for _, y in pts], COLORS.get(name, (0, 0, 0))))
+            shade = shades[family(name)] = shades.get(family(name), -1) + 1
+            out.append(Line(name, [x for x, _ in pts], [y for _, y in pts], shade_of(family(name), shade)))
             if name == "ddim" and key == "recon_psnr_db":
                 out.append(Line(f"ddim + {margin:g} dB (the claim's bar)", [x for x, _ in pts],
                                 [y + margin for _, y in pts], REFERENCE_COLOR, dashed=True))
