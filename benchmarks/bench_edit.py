@@ -123,7 +123,8 @@ def reference_row_evals(steps: int, images: int) -> int:
 
 
 class EditBench(inv.Bench):
-    """``bench_inversion.Bench`` plus the P2P engine, timing invert + edit together."""
+    """``bench_inversion.Bench`` plus the P2P engine (or, with ``args.engine`` "mmdit", MM-DiT mutual attention),
+    timing invert + edit together."""
 
     def __init__(self, args: argparse.Namespace, cuda: bool):
         super().__init__(args, cuda)
@@ -133,6 +134,9 @@ class EditBench(inv.Bench):
             import comfy_extras.nodes_model_advanced as advanced
 
             (self.model,) = advanced.ModelComputeDtype().patch(self.model, args.dtype)
+        if args.engine == "mmdit":  # an MM-DiT model: the mutual-attention model Bench built, in P2P's place
+            self.p2p_model, self.p2p_source, self.p2p_target = self.edit_model, self.source, self.target
+            return
         self.p2p_model, self.p2p_source, self.p2p_target = self.run_node(
             P2PAttentionControl, model=self.model, clip=self.clip, source_text=args.prompt,
             target_text=args.target_prompt, mode="refine", cross_replace=0.8, self_replace=0.6,

@@ -65,6 +65,14 @@ def outside_figures(latent: torch.Tensor, photo: torch.Tensor, inside: torch.Ten
             "max_abs": float(diff.abs().max())}
 
 
+def central_quarter(size: int) -> torch.Tensor:
+    """A pixel MASK ``[1, size, size]``: the photo's central quarter (half its side each way), the given edit
+    region outside which a benchmark compares the edit with the photo."""
+    region = torch.zeros(1, size, size)
+    region[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1.0
+    return region
+
+
 def cells_of(mask: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
     """A pixel MASK ``[1, H, W]`` as a bool latent region ``[1, 1, (1,) h, w]`` (any covered pixel inside)."""
     plane = torch.nn.functional.adaptive_max_pool2d(mask.float()[None], latent.shape[-2:])[0] > 0
@@ -88,9 +96,7 @@ def measure(editor_key: str, args: argparse.Namespace, env: Any, extra: dict[str
     run_node = RunNode()
     editor = INSTRUCTION_EDITORS[editor_key]
     photo = editor.test_model.photo(args.resolution)
-    size = args.resolution
-    region = torch.zeros(1, size, size)
-    region[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1.0
+    region = central_quarter(args.resolution)
     inside = cells_of(region, photo["samples"])
     rows: list[dict[str, Any]] = []
     path = editor_model_path(editor)

@@ -52,6 +52,9 @@ SOLVER_KNOBS: dict[str, Callable[[str], Any]] = {
     "memory": int, "damping": float, "warm_start": str, "min_progress": float,
     "relax": lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()]}
 """Anderson settings the node does not expose; a spec may set them for its runs (solver tuning)."""
+NULL_TEXT_KNOBS: dict[str, Callable[[str], Any]] = {"inner_steps": int, "epsilon": float, "null_lr": float}
+"""Null-text tuning settings the node does not expose (``NullTextSettings``; ``null_lr`` is its ``lr``), for
+``null_text`` rows: the reference's 10 inner Adam steps per step are the method's cost knob."""
 MIB = 2**20
 
 
@@ -84,12 +87,14 @@ class MethodSpec:
     """``SOLVER_KNOBS`` set for this row's runs."""
     edit: dict[str, Any] = field(default_factory=dict)
     """SPDInvEditSampler inputs of this row (``source_guidance``), for ``bench_edit.py``."""
+    null_text: dict[str, Any] = field(default_factory=dict)
+    """``NullTextSettings`` of this row's runs (``null_text`` rows only; ``NULL_TEXT_KNOBS``)."""
 
 
 def parse_method(text: str) -> MethodSpec:
     """Parse ``spdinv[/solver]`` or another SPDInvInvert method (``ddim``, ``negative_prompt``, ``null_text``,
-    ``direct_inversion``), then ``key=value`` items (keys from ``TUNABLE`` and ``SOLVER_KNOBS``, ``repeats``, and
-    for the edit ``source_guidance=exact|like_target``).
+    ``direct_inversion``), then ``key=value`` items (keys from ``TUNABLE`` and ``SOLVER_KNOBS``, ``repeats``, for
+    ``null_text`` the ``NULL_TEXT_KNOBS``, and for the edit ``source_guidance=exact|like_target``).
 
     The DDIM methods run with ``measure_residual=False`` unless told otherwise, so their time is plain DDIM
     inversion (plus null-text's tuning).
@@ -116,6 +121,7 @@ def parse_method(text: str) -> MethodSpec:
         inputs["solver"] = solver
     repeats = None
     knobs: dict[str, Any] = {}
+    null_text: dict[str, Any] = {}
     for tok in tokens[1:]:
         key, eq, value = tok.partition("=")
         if key == "repeats" and eq and value.isdigit() and int(value) > 0:
@@ -124,15 +130,18 @@ def parse_method(text: str) -> MethodSpec:
         if key == "source_guidance" and value.replace("_", " ") in SOURCE_GUIDANCE:
             edit[key] = value.replace("_", " ")
             continue
-        parsers = {**TUNABLE, **SOLVER_KNOBS}
+        parsers = {**TUNABLE, **SOLVER_KNOBS, **(NULL_TEXT_KNOBS if method == "null_text" else {})}
         if not eq or key not in parsers:
             raise argparse.ArgumentTypeError(f"{text!r}: expected key=value with key in {sorted(parsers)}, "
                                              f"got {tok!r}")
         try:
-            (knobs if key in SOLVER_KNOBS else inputs)[key] = parsers[key](value)
+            if key in NULL_TEXT_KNOBS:
+                null_text[key.removeprefix("null_")] = parsers[key](value)
+            else:
+                (knobs if key in SOLVER_KNOBS else inputs)[key] = parsers[key](value)
         except (ValueError, KeyError):
             raise argparse.ArgumentTypeError(f"{text!r}: bad value for {key}: {value!r}") from None
-    return MethodSpec(" ".join(tokens), inputs, repeats, knobs, edit)
+    return MethodSpec(" ".join(tokens), inputs, repeats, knobs, edit, null_text)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -461,20 +470,23 @@ class Bench:
         return time.perf_counter() - t0, out
 
     def invert(self, spec: MethodSpec, steps: int) -> Any:
-        """One SPDInvInvert node call; returns (inversion payload, noise LATENT). A spec's solver knobs are
-        the defaults of the node's ``InversionSettings`` for this call only."""
+        """One SPDInvInvert node call; returns (inversion payload, noise LATENT). A spec's solver knobs and
+        null-text settings are the defaults of the node's ``InversionSettings`` and ``NullTextSettings`` for this
+        call only."""
         import spdinv_pack.nodes.invert as node_module
 
-        settings_type = node_module.InversionSettings
+        settings_type, null_type = node_module.InversionSettings, node_module.NullTextSettings
         if spec.knobs:
             node_module.InversionSettings = functools.partial(settings_type, **spec.knobs)
+        if spec.null_text:
+            node_module.NullTextSettings = functools.partial(null_type, **spec.null_text)
         null_text = {"negative": self.null, "cfg": getattr(self.args, "cfg", 7.5)} if spec.inputs[
             "method"] == "null_text" else {}
         try:
             return self.run_node(self.invert_node, model=self.model, source=self.source, latent=self.latent,
                                  steps=steps, **spec.inputs, **null_text).result
         finally:
-            node_module.InversionSettings = settings_type
+            node_module.InversionSettings, node_module.NullTextSettings = settings_type, null_type
 
     def remeasure(self, inversion: Any) -> torch.Tensor:
         """Fixed-point residual of every stored step, one UNet forward each, through a CFGGuider at CFG 1

@@ -17,7 +17,6 @@ and the report says so. See ``benchmarks/README.md`` ("GPU readiness").
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
@@ -472,23 +471,17 @@ def run_child(cell: dict[str, Any]) -> int:
 
     def solver_check(label: str) -> Callable[[], dict[str, Any]]:
         def body() -> dict[str, Any]:
-            import spdinv_pack.nodes.invert as node_module
-
-            iters = cell["check_iters"]
-            capped = iters is not None and label == "spdinv/adamw"
-            check = inv.parse_method(f"{label} max_iters={iters}" if capped else label)
-            null_settings = node_module.NullTextSettings
-            if iters is not None:  # null-text's inner Adam steps, which the node does not expose
-                node_module.NullTextSettings = functools.partial(null_settings, inner_steps=iters)
-            try:
-                with inv.PeakMemory(cuda) as mem, be.UNetCalls(bench.model) as calls:
-                    seconds, (inversion, _noise) = bench._timed(lambda: bench.invert(check, cell["check_steps"]))
-            finally:
-                node_module.NullTextSettings = null_settings
+            iters = cell["check_iters"]  # AdamW's max_iters, or null-text's inner Adam steps (a spec knob)
+            knob = ("" if iters is None else f" max_iters={iters}" if label == "spdinv/adamw"
+                    else f" inner_steps={iters}")
+            check = inv.parse_method(label + knob)
+            with inv.PeakMemory(cuda) as mem, be.UNetCalls(bench.model) as calls:
+                seconds, (inversion, _noise) = bench._timed(lambda: bench.invert(check, cell["check_steps"]))
             result = inversion.result
             _edited, recon = bench.edit(inversion, check)
             samples = recon["samples"]
-            return {"method": check.label, "steps": cell["check_steps"], "median_s": seconds,
+            return {"method": label if label == "null_text" else check.label, "steps": cell["check_steps"],
+                    "median_s": seconds,
                     "null_text_inner_steps": iters if label == "null_text" else None,
                     "invert_forwards": int(result.forwards.sum()), "invert_backwards": int(result.backwards.sum()),
                     "unet_row_evals": calls.row_evals, "unet_backward_rows": calls.backward_rows,

@@ -41,3 +41,28 @@ def test_residual_plot_survives_missing_residuals():
     nan = Series("ddim (not measured)", np.full(5, np.nan), np.zeros(5), PALETTE[1])
     img = render_residual_plot([nan], delta=5e-6)
     assert img.std() > 0
+
+
+
+def test_line_panels_put_points_on_a_log_x_axis_and_cap_far_values():
+    """Points at x = 10, 100, 1000 are equally spaced across a panel (log x) and y = 20, 30, 40 equally spaced
+    up it (linear y); a panel's ``y_cap`` (50) draws an infinite value at 50, one more step up, instead of
+    stretching the axis."""
+    from spdinv_pack.spdinv.plot import Line, Panel, render_line_panels
+
+    colors = [(60, 120, 220), (220, 80, 60), (60, 170, 90), (170, 90, 200)]
+    points = [(10, 20.0), (100, 30.0), (1000, 40.0), (100, float("inf"))]
+    lines = [Line(f"p{k}", [x], [y], c) for k, ((x, y), c) in enumerate(zip(points, colors, strict=True))]
+    img = render_line_panels([Panel("panel", lines, y_cap=50.0)], columns=1, panel_size=(600, 400))
+    plot = img[70:]  # below the title and the legend's swatches
+
+    def centre(color: tuple[int, int, int]) -> tuple[float, float]:
+        rows, cols = np.nonzero(np.abs(plot.astype(int) - np.array(color)).sum(-1) < 10)
+        assert len(rows), f"{color} not drawn"
+        return float(cols.mean()), float(rows.mean())
+
+    (x0, y0), (x1, y1), (x2, y2), (x3, y3) = (centre(c) for c in colors)
+    assert x2 - x0 > 300, "the points span the panel"
+    assert x1 - x0 == pytest.approx(x2 - x1, abs=2)
+    assert y0 - y1 == pytest.approx(y1 - y2, abs=2) and y1 < y0  # image rows grow downwards
+    assert y2 - y3 == pytest.approx(y1 - y2, abs=3) and x3 == pytest.approx(x1, abs=2)

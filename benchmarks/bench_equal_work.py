@@ -1,0 +1,418 @@
+"""Quality at equal work (issue 31): reconstruction and background PSNR against UNet rows, per inversion method.
+
+    COMFYUI_PATH=~/ComfyUI python benchmarks/bench_equal_work.py [--models sd15 sdxl sd3] [--points 'SPEC@STEPS' ...]
+
+For every model (the random-weight test checkpoints of ``tests/host/factory``: SD1.5, the SDXL-class Segmind Vega
+layout, the depth-4 SD3-class MM-DiT) and every point (an inversion method spec as in ``bench_inversion.py`` at a
+list of step counts) it runs the whole edit once, as ``bench_edit.py``'s pipeline does: ``SPDInvInvert``, then
+``SPDInvEditSampler`` (SD models: Prompt-to-Prompt refine with local blend; SD3: MM-DiT mutual attention). It
+records the diffusion-model row evaluations of the inversion (hooks on the model: batch rows of every call, a
+backward counted as two; plain DDIM inversion costs one row a step) and of the edit, the reconstruction PSNR (the
+edit's source branch against the inverted latent, ``spdinv.metrics.latent_psnr``) and the background PSNR (the
+edited latent against the inverted latent outside the photo's central quarter, as ``bench_instruction_drift.py``
+measures drift). No timing: rows and PSNRs do not depend on the machine.
+
+Then it checks the claim that at every budget SPDInv's reconstruction is at least ``--margin`` dB (20) above
+DDIM's at the same budget: DDIM's PSNR is interpolated at each SPDInv point's inversion rows, linearly in
+log(rows) between DDIM's measured points; an SPDInv point outside DDIM's measured rows is not judged. Each model
+runs in its own process (one model in memory at a time). Writes ``benchmarks/results/<out>.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_edit  # noqa: E402 - the sibling scripts, imported as modules
+import bench_instruction_drift as drift  # noqa: E402
+import bench_inversion as inv  # noqa: E402
+
+
+@dataclass(frozen=True)
+class TestModel:
+    """A random-weight test checkpoint of ``tests/host/factory`` and how it is edited."""
+
+    title: str
+    path_function: str
+    """The ``tests.host.factory`` function that returns (and on first use builds) the checkpoint."""
+    engine: str
+    """``none``: Prompt-to-Prompt (UNet models); ``mmdit``: MM-DiT mutual attention."""
+    cfg: float
+
+
+MODELS = {
+    "sd15": TestModel("SD1.5", "sd15_checkpoint_path", "none", 7.5),
+    "sdxl": TestModel("SDXL (Vega layout)", "sdxl_checkpoint_path", "none", 7.5),
+    "sd3": TestModel("SD3 (flow, MM-DiT)", "sd3_checkpoint_path", "mmdit", 4.0),
+}
+DEFAULT_POINTS = (
+    "ddim@5,10,20,50,100",
+    "direct_inversion@5,10,20",
+    "null_text inner_steps=1@5,10",
+    "null_text inner_steps=2@5",
+    "null_text inner_steps=5@5",
+    "null_text@5",
+    "spdinv@5,10,20,50",
+    "spdinv max_iters=1@5,10,20",
+    "spdinv max_iters=2@5,10",
+    "spdinv max_iters=3@10",
+    "spdinv rel_tol=0@10",
+)
+"""Budgets from ~5 to ~200 inversion rows: DDIM and DirectInversion by steps, null-text by its inner Adam steps
+(default 10), SPDInv by steps and its solver limits (``max_iters``, ``rel_tol``; default 25 and 0.01)."""
+MARGIN_DB = 20.0
+COLORS = {"ddim": (60, 120, 220), "spdinv": (220, 80, 60), "null_text": (170, 90, 200),
+          "direct_inversion": (60, 170, 90), "negative_prompt": (200, 150, 40)}
+REFERENCE_COLOR = (130, 130, 130)
+RECON_CAP_DB = 100.0
+"""The reconstruction panels' top: DirectInversion replays the inversion's latents into its source branch, so its
+reconstruction is near exact by construction (far above 100 dB); its points are drawn as triangles at the top."""
+
+
+# --------------------------------------------------------------------------------------------
+# The claim (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def interpolate_log_x(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """``y`` at ``x`` on the polyline through ``points`` (x, y), linear in log10 x between neighbours; None when
+    ``x`` lies outside the points' x range (no extrapolation) or no point is usable (x > 0, finite y). Points at
+    the same x are averaged."""
+    merged: dict[float, list[float]] = {}
+    for px, py in points:
+        if px > 0 and math.isfinite(py):
+            merged.setdefault(float(px), []).append(float(py))
+    pts = sorted((px, sum(ys) / len(ys)) for px, ys in merged.items())
+    if not pts or not pts[0][0] <= x <= pts[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1:
+            t = (math.log10(x) - math.log10(x0)) / (math.log10(x1) - math.log10(x0))
+            return y0 + t * (y1 - y0)
+    return pts[0][1]
+
+
+def check_margin(baseline: Sequence[tuple[float, float]], candidates: Sequence[tuple[float, float]],
+                 margin: float) -> list[dict[str, Any]]:
+    """For each candidate (rows, PSNR): the baseline's PSNR interpolated at its rows (:func:`interpolate_log_x`),
+    the gap, and whether the gap is at least ``margin`` (None where the baseline has no value there)."""
+    out = []
+    for rows, psnr in candidates:
+        base = interpolate_log_x(baseline, rows)
+        gap = None if base is None else psnr - base
+        out.append({"rows": rows, "psnr_db": psnr, "baseline_db": base, "gap_db": gap,
+                    "holds": None if gap is None else bool(gap >= margin)})
+    return out
+
+
+def verdict(checks: Sequence[dict[str, Any]]) -> bool | None:
+    """True when every judged point holds, False when one does not, None when no point could be judged."""
+    judged = [c["holds"] for c in checks if c["holds"] is not None]
+    return all(judged) if judged else None
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Point:
+    """A method spec at some step counts, on every model or on the listed ones."""
+
+    spec: inv.MethodSpec
+    steps: list[int]
+    models: tuple[str, ...] | None = None
+
+    @property
+    def text(self) -> str:
+        where = "" if self.models is None else ",".join(self.models) + ":"
+        return f"{where}{self.spec.label}@{','.join(map(str, self.steps))}"
+
+
+def parse_point(text: str) -> Point:
+    """``[MODELS:]SPEC@STEPS``: optionally the models it runs on (comma-separated keys of ``MODELS``), a
+    ``bench_inversion.py`` method spec, and comma-separated step counts."""
+    head, colon, rest = text.partition(":")
+    models = tuple(head.split(",")) if colon and set(head.split(",")) <= set(MODELS) else None
+    spec, at, steps = (rest if models else text).rpartition("@")
+    try:
+        counts = [int(s) for s in steps.split(",")]
+    except ValueError:
+        counts = []
+    if not at or not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected [MODELS:]SPEC@STEPS, e.g. 'spdinv max_iters=2@10,20' "
+                                         "or 'sd3:ddim@100'")
+    return Point(inv.parse_method(spec), counts, models)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"), help="ComfyUI checkout ($COMFYUI_PATH)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when available, else CPU (ComfyUI started with --cpu)")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS),
+                   help="random test models, one process each (default: sd15 sdxl sd3)")
+    p.add_argument("--points", type=parse_point, nargs="+", default=None, metavar="SPEC@STEPS",
+                   help="methods and step counts, e.g. 'spdinv max_iters=2@10,20' 'null_text inner_steps=1@5';\n"
+                        "'sd3,sd15:SPEC@STEPS' runs on those models only\n"
+                        f"(default: {' | '.join(DEFAULT_POINTS)})")
+    p.add_argument("--resolution", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--margin", type=float, default=MARGIN_DB, help="the claim's dB over DDIM (default 20)")
+    p.add_argument("--prompt", default="a photo of a cat", help="source prompt")
+    p.add_argument("--target-prompt", default="a photo of a dog", help="target prompt")
+    p.add_argument("--out", type=Path, help="output path without suffix (default: benchmarks/results/"
+                                            "equal-work-<device>-<resolution>-<models>)")
+    p.add_argument("--part", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.points is None:
+        args.points = [parse_point(t) for t in DEFAULT_POINTS]
+    if args.resolution < 8 or args.resolution % 8:
+        p.error("--resolution must be a positive multiple of 8")
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# One model (child process)
+# --------------------------------------------------------------------------------------------
+
+
+def settings_text(method: str, settings: dict[str, Any], spec: inv.MethodSpec) -> str:
+    """The row's cost knobs in words: SPDInv's solver limits, null-text's inner steps."""
+    if method.startswith("spdinv"):
+        return f"{settings['solver']}, max_iters {settings['max_iters']}, rel_tol {settings['rel_tol']:g}"
+    if method == "null_text":
+        from spdinv_pack.spdinv.null_text import NullTextSettings
+
+        return f"inner_steps {spec.null_text.get('inner_steps', NullTextSettings.inner_steps)}"
+    return ""
+
+
+def measure_model(key: str, args: argparse.Namespace, cuda: bool) -> dict[str, Any]:
+    """Every point on one model: the rows of its inversion and edit, and the two PSNRs."""
+    from spdinv_pack.spdinv.metrics import latent_psnr
+    from spdinv_pack.tests.host import factory
+
+    model = MODELS[key]
+    bench_args = argparse.Namespace(
+        comfyui=args.comfyui, device=args.device, checkpoint=getattr(factory, model.path_function)(), family=None,
+        image=None, latent="sd-like", resolution=args.resolution, frames=None, engine=model.engine,
+        edit_cfg=model.cfg, cfg=model.cfg, dtype="default", blend=["cat", "dog"], inversion_guidance=False,
+        prompt=args.prompt, target_prompt=args.target_prompt, methods=[p.spec for p in args.points],
+        delta=5e-6, repeats=1, warmup_steps=0, no_edit=True)
+    bench = bench_edit.EditBench(bench_args, cuda)
+    photo = bench.latent["samples"]
+    inside = drift.cells_of(drift.central_quarter(args.resolution), photo)
+    rows = []
+    for point in args.points:
+        if point.models is not None and key not in point.models:
+            continue
+        spec = point.spec
+        for steps in point.steps:
+            run = bench.pipeline(spec, steps)
+            method = bench_edit.method_name(run["inversion"], spec)
+            settings = run["inversion"].result.settings.to_dict()
+            row = {"method": method, "label": spec.label, "steps": steps,
+                   "settings": settings, "settings_text": settings_text(method, settings, spec),
+                   "invert_row_evals": run["invert_row_evals"], "edit_row_evals": run["edit_row_evals"],
+                   "recon_psnr_db": latent_psnr(run["recon"]["samples"], photo),
+                   "background_psnr_db": drift.outside_figures(run["edited"]["samples"], photo, inside)["psnr_db"]}
+            rows.append(row)
+            inv.log(f"{key} {spec.label} @ {steps}: {row['invert_row_evals']} + {row['edit_row_evals']} rows, "
+                    f"recon {row['recon_psnr_db']:.2f} dB, background {row['background_psnr_db']:.2f} dB")
+    meta = bench.meta()
+    for k in ("repeats", "warmup_steps", "delta", "memory"):
+        meta.pop(k, None)
+    meta.update(engine="p2p" if model.engine == "none" else model.engine, cfg=model.cfg,
+                target_prompt=args.target_prompt)
+    return {"model": key, "title": model.title, "meta": meta, "rows": rows}
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def family(method: str) -> str:
+    """A method name or spec without solver and settings (``spdinv/anderson``, ``spdinv max_iters=1`` -> ``spdinv``)."""
+    return method.split()[0].split("/")[0].split("+")[0]
+
+
+def series_of(row: dict[str, Any]) -> str:
+    """The plot line of a row: SPDInv's by its settings (the row's spec, one line through its step counts), the
+    other methods' by method (null-text's line runs through its inner steps)."""
+    return row["label"] if family(row["method"]) == "spdinv" else family(row["method"])
+
+
+def shade_of(name: str, k: int) -> tuple[int, int, int]:
+    """The method's colour for its ``k``-th line: darker and lighter variants of it after the first."""
+    r, g, b = COLORS.get(name, (0, 0, 0))
+    f = (1.0, 0.55, 1.35, 0.8, 1.6, 0.35)[k % 6]
+    return (min(255, int(r * f)), min(255, int(g * f)), min(255, int(b * f))) if f <= 1 else tuple(
+        int(c + (255 - c) * (f - 1)) for c in (r, g, b))
+
+
+def claim_of(table: dict[str, Any], margin: float) -> dict[str, Any]:
+    """The margin check of one model's SPDInv rows against its DDIM rows (inversion rows as the budget)."""
+    def points(name: str) -> list[tuple[float, float]]:
+        return [(r["invert_row_evals"], r["recon_psnr_db"]) for r in table["rows"] if r["method"] == name]
+
+    spd = [r for r in table["rows"] if family(r["method"]) == "spdinv"]
+    checks = check_margin(points("ddim"), [(r["invert_row_evals"], r["recon_psnr_db"]) for r in spd], margin)
+    for r, c in zip(spd, checks, strict=True):
+        c.update(label=r["label"], steps=r["steps"])
+    return {"margin_db": margin, "budget": "inversion row evaluations", "baseline": "ddim, interpolated in log(rows)",
+            "checks": checks, "holds": verdict(checks)}
+
+
+def _db(v: float | None) -> str:
+    return "–" if v is None else "inf" if math.isinf(v) else f"{v:.2f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m = report["meta"]
+    lines = [
+        "# Quality at equal work: PSNR against UNet rows",
+        "",
+        *inv.environment_lines(m),
+        f"- random-weight test models, {m['resolution']}² SD-like latent; edit \"{m['prompt']}\" → "
+        f"\"{m['target_prompt']}\" (SD models: P2P refine, local blend cat/dog, CFG 7.5; SD3: MM-DiT mutual "
+        "attention, CFG 4); one run per point, no timing",
+        "- rows: diffusion-model row evaluations (batch rows of every call, a backward counted as two); "
+        "**inversion rows** are the budget; edit rows are the edit's own (3 a step, 4 for the guided sources)",
+        "- recon PSNR: the edit's source branch against the inverted latent; background PSNR: the edited latent "
+        "against it outside the photo's central quarter (peak: the latent's largest magnitude)",
+        f"- claim: SPDInv's recon PSNR ≥ DDIM's + {m['margin_db']:g} dB at the same inversion rows, DDIM's PSNR "
+        "interpolated linearly in log(rows) between its measured points (not judged outside them)",
+        f"- {m['date']}: `{m['command']}`",
+    ]
+    for t in report["models"]:
+        tm = t["meta"]
+        claim = t["claim"]
+        by_label = {(c["label"], c["steps"]): c for c in claim["checks"]}
+        lines += ["", f"## {t['title']} ({Path(tm['checkpoint']).name}, latent {tm['latent_shape']})", "",
+                  "| method | steps | settings | inversion rows | edit rows | recon PSNR dB | background PSNR dB "
+                  f"| DDIM at these rows dB | SPDInv − DDIM dB | ≥ {claim['margin_db']:g} dB |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|:---:|"]
+        for r in sorted(t["rows"], key=lambda r: (family(r["method"]) != "ddim", r["method"], r["invert_row_evals"])):
+            c = by_label.get((r["label"], r["steps"]))
+            mark = "" if c is None else "not judged" if c["holds"] is None else "yes" if c["holds"] else "**no**"
+            lines.append(
+                f"| {r['label']} | {r['steps']} | {r['settings_text']} | {r['invert_row_evals']} "
+                f"| {r['edit_row_evals']} | {_db(r['recon_psnr_db'])} | {_db(r['background_psnr_db'])} "
+                f"| {_db(c and c['baseline_db'])} | {_db(c and c['gap_db'])} | {mark} |")
+        judged = [c for c in claim["checks"] if c["holds"] is not None]
+        failed = [c for c in judged if not c["holds"]]
+        result = ("no SPDInv point inside DDIM's measured rows" if claim["holds"] is None else
+                  f"holds at all {len(judged)} judged SPDInv points" if claim["holds"] else
+                  f"fails at {len(failed)} of {len(judged)} judged SPDInv points")
+        lines += ["", f"Claim (≥ {claim['margin_db']:g} dB over DDIM at equal inversion rows): {result}"
+                  + (f"; {len(claim['checks']) - len(judged)} outside DDIM's rows, not judged."
+                     if len(judged) < len(claim["checks"]) else ".")]
+    return "\n".join(lines) + "\n"
+
+
+def render_plot(report: dict[str, Any]) -> Any:
+    """Recon PSNR (top row) and background PSNR (bottom row) against inversion rows, one panel per model."""
+    from spdinv_pack.spdinv.plot import Line, Panel, render_line_panels
+
+    margin = report["meta"]["margin_db"]
+
+    def lines(table: dict[str, Any], key: str) -> list[Line]:
+        out = []
+        names = sorted({series_of(r) for r in table["rows"]}, key=lambda n: (family(n) != "ddim", n))
+        shades: dict[str, int] = {}
+        for name in names:
+            pts = sorted((r["invert_row_evals"], r[key]) for r in table["rows"] if series_of(r) == name)
+            pts = [(x, y) for x, y in pts if y is not None]
+            shade = shades[family(name)] = shades.get(family(name), -1) + 1
+            out.append(Line(name, [x for x, _ in pts], [y for _, y in pts], shade_of(family(name), shade)))
+            if name == "ddim" and key == "recon_psnr_db":
+                out.append(Line(f"ddim + {margin:g} dB (the claim's bar)", [x for x, _ in pts],
+                                [y + margin for _, y in pts], REFERENCE_COLOR, dashed=True))
+        return out
+
+    tables = report["models"]
+    panels = [Panel(f"{t['title']}: reconstruction (triangles: above {RECON_CAP_DB:g} dB)",
+                    lines(t, "recon_psnr_db"), "PSNR dB", RECON_CAP_DB) for t in tables]
+    panels += [Panel(f"{t['title']}: edit background (outside centre)", lines(t, "background_psnr_db"), "PSNR dB")
+               for t in tables]
+    m = report["meta"]
+    return render_line_panels(panels, columns=len(tables), x_label="inversion UNet row evaluations (log)",
+                              title=f"PSNR at equal work, {m['resolution']}x{m['resolution']}, commit "
+                                    f"{(m['pack_git']['commit'] or 'unknown')[:7]}"
+                                    + (" (uncommitted changes)" if m["pack_git"]["dirty"] else ""))
+
+
+def default_out(args: argparse.Namespace, device_kind: str, device: str) -> Path:
+    dev = inv.slug(device) if device_kind == "cuda" else "cpu"
+    return inv.ROOT / "benchmarks" / "results" / f"equal-work-{dev}-{args.resolution}-{'_'.join(args.models)}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    inv.register_pack()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_equal_work: --device cuda but torch sees no CUDA device")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if args.part is not None:
+        args.part.write_text(json.dumps(inv.json_safe(measure_model(args.models[0], args, cuda)), indent=1))
+        return 0
+    pack_git = inv.git_state(inv.ROOT)
+    tables: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.models:
+            part = Path(tmp) / f"{key}.json"
+            inv.log(f"{key}: a fresh process")
+            subprocess.run([sys.executable, __file__, *argv, "--models", key, "--part", str(part)], check=True)
+            table = json.loads(part.read_text())
+            for r in table["rows"]:
+                for k in ("recon_psnr_db", "background_psnr_db"):
+                    r[k] = math.inf if r[k] is None else r[k]  # json_safe wrote an exact match (inf) as null
+            table["claim"] = claim_of(table, args.margin)
+            tables.append(table)
+            write_all(args, argv, pack_git, tables)  # after every model: a stopped run keeps the models done
+    return 0
+
+
+def write_all(args: argparse.Namespace, argv: list[str], pack_git: dict[str, Any],
+              tables: list[dict[str, Any]]) -> None:
+    """The report of the models measured so far: JSON, Markdown and the PNG plot."""
+    first = tables[0]["meta"]
+    meta = {key: first[key] for key in ("device", "device_kind", "torch", "python", "comfyui_version",
+                                         "prompt", "target_prompt")}
+    meta.update(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), pack_git=pack_git,
+                resolution=args.resolution, margin_db=args.margin, models=[t["model"] for t in tables],
+                points=[p.text for p in args.points],
+                command=shlex.join([Path(sys.argv[0]).name, *argv]))
+    report = {"benchmark": "spdinv-equal-work", "format": 1, "meta": meta, "models": tables,
+              "claim_holds": {t["model"]: t["claim"]["holds"] for t in tables}}
+    out = args.out or default_out(args, meta["device_kind"], meta["device"])
+    if out.suffix in (".json", ".md", ".png"):
+        out = out.with_suffix("")
+    from PIL import Image
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(render_plot(report)).save(out.with_suffix(".png"))
+    inv.write_report(out, report, render_markdown(report))
+    inv.log(f"wrote {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
