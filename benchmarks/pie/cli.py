@@ -11,6 +11,10 @@
         --clip ~/ComfyUI/models/clip_vision/clip-vit-large-patch14.safetensors \\
                ~/ComfyUI/models/text_encoders/clip_l.safetensors --clip-tokenizer ~/ComfyUI/comfy/sd1_tokenizer
 
+    # the same across machines: worker I of N (a Slurm array task, a Kubernetes indexed Job), or running servers
+    python -m benchmarks.pie run --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT ... --out /shared/pie_out
+    python -m benchmarks.pie run --servers http://gpu1:8188 http://gpu2:8188 --checkpoint sd-v1-4.safetensors ...
+
     # what will run, without running anything: each (item, method)'s protocol and API graph
     python -m benchmarks.pie plan --pie-dir ~/PIE-Bench_v1 --checkpoint sd-v1-4.safetensors --limit 1 \
         --inversions ddim spdinv_paper --engines p2p masactrl pnp

@@ -174,7 +174,10 @@ class ComfyClient:
                 subfolder = f"{UPLOAD_FOLDER}/{folder}".rstrip("/")
                 body, content_type = multipart({"subfolder": subfolder, "type": "input"}, "image", name,
                                                photo.read_bytes())
-                status, raw = self.request("POST", "/upload/image", body, content_type)
+                try:
+                    status, raw = self.request("POST", "/upload/image", body, content_type)
+                except ServerLate as e:
+                    raise ServerGone(str(e)) from e
                 if status != 200:
                     raise ComfyServerError(f"{self.label}: uploading {photo} -> HTTP {status}: {raw[:300]!r}")
                 answer = json.loads(raw)
@@ -255,10 +258,14 @@ class ComfyClient:
 
     def edit(self, prompt: Mapping[str, Any], timeout: float) -> Edit:
         """Run one edit's prompt: the saved image and the server's execution time (from its history's
-        timestamps; the wall time since it started where they are missing)."""
+        timestamps; the wall time since it started where they are missing). A request other than a poll that
+        goes unanswered (``request_timeout``) counts as the server gone."""
         t0 = time.monotonic()
-        entry = self.wait(self.submit(prompt), timeout)
-        png = self.saved_image(entry)
+        try:
+            entry = self.wait(self.submit(prompt), timeout)
+            png = self.saved_image(entry)
+        except ServerLate as e:
+            raise ServerGone(str(e)) from e
         return Edit(png, execution_seconds(entry) or time.monotonic() - t0)
 
 
