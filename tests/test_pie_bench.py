@@ -864,3 +864,11 @@ def test_an_edit_another_worker_saved_after_the_run_started_is_not_made_again(tm
     assert result[0].done == 5 and result[0].made_elsewhere == 1
     assert len(a.prompts) == 5 and not any(p.endswith("000000000005") for p in a.finished)
     assert last.read_bytes() == b"other:worker"
+
+
+def test_comfyui_args_are_recorded_and_refused_with_running_servers(pie, tmp_path, capsys):
+    args = run_parsed("--comfyui-args=--cuda-device 1")
+    assert cli._settings(args).comfyui_args == "--cuda-device 1" and cli._settings(run_parsed()).comfyui_args is None
+    code = cli.main(["run", "--pie-dir", str(pie), "--checkpoint", "x.safetensors", "--out", str(tmp_path),
+                     "--servers", "http://127.0.0.1:1", "--comfyui-args=--bf16-unet"])
+    assert code == 2 and "--comfyui-args is for the ComfyUI a run starts" in capsys.readouterr().err

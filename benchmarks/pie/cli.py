@@ -37,6 +37,7 @@ import json
 import math
 import os
 import re
+import shlex
 import socket
 import statistics
 import sys
@@ -79,7 +80,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
     """The run's settings; the checkpoint as ComfyUI names it (the file's name, or as given with --servers)."""
     name = args.checkpoint if getattr(args, "servers", None) else Path(args.checkpoint).name
     return RunSettings(checkpoint=name, steps=args.steps, cfg=args.cfg, size=args.size,
-                       cross_replace=args.cross_replace, word_swap=args.word_swap, precision=args.precision)
+                       cross_replace=args.cross_replace, word_swap=args.word_swap, precision=args.precision,
+                       comfyui_args=getattr(args, "comfyui_args", None) or None)
 
 
 def precision_flags(precision: str, supported: set[str]) -> list[str]:
@@ -153,6 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--checkpoint {checkpoint} does not exist")
     if args.in_flight < 1:
         raise ValueError(f"--in-flight {args.in_flight}: give at least 1 prompt per server")
+    if args.servers and args.comfyui_args:
+        raise ValueError("--comfyui-args is for the ComfyUI a run starts; with --servers, start the servers with them")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(args)
@@ -170,7 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{args.precision}" + (f": {' '.join(flags)})" if flags else ")"))
         with ComfyServer(args.comfyui, python=args.python, gpu=args.gpu, checkpoints=[checkpoint.parent],
                          input_dir=Path(args.pie_dir).expanduser() / "annotation_images", only_this_pack=True,
-                         require_nodes=["SPDInvInvert", "SPDInvEditSampler"], extra_args=flags) as server:
+                         require_nodes=["SPDInvInvert", "SPDInvEditSampler"],
+                         extra_args=flags + shlex.split(args.comfyui_args or "")) as server:
             client = ComfyClient(server.url, label=f"{socket.gethostname()}-{os.getpid()} own ComfyUI", upload=False)
             try:
                 report = run_edits([client], items, methods, settings, out, timeout=args.timeout, shard=args.shard,
@@ -341,6 +346,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--python", help="interpreter ComfyUI runs with (default: this one)")
     r.add_argument("--out", required=True, help="folder for <method>/<image_id>.png")
     r.add_argument("--gpu", action="store_true", help="run ComfyUI on the GPU (default --cpu)")
+    r.add_argument("--comfyui-args", metavar="FLAGS",
+                   help="more flags for the ComfyUI the run starts, as one string: --comfyui-args='--cuda-device 1' "
+                        "(recorded in settings.json)")
     r.add_argument("--timeout", type=float, default=3600.0,
                    help="seconds allowed per edit (from its start, not counting its wait in the server's queue)")
     r.add_argument("--shard", type=parse_shard, metavar="I/N",

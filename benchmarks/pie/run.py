@@ -109,6 +109,9 @@ class RunSettings:
     item, as PnPInversion's and SPDInv's P2P runners do."""
     precision: str = "fp32"
     """``fp32``: ComfyUI runs every model in float32 (as the references did); ``auto``: ComfyUI's choice."""
+    comfyui_args: str | None = None
+    """More flags the run's own ComfyUI was started with (``--comfyui-args``; they can change the edits, e.g. a
+    weight dtype), or None."""
 
 
 def method_name(inversion: str, engine: str) -> str:
