@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -531,20 +533,21 @@ def test_an_item_whose_blended_word_is_not_two_words_is_left_out_of_the_p2p_rows
 
 
 class FailingServer:
-    """A ComfyServer stand-in whose every prompt fails while the server stays up (``running`` is a property, as
-    on :class:`tools.comfy_server.ComfyServer`)."""
+    """A server stand-in (the :class:`benchmarks.pie.servers.ComfyClient` calls the run makes) that takes every
+    edit and fails it while staying up."""
+
+    label = "failing"
 
     def __init__(self) -> None:
         self.prompts: list = []
 
-    @property
-    def running(self) -> bool:
-        return True
-
-    def object_info(self):
+    def check(self, nodes, checkpoint, precision):
         return None
 
-    def run(self, prompt, timeout):
+    def image_name(self, photo, relative_path):
+        return relative_path
+
+    def edit(self, prompt, timeout):
         from spdinv_pack.tools.comfy_server import ComfyServerError
 
         self.prompts.append(prompt)
@@ -555,16 +558,14 @@ def test_a_failed_edit_is_logged_and_the_run_goes_on(pie, tmp_path):
     import json
 
     from spdinv_pack.benchmarks.pie.run import run_edits
-    from spdinv_pack.tools.comfy_server import ComfyServer
 
-    assert isinstance(ComfyServer.running, property)  # what the stand-in mirrors
     server = FailingServer()
     lines: list[str] = []
     items = load_items(pie)[:2]
-    report = run_edits(server, items, plan_methods(["ddim"], ["p2p"]), RunSettings(checkpoint="x"), tmp_path,
-                       log=lines.append)
+    report = run_edits([server], items, plan_methods(["ddim"], ["p2p"]), RunSettings(checkpoint="x"), tmp_path,
+                       log=lines.append, in_flight=1)
     assert len(server.prompts) == 2 and [f[1] for f in report.failed] == ["000000000000", "000000000001"]
-    assert sum("FAILED: the edit failed" in line for line in lines) == 2
+    assert sum("FAILED on failing: the edit failed" in line for line in lines) == 2
     logged = [json.loads(line) for line in (tmp_path / "failures.jsonl").read_text().splitlines()]
     assert [r["image_id"] for r in logged] == ["000000000000", "000000000001"]
 
@@ -593,3 +594,281 @@ def test_a_resumed_run_refuses_other_settings_in_the_same_folder(tmp_path):
     with pytest.raises(ValueError, match=r"spdinv\+p2p holds edits made with other settings \(steps 50 -> 10, "
                                          r"protocol.invert.steps 50 -> 10\)"):
         check_settings(tmp_path, methods, RunSettings(checkpoint="sd.safetensors", steps=10))
+
+
+# ---------------------------------------------------------------------------------------------- shards and servers
+
+
+def pie_of(root, count: int):
+    """A synthetic PIE folder with ``count`` items: the three fixture entries repeated under new ids, in blocks by
+    editing type as PIE-Bench's file is ordered."""
+    import json
+
+    make_pie_folder(root)
+    mapping = json.loads((root / "mapping_file.json").read_text())
+    entries = list(mapping.values())
+    mapping = {f"{n:012d}": entries[n * len(entries) // count] for n in range(count)}
+    (root / "mapping_file.json").write_text(json.dumps(mapping))
+    return root
+
+
+def run_parsed(*args: str):
+    return cli.parser().parse_args(["run", "--pie-dir", "p", "--checkpoint", "c", "--out", "o", *args])
+
+
+def test_shards_take_every_item_exactly_once_in_balanced_round_robin_shares(tmp_path):
+    from spdinv_pack.benchmarks.pie.run import Shard
+
+    items = load_items(pie_of(tmp_path / "pie", 23))
+    for count in (1, 2, 3, 4, 7, 23, 30):
+        shares = [Shard(i, count).take(items) for i in range(count)]
+        taken = [item.image_id for share in shares for item in share]
+        assert sorted(taken) == [item.image_id for item in items]  # every item, none twice
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    by_type = [sorted(item.editing_type for item in Shard(i, 3).take(items)) for i in range(3)]
+    assert all(len(set(types)) == 3 for types in by_type)  # interleaved: every share has every editing type
+
+
+def test_shard_is_parsed_and_a_bad_one_is_refused_naming_it_and_the_fix(capsys):
+    from spdinv_pack.benchmarks.pie.run import Shard
+
+    assert run_parsed("--shard", "3/4").shard == Shard(3, 4)
+    assert run_parsed().shard is None
+    for bad, says in (("4/4", "from 0 to 3"), ("1/1", "from 0 to 0"), ("2", "expected i/n"), ("-1/2", "expected i/n"),
+                      ("/4", "unset variable"), ("0/0", "at least 1"), ("a/b", "SLURM_ARRAY_TASK_ID")):
+        with pytest.raises(SystemExit):
+            run_parsed(f"--shard={bad}")
+        err = capsys.readouterr().err
+        assert f"argument --shard: {bad!r}" in err and says in err, (bad, err)
+    with pytest.raises(SystemExit):
+        run_parsed("--shard", "8/8")
+    assert "SLURM_ARRAY_TASK_MIN" in capsys.readouterr().err  # an array numbered from 1: how to shift it
+
+
+def test_servers_are_parsed_as_urls_and_a_bad_one_is_refused(capsys):
+    assert run_parsed("--servers", "http://a:8188/", "b:8189").servers == ["http://a:8188", "http://b:8189"]
+    for bad in ("http://a", "ftp://a:1", "http://a:8188/api", "a:port"):
+        with pytest.raises(SystemExit):
+            run_parsed("--servers", bad)
+        assert f"argument --servers: {bad!r}: expected a running ComfyUI's address" in capsys.readouterr().err
+
+
+def test_write_once_keeps_the_first_file_and_leaves_no_partial_file(tmp_path):
+    from spdinv_pack.benchmarks.pie.run import write_once
+
+    target = tmp_path / "a.png"
+    assert write_once(target, b"first") is True
+    assert write_once(target, b"second") is False
+    assert target.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_workers_starting_at_once_agree_on_one_settings_record(tmp_path):
+    import json
+    import threading
+
+    from spdinv_pack.benchmarks.pie.run import check_settings
+
+    methods = plan_methods(["ddim"], ["p2p"])
+
+    def worker(out, barrier, accepted: list[int], steps: int) -> None:
+        barrier.wait()
+        try:
+            check_settings(out, methods, RunSettings(checkpoint="x", steps=steps))
+            accepted.append(steps)
+        except ValueError:
+            pass
+
+    for attempt in range(15):
+        out, barrier, accepted = tmp_path / str(attempt), threading.Barrier(8), []
+        threads = [threading.Thread(target=worker, args=(out, barrier, accepted, 10 + n % 2)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        recorded = json.loads((out / "ddim+p2p" / "settings.json").read_text())["steps"]
+        assert accepted == [recorded] * 4  # the four workers with the recorded settings go on, the others stop
+
+
+def fake_run(pie_dir, out, servers, *, shard=None, in_flight=2, methods=(("ddim",), ("p2p",)), log=None, **kwargs):
+    from spdinv_pack.benchmarks.pie.run import run_edits
+    from spdinv_pack.benchmarks.pie.servers import ComfyClient
+
+    clients = [ComfyClient(s.url, label=s.name, poll=0.02, **kwargs) for s in servers]
+    return run_edits(clients, load_items(pie_dir), plan_methods(*methods), RunSettings(checkpoint="x.safetensors"),
+                     out, log=log if log is not None else (lambda line: None), shard=shard, in_flight=in_flight)
+
+
+def made(out):
+    """{(method, image_id): the fake server named in the file}."""
+    return {(p.parent.name, p.stem): p.read_bytes().decode().split(":")[0] for p in sorted(out.glob("*/*.png"))}
+
+
+def test_a_server_that_dies_mid_run_has_its_edits_made_on_the_others_once_each(tmp_path):
+    import json
+
+    from spdinv_pack.benchmarks.pie.run import server_split
+    from spdinv_pack.tests.fake_comfy import FakeComfy
+
+    pie_dir = pie_of(tmp_path / "pie", 12)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    with FakeComfy("a", die_after=3) as a, FakeComfy("b") as b:
+        report = fake_run(pie_dir, out, [a, b], methods=(("ddim",), ("masactrl", "pnp")), log=lines.append)
+    expected = {(m, f"{n:012d}") for m in ("ddim+masactrl", "ddim+pnp") for n in range(12)}
+    files = made(out)
+    assert set(files) == expected and report.done == 24 and not report.failed
+    assert len(a.finished) == 2 and report.retried >= 1  # a finished two, then died holding its next two
+    assert sum(v == "a" for v in files.values()) == 2 and report.by_server == {"a": 2, "b": 22}
+    assert any("server a is gone" in line and "servers left: b" in line for line in lines)
+    records = [json.loads(line) for p in (out / "runs").glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert sorted((r["method"], r["image_id"]) for r in records) == sorted(expected)  # one record per edit
+    assert {(r["method"], r["image_id"]): r["server"] for r in records} == files  # the maker is the one recorded
+    assert server_split(out) == {"a": 2, "b": 22}
+    assert not list(out.rglob("*.partial"))
+
+
+def test_every_server_gone_stops_the_run_naming_them_and_keeps_finished_edits(tmp_path):
+    from spdinv_pack.benchmarks.pie.servers import AllServersGone
+    from spdinv_pack.tests.fake_comfy import FakeComfy
+
+    pie_dir = pie_of(tmp_path / "pie", 6)
+    out = tmp_path / "out"
+    with FakeComfy("a", die_after=2) as a, FakeComfy("b", die_after=3) as b:
+        with pytest.raises(AllServersGone, match=r"all 2 servers are gone with \d+ edits not made \(.*a: .*b: "):
+            fake_run(pie_dir, out, [a, b], methods=(("ddim",), ("masactrl",)))
+    assert len(made(out)) == len(a.finished) + len(b.finished) == 3
+
+
+def test_each_server_keeps_in_flight_prompts_queued_and_gets_each_photo_once(tmp_path):
+    from spdinv_pack.tests.fake_comfy import FakeComfy
+
+    pie_dir = pie_of(tmp_path / "pie", 6)
+    out = tmp_path / "out"
+    with FakeComfy("a", seconds=0.2) as a, FakeComfy("b", seconds=0.2) as b:
+        queued = {a.name: 0, b.name: 0}
+
+        def watch(fake) -> None:
+            while not fake.dead.is_set():
+                with fake._lock:
+                    queued[fake.name] = max(queued[fake.name], len(fake.pending) + (fake.running is not None))
+                time.sleep(0.01)
+
+        for fake in (a, b):
+            threading.Thread(target=watch, args=(fake,), daemon=True).start()
+        report = fake_run(pie_dir, out, [a, b], methods=(("ddim", "spdinv"), ("masactrl",)), in_flight=2)
+    assert report.done == 12 and queued == {"a": 2, "b": 2}  # two in flight on each, never more
+    for fake in (a, b):  # three photos in the set: each uploaded once to each server that used it
+        photos = {p["prompt"][n]["inputs"]["image"] for p in fake.prompts for n in p["prompt"]
+                  if p["prompt"][n]["class_type"] == "LoadImage"}
+        assert set(fake.uploads) == photos and fake.upload_count == len(photos)
+        assert all(name.startswith("pie-bench/") for name in photos)
+
+
+def test_servers_lacking_nodes_or_the_checkpoint_or_fp32_are_refused_by_name(tmp_path):
+    from spdinv_pack.tests.fake_comfy import NODES, FakeComfy
+    from spdinv_pack.tools.comfy_server import ComfyServerError
+
+    pie_dir = pie_of(tmp_path / "pie", 2)
+    cases = (({"nodes": tuple(n for n in NODES if n != "SPDInvInvert")}, r"lacks the nodes SPDInvInvert"),
+             ({"checkpoints": ("y.safetensors",)}, r"does not list the checkpoint 'x.safetensors'.*y.safetensors"),
+             ({"argv": ("main.py",)}, r"started without --force-fp32"),
+             ({"defaults": {"SPDInvInvert": {"delta": 1.0}}}, r"fill SPDInvInvert differently \(delta None vs 1.0"))
+    for kwargs, says in cases:
+        with FakeComfy("good") as good, FakeComfy("bad", **kwargs) as bad:
+            with pytest.raises(ComfyServerError, match=r"server.* bad.*" + says):
+                fake_run(pie_dir, tmp_path / "out", [good, bad])
+            assert not good.prompts and not bad.prompts
+    with FakeComfy("gone") as gone:
+        gone.die()
+        time.sleep(0.6)
+        with pytest.raises(ComfyServerError, match="server gone does not answer"):
+            fake_run(pie_dir, tmp_path / "out", [gone])
+
+
+def test_shards_share_one_folder_take_only_their_items_and_resume_them(tmp_path):
+    from spdinv_pack.benchmarks.pie.run import Shard, server_split
+    from spdinv_pack.tests.fake_comfy import FakeComfy
+
+    pie_dir = pie_of(tmp_path / "pie", 7)
+    out = tmp_path / "out"
+    with FakeComfy("a") as a, FakeComfy("b") as b:
+        reports = [None, None]
+
+        def worker(i: int, fake) -> None:
+            reports[i] = fake_run(pie_dir, out, [fake], shard=Shard(i, 2), methods=(("ddim", "spdinv"), ("p2p",)))
+
+        threads = [threading.Thread(target=worker, args=(i, f)) for i, f in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        files = made(out)
+        assert set(files) == {(m, f"{n:012d}") for m in ("ddim+p2p", "spdinv+p2p") for n in range(7)}
+        by_a = {image_id for (_, image_id), maker in files.items() if maker == "a"}
+        assert by_a == {f"{n:012d}" for n in (0, 2, 4, 6)}  # shard 0 ran on a: the even items
+        assert server_split(out) == {"a": 8, "b": 6} and reports[0].done + reports[1].done == 14
+        (out / "ddim+p2p" / "000000000004.png").unlink()  # shard 0's
+        (out / "ddim+p2p" / "000000000001.png").unlink()  # shard 1's: missing, but not shard 0's to make
+        again = fake_run(pie_dir, out, [a], shard=Shard(0, 2), methods=(("ddim", "spdinv"), ("p2p",)))
+    assert again.done == 1 and a.finished[-1].endswith("ddim+p2p/000000000004")
+    assert not (out / "ddim+p2p" / "000000000001.png").exists()
+
+
+def test_workers_on_the_same_items_never_replace_each_others_edits(tmp_path):
+    from spdinv_pack.tests.fake_comfy import FakeComfy
+
+    pie_dir = pie_of(tmp_path / "pie", 6)
+    out = tmp_path / "out"
+    with FakeComfy("a") as a, FakeComfy("b") as b:
+        reports = [None, None]
+
+        def worker(i: int, fake) -> None:
+            reports[i] = fake_run(pie_dir, out, [fake], in_flight=1, methods=(("ddim",), ("masactrl",)))
+
+        threads = [threading.Thread(target=worker, args=(i, f)) for i, f in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    files = made(out)
+    assert len(files) == 6 and reports[0].done + reports[1].done == 6  # each edit saved by one worker only
+    assert reports[0].made_elsewhere + reports[1].made_elsewhere == 6
+    assert server_split_matches(out, files)
+
+
+def server_split_matches(out, files) -> bool:
+    """Whether the runs' records name, for every edit, the server whose bytes are in the file."""
+    import json
+
+    records = {(r["method"], r["image_id"]): r["server"] for p in (out / "runs").glob("*.jsonl")
+               for r in map(json.loads, p.read_text().splitlines())}
+    return records == files
+
+
+def test_an_edit_another_worker_saved_after_the_run_started_is_not_made_again(tmp_path):
+    from spdinv_pack.tests.fake_comfy import FakeComfy
+
+    pie_dir = pie_of(tmp_path / "pie", 6)
+    out = tmp_path / "out"
+    last = out / "ddim+masactrl" / "000000000005.png"
+    with FakeComfy("a", seconds=0.2) as a:
+        result = []
+        worker = threading.Thread(target=lambda: result.append(
+            fake_run(pie_dir, out, [a], in_flight=1, methods=(("ddim",), ("masactrl",)))))
+        worker.start()
+        while not a.prompts:  # the run has planned its six edits and started the first
+            time.sleep(0.01)
+        last.parent.mkdir(exist_ok=True)
+        last.write_bytes(b"other:worker")
+        worker.join()
+    assert result[0].done == 5 and result[0].made_elsewhere == 1
+    assert len(a.prompts) == 5 and not any(p.endswith("000000000005") for p in a.finished)
+    assert last.read_bytes() == b"other:worker"
+
+
+def test_comfyui_args_are_recorded_and_refused_with_running_servers(pie, tmp_path, capsys):
+    args = run_parsed("--comfyui-args=--cuda-device 1")
+    assert cli._settings(args).comfyui_args == "--cuda-device 1" and cli._settings(run_parsed()).comfyui_args is None
+    code = cli.main(["run", "--pie-dir", str(pie), "--checkpoint", "x.safetensors", "--out", str(tmp_path),
+                     "--servers", "http://127.0.0.1:1", "--comfyui-args=--bf16-unet"])
+    assert code == 2 and "--comfyui-args is for the ComfyUI a run starts" in capsys.readouterr().err

@@ -11,6 +11,10 @@
         --clip ~/ComfyUI/models/clip_vision/clip-vit-large-patch14.safetensors \\
                ~/ComfyUI/models/text_encoders/clip_l.safetensors --clip-tokenizer ~/ComfyUI/comfy/sd1_tokenizer
 
+    # the same across machines: worker I of N (a Slurm array task, a Kubernetes indexed Job), or running servers
+    python -m benchmarks.pie run --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT ... --out /shared/pie_out
+    python -m benchmarks.pie run --servers http://gpu1:8188 http://gpu2:8188 --checkpoint sd-v1-4.safetensors ...
+
     # what will run, without running anything: each (item, method)'s protocol and API graph
     python -m benchmarks.pie plan --pie-dir ~/PIE-Bench_v1 --checkpoint sd-v1-4.safetensors --limit 1 \
         --inversions ddim spdinv_paper --engines p2p masactrl pnp
@@ -32,9 +36,13 @@ import csv
 import json
 import math
 import os
+import re
+import shlex
+import socket
 import statistics
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,7 +54,9 @@ from .run import (
     FP32_FLAGS,
     INVERSIONS,
     PRECISIONS,
+    RunReport,
     RunSettings,
+    Shard,
     check_settings,
     edit_path,
     edit_prompt,
@@ -55,8 +65,10 @@ from .run import (
     method_settings,
     plan_methods,
     run_edits,
+    server_split,
     skip_reason,
 )
+from .servers import AllServersGone, ComfyClient
 
 
 def _items(args: argparse.Namespace) -> list[PieItem]:
@@ -65,8 +77,11 @@ def _items(args: argparse.Namespace) -> list[PieItem]:
 
 
 def _settings(args: argparse.Namespace) -> RunSettings:
-    return RunSettings(checkpoint=Path(args.checkpoint).name, steps=args.steps, cfg=args.cfg, size=args.size,
-                       cross_replace=args.cross_replace, word_swap=args.word_swap, precision=args.precision)
+    """The run's settings; the checkpoint as ComfyUI names it (the file's name, or as given with --servers)."""
+    name = args.checkpoint if getattr(args, "servers", None) else Path(args.checkpoint).name
+    return RunSettings(checkpoint=name, steps=args.steps, cfg=args.cfg, size=args.size,
+                       cross_replace=args.cross_replace, word_swap=args.word_swap, precision=args.precision,
+                       comfyui_args=getattr(args, "comfyui_args", None) or None)
 
 
 def precision_flags(precision: str, supported: set[str]) -> list[str]:
@@ -79,29 +94,95 @@ def precision_flags(precision: str, supported: set[str]) -> list[str]:
     return [flag for flag in FP32_FLAGS if flag in supported]
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Edit the chosen items with every chosen method in one ComfyUI server."""
-    methods = plan_methods(args.inversions, args.engines)
-    items = _items(args)
-    checkpoint = Path(args.checkpoint).expanduser()
-    if not checkpoint.is_file():
-        raise ValueError(f"--checkpoint {checkpoint} does not exist")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = _settings(args)
-    check_settings(out, methods, settings)
-    flags = precision_flags(args.precision, supported_cli_flags(args.comfyui) if args.comfyui else set())
-    print(f"{len(items)} items × {len(methods)} methods from {args.pie_dir} into {out} (precision {args.precision}"
-          + (f": {' '.join(flags)})" if flags else ")"))
-    with ComfyServer(args.comfyui, python=args.python, gpu=args.gpu, checkpoints=[checkpoint.parent],
-                     input_dir=Path(args.pie_dir).expanduser() / "annotation_images", only_this_pack=True,
-                     require_nodes=["SPDInvInvert", "SPDInvEditSampler"], extra_args=flags) as server:
-        report = run_edits(server, items, methods, settings, out, timeout=args.timeout)
+def parse_shard(text: str) -> Shard:
+    """``--shard i/n`` as a :class:`Shard`; anything else, or ``i`` not in ``0 … n-1``, is refused with the fix."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        unset = " (an unset variable? run it inside the Slurm array or indexed Job)" if "/" in text and (
+            text.startswith("/") or text.endswith("/")) else ""
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected i/n, this worker's index i (from 0) and the number of workers n, e.g. 0/4{unset}; "
+            "in a Slurm array: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT (with --array=0-<n-1>), in a "
+            "Kubernetes indexed Job: --shard $JOB_COMPLETION_INDEX/<completions>")
+    index, count = int(match[1]), int(match[2])
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the number of workers n must be at least 1")
+    if index >= count:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the index must be below n, from 0 to {count - 1}; a Slurm array numbered from 1 (--array=1-"
+            f"{count}) gives 1..{count}: use --array=0-{count - 1}, or --shard "
+            "$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN))/$SLURM_ARRAY_TASK_COUNT")
+    return Shard(index, count)
+
+
+def parse_server(text: str) -> str:
+    """A ``--servers`` entry (``http://host:port`` or ``host:port``) as ``http://host:port``."""
+    parts = urllib.parse.urlsplit(text if "://" in text else f"http://{text}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None or parts.path.strip("/") \
+            or parts.query:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a running ComfyUI's address, http://host:port (e.g. "
+                                         "http://gpu-node-3:8188)")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def print_report(report: RunReport, out: Path) -> None:
+    """The end of ``run``: times by method, counts, edits by server (this run's and the whole folder's)."""
     for method, secs in report.seconds.items():
         print(f"{method}: {len(secs)} edits, median {statistics.median(secs):.1f} s an edit")
     print(f"done {report.done}, already there {report.skipped}, left out {len(report.left_out)}, "
           f"failed {len(report.failed)}"
+          + (f", made by another worker meanwhile {report.made_elsewhere}" if report.made_elsewhere else "")
+          + (f", retried after their server went away {report.retried}" if report.retried else "")
           + (f" (see {out / 'failures.jsonl'}; rerun to retry)" if report.failed else ""))
+    if report.by_server:
+        print("this run, edits by server: " + ", ".join(f"{k} {v}" for k, v in report.by_server.items()))
+    split = server_split(out)
+    if split:
+        print(f"all of {out}, edits by server: " + ", ".join(f"{k} {v}" for k, v in split.items()))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Edit the chosen items (this worker's share with --shard) with every chosen method: in a ComfyUI server
+    started for the run, or in the running servers given by --servers."""
+    methods = plan_methods(args.inversions, args.engines)
+    items = _items(args)
+    checkpoint = Path(args.checkpoint).expanduser()
+    if not args.servers and not checkpoint.is_file():
+        raise ValueError(f"--checkpoint {checkpoint} does not exist")
+    if args.in_flight < 1:
+        raise ValueError(f"--in-flight {args.in_flight}: give at least 1 prompt per server")
+    if args.servers and args.comfyui_args:
+        raise ValueError("--comfyui-args is for the ComfyUI a run starts; with --servers, start the servers with them")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(args)
+    check_settings(out, methods, settings)
+    share = f", shard {args.shard}: {len(args.shard.take(items))} items" if args.shard else ""
+    if args.servers:
+        urls = list(dict.fromkeys(args.servers))
+        print(f"{len(items)} items × {len(methods)} methods from {args.pie_dir} into {out}{share} on {len(urls)} "
+              f"servers, {args.in_flight} prompts in flight on each (precision {args.precision})")
+        report = run_edits([ComfyClient(url) for url in urls], items, methods, settings, out, timeout=args.timeout,
+                           shard=args.shard, in_flight=args.in_flight)
+    else:
+        flags = precision_flags(args.precision, supported_cli_flags(args.comfyui) if args.comfyui else set())
+        print(f"{len(items)} items × {len(methods)} methods from {args.pie_dir} into {out}{share} (precision "
+              f"{args.precision}" + (f": {' '.join(flags)})" if flags else ")"))
+        with ComfyServer(args.comfyui, python=args.python, gpu=args.gpu, checkpoints=[checkpoint.parent],
+                         input_dir=Path(args.pie_dir).expanduser() / "annotation_images", only_this_pack=True,
+                         require_nodes=["SPDInvInvert", "SPDInvEditSampler"],
+                         extra_args=flags + shlex.split(args.comfyui_args or "")) as server:
+            client = ComfyClient(server.url, label=f"{socket.gethostname()}-{os.getpid()} own ComfyUI", upload=False)
+            try:
+                report = run_edits([client], items, methods, settings, out, timeout=args.timeout, shard=args.shard,
+                                   in_flight=args.in_flight)
+            except AllServersGone as e:
+                raise ComfyServerError(f"{e}\n{server.log_tail()}\n(full log: {server.log_path})") from e
+    print_report(report, out)
     print(f"next: python -m benchmarks.pie metrics --pie-dir {args.pie_dir} --edits {out} --out {out} "
           "[--dino FILE] [--clip FILE ...] [--lpips FILE]")
     return 1 if report.failed else 0
@@ -265,7 +346,21 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--python", help="interpreter ComfyUI runs with (default: this one)")
     r.add_argument("--out", required=True, help="folder for <method>/<image_id>.png")
     r.add_argument("--gpu", action="store_true", help="run ComfyUI on the GPU (default --cpu)")
-    r.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per edit")
+    r.add_argument("--comfyui-args", metavar="FLAGS",
+                   help="more flags for the ComfyUI the run starts, as one string: --comfyui-args='--cuda-device 1' "
+                        "(recorded in settings.json)")
+    r.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds allowed per edit (from its start, not counting its wait in the server's queue)")
+    r.add_argument("--shard", type=parse_shard, metavar="I/N",
+                   help="be worker I of N (0 <= I < N): edit every N-th item from the I-th, all methods, into the "
+                        "shared --out (Slurm: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; Kubernetes indexed Job: "
+                        "$JOB_COMPLETION_INDEX/<completions>)")
+    r.add_argument("--servers", nargs="+", type=parse_server, metavar="URL",
+                   help="use these running ComfyUI servers (http://host:port, with the pack and the checkpoint; "
+                        "--checkpoint is then the name they list it by) instead of starting one; photos are "
+                        "uploaded to them")
+    r.add_argument("--in-flight", type=int, default=2,
+                   help="prompts queued on each server at once (default 2: one running, the next waiting)")
     r.set_defaults(func=cmd_run)
 
     pl = sub.add_parser("plan", help="print each (item, method)'s protocol and API graph without running anything")

@@ -18,23 +18,28 @@ source prompt (SPDInv's ``run_SPDInv_MasaCtrl.py``). PnP: the source branch take
 DDIM + PnP (the source replays the DDIM reconstruction, PnPInversion's ``run_editing_pnp.py``), the SPDInv
 rows replay the inversion.
 
-Standard library only; the server is :class:`tools.comfy_server.ComfyServer`.
+Standard library only; the servers are :class:`.servers.ComfyClient` (one the run starts with
+:class:`tools.comfy_server.ComfyServer`, or running ones given by URL).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import socket
+import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ...tools.api_graph import ApiGraph
-from ...tools.comfy_server import ComfyServer, ComfyServerError
+from ...tools.comfy_server import ComfyServerError
 from .data import PieItem
+from .servers import ComfyClient, Job, ServerGone, dispatch
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,9 @@ class RunSettings:
     item, as PnPInversion's and SPDInv's P2P runners do."""
     precision: str = "fp32"
     """``fp32``: ComfyUI runs every model in float32 (as the references did); ``auto``: ComfyUI's choice."""
+    comfyui_args: str | None = None
+    """More flags the run's own ComfyUI was started with (``--comfyui-args``; they can change the edits, e.g. a
+    weight dtype), or None."""
 
 
 def method_name(inversion: str, engine: str) -> str:
@@ -306,13 +314,36 @@ def image_size(path: Path) -> tuple[int, int]:
 @dataclass
 class RunReport:
     """What a run did: edits made and skipped (already there), items left out (with the reason), failures,
-    seconds per edit by method."""
+    seconds per edit by method, edits made by each server, edits another worker saved first, edits retried
+    because their server went away."""
 
     done: int = 0
     skipped: int = 0
     left_out: list[tuple[str, str, str]] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     seconds: dict[str, list[float]] = field(default_factory=dict)
+    by_server: dict[str, int] = field(default_factory=dict)
+    made_elsewhere: int = 0
+    retried: int = 0
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Worker ``index`` of ``count`` (``--shard index/count``): it edits every ``count``-th item from the
+    ``index``-th, with every method."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def take(self, items: Sequence[PieItem]) -> list[PieItem]:
+        """This worker's items: by position in the whole selection, not in what is left to do, so that a resumed
+        worker takes the same items. Round robin rather than blocks: PIE-Bench's file is ordered by editing type,
+        so blocks would give one worker all the style edits; by item rather than by (item, method) so that each
+        worker runs every method, whose costs differ several-fold."""
+        return list(items[self.index::self.count])
 
 
 def edit_path(out: Path, method: str, image_id: str) -> Path:
@@ -337,40 +368,125 @@ def _flat(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def write_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True if this call created it.
+
+    Written under a temporary name of its own and hard-linked into place, so that readers never see a partial
+    file and, of several workers writing the same path at once, exactly one wins and none replaces another's
+    file. Where hard links are not supported the file is renamed into place when absent (a narrow race remains).
+    """
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    partial.write_bytes(data)
+    try:
+        os.link(partial, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        if path.exists():
+            return False
+        os.replace(partial, path)
+        return True
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line with a single ``write`` in append mode, so lines of concurrent workers do not interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode("utf-8"))
+    finally:
+        os.close(fd)
+
+
 def check_settings(out: Path, methods: Sequence[tuple[str, str]], settings: RunSettings) -> None:
     """Record each method folder's settings, or refuse to add edits made with other settings to it.
 
     A resumed run must not mix protocols in one folder: ``<out>/<method>/settings.json`` holds what its edits
-    were made with (:func:`method_settings`).
+    were made with (:func:`method_settings`). The record is created by :func:`write_once`, so of several workers
+    starting at once one writes it and the others check theirs against it.
     """
     for inv, eng in methods:
         folder = out / method_name(inv, eng)
         record = folder / "settings.json"
         wanted = method_settings(inv, eng, settings)
-        if record.is_file():
-            had = _flat(json.loads(record.read_text(encoding="utf-8")))
-            changed = {k: (had.get(k), v) for k, v in _flat(wanted).items() if had.get(k) != v}
-            if changed:
-                what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
-                raise ValueError(f"--out {out}: {folder.name} holds edits made with other settings ({what}); "
-                                 "give another --out, or delete that folder to redo it")
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
-            record.write_text(json.dumps(wanted, indent=1), encoding="utf-8")
+        folder.mkdir(parents=True, exist_ok=True)
+        if write_once(record, json.dumps(wanted, indent=1).encode("utf-8")):
+            continue
+        had = _flat(json.loads(record.read_text(encoding="utf-8")))
+        changed = {k: (had.get(k), v) for k, v in _flat(wanted).items() if had.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise ValueError(f"--out {out}: {folder.name} holds edits made with other settings ({what}); "
+                             "give another --out, or delete that folder to redo it")
 
 
-def run_edits(server: ComfyServer, items: Sequence[PieItem], methods: Sequence[tuple[str, str]],
+def check_servers(clients: Sequence[ComfyClient], probes: Sequence[tuple[PieItem, str, str]],
+                  settings: RunSettings) -> dict[str, Any]:
+    """The first server's ``/object_info``, once every server can run the edits (:meth:`ComfyClient.check`) and
+    fills the nodes' unset inputs alike (the probes' prompts, one per method, built with each server's node
+    defaults, are the same), so that which server makes an edit does not change it."""
+    def prompt(item: PieItem, inv: str, eng: str, info: Mapping[str, Any] | None) -> dict[str, Any]:
+        size = image_size(item.image_path) if item.image_path.is_file() else (settings.size, settings.size)
+        return edit_prompt(item, inv, eng, settings, size, prefix="probe", object_info=info)
+
+    nodes = {node["class_type"] for probe in probes for node in prompt(*probe, None).values()}
+    infos = [client.check(nodes, settings.checkpoint, settings.precision) for client in clients]
+    for probe in probes:
+        first = prompt(*probe, infos[0])
+        for client, info in zip(clients[1:], infos[1:], strict=True):
+            other = prompt(*probe, info)
+            for node_id, node in first.items():
+                mine, theirs = node["inputs"], other[node_id]["inputs"]
+                diff = {k: (mine.get(k), theirs.get(k)) for k in {**mine, **theirs} if mine.get(k) != theirs.get(k)}
+                if diff:
+                    what = ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
+                    raise ComfyServerError(f"servers {clients[0].label} and {client.label} fill {node['class_type']} "
+                                           f"differently ({what}): different versions of the pack or of ComfyUI; "
+                                           "give servers that run the same ones")
+    return infos[0]
+
+
+def default_worker() -> str:
+    """This process's name in ``<out>/runs/``: host and process id."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def server_split(out: Path) -> dict[str, int]:
+    """The edits in ``out`` by the server that made them, from every worker's ``<out>/runs/*.jsonl`` (an edit made
+    again after its file was deleted counts once, for its last maker; an edit whose file is gone not at all)."""
+    records = []
+    for path in sorted((out / "runs").glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # the last line of a worker killed while writing it
+    makers = {(r["method"], r["image_id"]): r["server"] for r in sorted(records, key=lambda r: r.get("finished", ""))
+              if edit_path(out, r["method"], r["image_id"]).is_file()}
+    return dict(sorted(Counter(makers.values()).items()))
+
+
+def run_edits(clients: Sequence[ComfyClient], items: Sequence[PieItem], methods: Sequence[tuple[str, str]],
               settings: RunSettings, out: Path, log: Callable[[str], None] = print,
-              timeout: float = 3600.0) -> RunReport:
-    """Edit every item with every method, skipping edits already saved; resumable after any interruption.
+              timeout: float = 3600.0, shard: Shard | None = None, in_flight: int = 2,
+              worker: str | None = None) -> RunReport:
+    """Edit every item (this worker's share with ``shard``) with every method on the servers, skipping edits
+    already saved; resumable after any interruption, and safe with several workers writing into one ``out``.
 
-    Each edit is written to a temporary name and renamed, so an interrupted run leaves no partial file. A
-    failed edit is logged (``<out>/failures.jsonl``) and the run goes on; timings go to
-    ``<out>/<method>/seconds.csv``. An item a row cannot run (:func:`skip_reason`) is left out and logged.
+    Each edit is saved by :func:`write_once`: an interrupted run leaves no partial file and an edit another worker
+    saved first is kept (an edit already there when its turn comes is not made again). A failed edit is logged
+    (``<out>/failures.jsonl``) and the run goes on; an edit whose server went away is run on another
+    (:func:`.servers.dispatch`). Each saved edit is recorded in ``<out>/runs/<worker>.jsonl`` (which server made
+    it; :func:`server_split`) and its time in ``<out>/<method>/seconds.csv``. An item a row cannot run
+    (:func:`skip_reason`) is left out and logged.
     """
     report = RunReport()
-    todo = []
-    for item in items:
+    worker = worker or default_worker()
+    mine = shard.take(items) if shard else list(items)
+    todo: list[Job] = []
+    for item in mine:
         for inv, eng in methods:
             method = method_name(inv, eng)
             reason = skip_reason(item, inv, eng)
@@ -378,48 +494,78 @@ def run_edits(server: ComfyServer, items: Sequence[PieItem], methods: Sequence[t
                 report.left_out.append((method, item.image_id, reason))
                 log(f"{method} {item.image_id}: left out: {reason}")
             elif not edit_path(out, method, item.image_id).is_file():
-                todo.append((item, inv, eng))
-    report.skipped = len(items) * len(methods) - len(todo) - len(report.left_out)
+                todo.append(Job((method, item.image_id), (item, inv, eng)))
+    report.skipped = len(mine) * len(methods) - len(todo) - len(report.left_out)
     if report.skipped:
         log(f"{report.skipped} edits already in {out}: skipped")
+    if not todo:
+        return report
+    probes = list({job.key[0]: job.payload for job in todo}.values())
+    object_info = check_servers(clients, probes, settings)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
     noted: set[str] = set()
-    object_info = server.object_info() if todo else None
+    finished = [0]
     started = time.monotonic()
-    for n, (item, inv, eng) in enumerate(todo, 1):
+
+    def progress(method: str, image_id: str, what: str) -> None:
+        with lock:
+            finished[0] += 1
+            n = finished[0]
+        left = (time.monotonic() - started) / n * (len(todo) - n)
+        log(f"[{n}/{len(todo)}] {method} {image_id}: {what} (about {left / 60:.0f} min left)")
+
+    def run_job(client: ComfyClient, job: Job) -> None:
+        item, inv, eng = job.payload
         method = method_name(inv, eng)
         target = edit_path(out, method, item.image_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if job.lost_on:
+            with lock:
+                report.retried += 1
+        if target.is_file():
+            with lock:
+                report.made_elsewhere += 1
+            progress(method, item.image_id, "made by another worker meanwhile")
+            return
         note = blend_settings(item).note if eng == "p2p" and item.blend_error is None else None
-        if note and item.image_id not in noted:
+        with lock:
+            fresh = note is not None and item.image_id not in noted
             noted.add(item.image_id)
+        if fresh:
             log(f"note: {note}")
-        t0 = time.monotonic()
         try:
             if not item.image_path.is_file():
                 raise FileNotFoundError(f"{item.image_path} does not exist")
-            prompt = edit_prompt(item, inv, eng, settings, image_size(item.image_path),
+            photo = replace(item, relative_path=client.image_name(item.image_path, item.relative_path))
+            prompt = edit_prompt(photo, inv, eng, settings, image_size(item.image_path),
                                  prefix=f"pie/{method}/{item.image_id}", object_info=object_info)
-            history = server.run(prompt, timeout=timeout)
-            images = server.output_images(history)
-            if len(images) != 1:
-                raise ComfyServerError(f"expected one saved edit, the server listed {len(images)}")
-            partial = target.with_suffix(".png.partial")
-            shutil.copyfile(images[0], partial)
-            os.replace(partial, target)
-            images[0].unlink(missing_ok=True)
+            edit = client.edit(prompt, timeout=timeout)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            saved = write_once(target, edit.png)
+        except ServerGone:
+            raise
         except (ComfyServerError, OSError, ValueError) as e:
-            report.failed.append((method, item.image_id, str(e)))
-            with open(out / "failures.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"method": method, "image_id": item.image_id, "error": str(e)}) + "\n")
-            log(f"[{n}/{len(todo)}] {method} {item.image_id}: FAILED: {str(e).splitlines()[0]}")
-            if not server.running:
-                raise
-            continue
-        seconds = time.monotonic() - t0
-        report.done += 1
-        report.seconds.setdefault(method, []).append(seconds)
-        with open(target.parent / "seconds.csv", "a", encoding="utf-8") as f:
-            f.write(f"{item.image_id},{seconds:.3f}\n")
-        left = (time.monotonic() - started) / n * (len(todo) - n)
-        log(f"[{n}/{len(todo)}] {method} {item.image_id}: {seconds:.1f} s (about {left / 60:.0f} min left)")
+            with lock:
+                report.failed.append((method, item.image_id, str(e)))
+            append_line(out / "failures.jsonl", json.dumps({"method": method, "image_id": item.image_id,
+                                                            "server": client.label, "error": str(e)}))
+            progress(method, item.image_id, f"FAILED on {client.label}: {str(e).splitlines()[0]}")
+            return
+        if not saved:
+            with lock:
+                report.made_elsewhere += 1
+            progress(method, item.image_id, "another worker saved it first (theirs is kept)")
+            return
+        with lock:
+            report.done += 1
+            report.seconds.setdefault(method, []).append(edit.seconds)
+            report.by_server[client.label] = report.by_server.get(client.label, 0) + 1
+        append_line(target.parent / "seconds.csv", f"{item.image_id},{edit.seconds:.3f}")
+        append_line(out / "runs" / f"{worker}.jsonl", json.dumps({
+            "method": method, "image_id": item.image_id, "server": client.label, "worker": worker,
+            "shard": str(shard) if shard else None, "seconds": round(edit.seconds, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+        progress(method, item.image_id, f"{edit.seconds:.1f} s on {client.label}")
+
+    dispatch(clients, todo, run_job, in_flight=in_flight, log=log)
     return report
