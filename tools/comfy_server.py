@@ -132,7 +132,7 @@ def write_extra_model_paths(
     return path
 
 
-def _format_node_errors(node_errors: Mapping[str, Any], prompt: Mapping[str, Any] | None = None) -> str:
+def format_node_errors(node_errors: Mapping[str, Any], prompt: Mapping[str, Any] | None = None) -> str:
     """Render ``node_errors`` from ``POST /prompt`` as readable lines (one per error)."""
     out: list[str] = []
     for node_id, entry in node_errors.items():
@@ -566,11 +566,11 @@ class ComfyServer:
             details = error.get("details") if isinstance(error, dict) else None
             msg = f"prompt rejected (HTTP {status}): {head}" + (f": {details}" if details else "")
             if node_errors:
-                msg += "\n" + _format_node_errors(node_errors, prompt)
+                msg += "\n" + format_node_errors(node_errors, prompt)
             raise PromptValidationError(msg, error, node_errors)
         if strict and node_errors:
             raise PromptValidationError(
-                "prompt accepted, but some outputs were dropped:\n" + _format_node_errors(node_errors, prompt),
+                "prompt accepted, but some outputs were dropped:\n" + format_node_errors(node_errors, prompt),
                 None,
                 node_errors,
             )
@@ -602,7 +602,7 @@ class ComfyServer:
                 if status.get("completed") or status.get("status_str") == "success":
                     return entry
                 if status.get("status_str") == "error":
-                    raise self._execution_error(entry)
+                    raise self.execution_error(entry)
             if self.proc is not None and self.proc.poll() is not None:
                 raise ComfyServerError(
                     f"ComfyUI exited with code {self.proc.returncode} while running "
@@ -614,7 +614,7 @@ class ComfyServer:
             time.sleep(poll)
 
     @staticmethod
-    def _execution_error(entry: Mapping[str, Any]) -> ExecutionError:
+    def execution_error(entry: Mapping[str, Any]) -> ExecutionError:
         messages = (entry.get("status") or {}).get("messages") or []
         for event, data in messages:
             if event == "execution_error":

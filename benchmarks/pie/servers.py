@@ -33,7 +33,7 @@ from ...tools.comfy_server import (
     ComfyServerError,
     PromptTimeout,
     PromptValidationError,
-    _format_node_errors,
+    format_node_errors,
 )
 
 UPLOAD_FOLDER = "pie-bench"
@@ -196,7 +196,7 @@ class ComfyClient:
             head = error.get("message", error) if isinstance(error, dict) else error
             msg = f"{self.label}: prompt rejected (HTTP {status}): {head}"
             if node_errors:
-                msg += "\n" + _format_node_errors(node_errors, prompt)
+                msg += "\n" + format_node_errors(node_errors, prompt)
             raise PromptValidationError(msg, error, node_errors)
         return str(payload["prompt_id"])
 
@@ -229,7 +229,7 @@ class ComfyClient:
             if entry is not None:
                 status = entry.get("status") or {}
                 if status.get("status_str") == "error":
-                    raise ComfyServer._execution_error(entry)
+                    raise ComfyServer.execution_error(entry)
                 if status.get("completed") or status.get("status_str") == "success":
                     return entry
             unknown = unknown + 1 if entry is None and not queued and not running else 0
