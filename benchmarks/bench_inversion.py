@@ -46,6 +46,7 @@ TUNABLE: dict[str, Callable[[str], Any]] = {
     "rel_tol": float,
     "dci_rate": float,
     "measure_residual": lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()],
+    "predicted_stop": lambda v: {"true": True, "1": True, "false": False, "0": False}[v.lower()],
 }
 """SPDInvInvert inputs a method spec may set as ``key=value``."""
 SOLVER_KNOBS: dict[str, Callable[[str], Any]] = {

@@ -103,6 +103,12 @@ class SPDInvInvert(io.ComfyNode):
                                        "pulls each step's noise prediction towards the clean latent by this much "
                                        "(its code: 1.0, with the adamw solver's paper settings). 0 = plain "
                                        "SPDInv."),
+                io.Boolean.Input("predicted_stop", default=True, optional=True,
+                                 tooltip="anderson only: accept a step's next iterate without the UNet pass that "
+                                         "would only verify it, when the residual predicted from the step's own "
+                                         "contraction is under the tolerance (one pass a step saved; the residual "
+                                         "recorded for such a step is the prediction). Off: every accepted latent "
+                                         "is evaluated."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="null_text only: the empty prompt (CLIPTextEncode with no text), "
                                               "whose embedding it tunes step by step. Connect the same one as the "
@@ -122,15 +128,15 @@ class SPDInvInvert(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, source, latent, steps, method, solver, max_iters, lr, delta, rel_tol,
-                measure_residual, sigmas=None, grid="auto", dci_rate=0.0, negative=None, cfg=7.5
-                ) -> io.NodeOutput:
+                measure_residual, sigmas=None, grid="auto", dci_rate=0.0, predicted_stop=True, negative=None,
+                cfg=7.5) -> io.NodeOutput:
         tune_null = protocol_of(method).tuned_null
         if tune_null and negative is None:
             raise ValueError("negative: null_text inversion tunes the empty prompt's embedding; connect "
                              "CLIPTextEncode with no text (and the same to the edit sampler's negative)")
         settings = InversionSettings(method=protocol_of(method).trajectory, solver=solver, max_iters=max_iters,
                                      lr=lr, delta=delta, rel_tol=rel_tol, measure_ddim_residual=measure_residual,
-                                     dci_rate=dci_rate)
+                                     dci_rate=dci_rate, predicted_stop=predicted_stop)
         samples = latent_of_rank(model, latent["samples"])
         check_latent_channels(model, samples, "latent")
         if sigmas is None:

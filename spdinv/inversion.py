@@ -69,10 +69,11 @@ class InversionSettings:
     damping: float = 1.0
     """Anderson mixing factor (1 = undamped)."""
     warm_start: str = "ddim"
-    """Anderson's start after the first step: ``ddim``, a DDIM step with the eps measured at the previous
-    step's accepted latent (free: its last evaluation measured it), or ``reference``, the paper's guess (one
-    UNet pass). On random SD1.5 at 20 steps ``ddim`` saved 19 of 69 passes for 2 dB of a 45 dB
-    reconstruction; extrapolating eps linearly in sigma started farther and lost 7 dB."""
+    """Anderson's start: ``ddim``, a DDIM step with the eps measured at the previous step's accepted latent
+    (free: its last evaluation measured it), and on the first step the clean latent itself (no eps yet: the
+    solver's first evaluation measures it), or ``reference``, the paper's guess (one UNet pass a step). On
+    random SD1.5 at 20 steps ``ddim`` saved 19 of 69 passes for 2 dB of a 45 dB reconstruction; extrapolating
+    eps linearly in sigma started farther and lost 7 dB (at 4 steps, half that extrapolation: no pass saved)."""
     measure_ddim_residual: bool = True
     """For ``method="ddim"``: spend one extra forward per step to record the residual."""
     relax: bool = True
@@ -82,6 +83,12 @@ class InversionSettings:
     towards the clean latent, ``eps + dci_rate * (z0 - eps) / ||z0 - eps||`` (a step of ``dci_rate`` down the
     gradient of ``||z0 - eps||``, the norm over each photo's whole latent), so the solvers find the corrected
     fixed point. Its code uses 1.0 with the paper's AdamW settings; 0 = off (plain SPDInv)."""
+    predicted_stop: bool = True
+    """Anderson: accept a step's next iterate without evaluating it when its residual, predicted as the last
+    residual times the step's last measured contraction ratio (two evaluations of the same step), is under the
+    tolerance. Saves the pass that would only verify it (the next step's warm start then uses the eps of the
+    last evaluated iterate); the recorded residual of such a step is the prediction (``predicted``). False:
+    every accepted latent was evaluated."""
     min_progress: float = 2.0
     """Anderson: stop a step whose best residual fell by less than this factor over the last
     ``PROGRESS_WINDOW`` evaluations (1 = off: only the stall rule and K stop it). A step that converges does so
@@ -134,6 +141,9 @@ class InversionResult:
     forwards: torch.Tensor
     backwards: torch.Tensor
     settings: InversionSettings
+    predicted: torch.Tensor | None = None
+    """``[steps, batch]`` bool: the step's accepted latent was not evaluated and its ``residual`` is the
+    solver's prediction (:attr:`InversionSettings.predicted_stop`); ``None`` where no step was."""
 
     @property
     def steps(self) -> int:
@@ -152,7 +162,7 @@ class InversionResult:
     def to(self, device: torch.device | str) -> InversionResult:
         return InversionResult(
             self.sigmas.to(device), self.latents.to(device), self.residual, self.guess_residual,
-            self.iterations, self.forwards, self.backwards, self.settings,
+            self.iterations, self.forwards, self.backwards, self.settings, self.predicted,
         )
 
 
@@ -168,6 +178,9 @@ class _StepOutcome:
     """``f(latent)`` when the solver evaluated it at the accepted latent (free eps for a warm start)."""
     nonfinite: bool = False
     """An evaluation gave NaN/Inf; the solver kept its last finite iterate."""
+    predicted: torch.Tensor | None = None
+    """Per item: the latent was accepted on a predicted residual, unevaluated (``mapped`` is then ``f`` at the
+    item's last evaluated iterate)."""
 
 
 def dci_corrected(eps: torch.Tensor, anchor: torch.Tensor, rate: float) -> torch.Tensor:
@@ -248,7 +261,9 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
     evaluations, and stops an item that stalls through ``MAX_RESTARTS`` restarts. Converged items are left out
     of later evaluations (:data:`Denoiser`'s ``items``). The accepted latent is
     each item's best iterate, whose residual was measured by the same evaluation that produced the next
-    proposal, so the stopping test costs no extra forward.
+    proposal, so the stopping test costs no extra forward; with ``predicted_stop`` an item whose next proposal
+    is predicted under the tolerance (last residual times its last contraction ratio) accepts that proposal
+    without the evaluation that would only have verified it.
     """
     batch = z0.shape[0]
     view = (-1, *([1] * (z0.dim() - 1)))
@@ -270,6 +285,10 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
     stale = torch.zeros(batch, dtype=torch.long, device=z.device)
     best_history = [best_res.clone()]
     evals = 1
+    ratio = torch.full_like(res, math.inf)
+    """Each item's last contraction ratio ``res_k / res_(k-1)`` within this step (inf until measured)."""
+    predicted = torch.zeros(batch, dtype=torch.bool, device=z.device)
+    last_mapped = z + r
     while not bool(done.all()) and evals < settings.max_iters:
         step = beta.view(view).to(z.dtype) * r
         if hist_dz and settings.memory > 0:
@@ -287,6 +306,14 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
             correction = (dr.mul_(beta.view(-1, 1, 1)).add_(dz) @ gamma).squeeze(-1)
             del dz, dr
             step = step - correction.view_as(z).to(z.dtype)
+        if settings.predicted_stop:
+            accept = ~done & (res * ratio < thr)
+            if bool(accept.any()):
+                best_z = torch.where(accept.view(view), z + step, best_z)
+                best_res = torch.where(accept, res * ratio, best_res)
+                predicted, done = predicted | accept, done | accept
+                if bool(done.all()):
+                    break
         active = (~done).view(view)
         z_new = torch.where(active, z + step, z)
         r_new = f(z_new, ~done) - z_new
@@ -315,12 +342,17 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
             beta = torch.where(restart, beta * 0.5, beta)
             stale = torch.where(restart, torch.zeros_like(stale), stale)
             valid_from = torch.where(restart, torch.full_like(valid_from, len(hist_dz)), valid_from)
+        measured = ~done & ~restart & (res > 0)
+        ratio = torch.where(measured, res_new / torch.where(measured, res, torch.ones_like(res)), ratio)
+        ratio = torch.where(restart, torch.full_like(ratio, math.inf), ratio)
+        last_mapped = torch.where(active, z_new + r_new, last_mapped)
         z, r, res = z_new, r_new, torch.where(done, res, res_new)
         done = done | (best_res < thr) | (beta < mixing * 0.5**MAX_RESTARTS)
         best_history.append(best_res.clone())
         if settings.min_progress > 1 and len(best_history) > PROGRESS_WINDOW:
             done = done | (best_res * settings.min_progress > best_history[-1 - PROGRESS_WINDOW])
-    return _StepOutcome(best_z, best_res, guess_res, evals, evals, 0, best_z + best_r, nonfinite)
+    mapped = torch.where(predicted.view(view), last_mapped, best_z + best_r)
+    return _StepOutcome(best_z, best_res, guess_res, evals, evals, 0, mapped, nonfinite, predicted)
 
 
 def _adamw(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings) -> _StepOutcome:
@@ -392,11 +424,13 @@ def invert(
 
     ``input_scale(sigma)`` maps ComfyUI's latent to the model's input scale (``1/sqrt(1+sigma^2)`` for EPS
     models, 1 for flow models); ``skip(sigma)`` is the model's ``c_skip`` (:data:`SkipScale`), from which
-    Anderson relaxes each step (:func:`step_relaxation`). The first step, every ``adamw`` step and
+    Anderson relaxes each step (:func:`step_relaxation`). Every ``adamw`` step and
     ``warm_start="reference"`` start
     from the reference's guess: the previous latent, as the model saw it, evaluated at the new sigma (one
     UNet pass). Anderson's warm start instead takes a DDIM step with the eps already measured at the previous
-    step's accepted latent (no pass). NaN/Inf from the model never reaches the trajectory: a step keeps its
+    step's accepted latent (no pass), and starts the first step from the clean latent (no pass: the
+    solver's first evaluation is the reference's guess, and its secant pair is kept). NaN/Inf from the model
+    never reaches the trajectory: a step keeps its
     last finite iterate (a non-finite guess falls back to the previous latent) and one warning is issued.
     """
     settings = settings or InversionSettings()
@@ -410,6 +444,7 @@ def invert(
     residual = torch.full((n, batch), math.nan)
     guess_residual = torch.full((n, batch), math.nan)
     iterations = torch.zeros(n, dtype=torch.long)
+    predicted = torch.zeros((n, batch), dtype=torch.bool)
     forwards = torch.zeros(n, dtype=torch.long)
     backwards = torch.zeros(n, dtype=torch.long)
     solve = _ddim if settings.method == "ddim" else _SOLVERS[settings.solver]
@@ -427,8 +462,8 @@ def invert(
         sigma_a, sigma_b = grid[i + 1], grid[i]
         scale_b = input_scale(sigma_b)
         f = _FixedPointMap(denoise, x, sigma_a, sigma_b, scale_b, anchor, settings.dci_rate if spd else 0.0)
-        if warm and eps_accepted is not None:
-            z0 = scale_b * (x + (sigma_b - sigma_a) * eps_accepted)
+        if warm:
+            z0 = scale_b * (x if eps_accepted is None else x + (sigma_b - sigma_a) * eps_accepted)
             guess_forwards = 0
         else:
             # The reference's guess is one application of the map to the previous VP latent: the model sees
@@ -449,6 +484,8 @@ def invert(
         latents[i] = x
         eps_accepted = None if outcome.mapped is None else f.eps_of(outcome.mapped)
         residual[i] = outcome.residual.float().cpu()
+        if outcome.predicted is not None:
+            predicted[i] = outcome.predicted.cpu()
         guess_residual[i] = outcome.guess_residual.float().cpu()
         iterations[i], backwards[i] = outcome.iterations, outcome.backwards
         forwards[i] = outcome.forwards + guess_forwards
@@ -458,7 +495,7 @@ def invert(
         warnings.warn(f"SPDInv: the UNet gave NaN/Inf at {nonfinite_steps} of {n} inversion steps; each kept its "
                       "last finite iterate. Check the model (fp16 overflow?) and the input latent.", stacklevel=2)
     return InversionResult(sigmas.detach().float().cpu(), latents, residual, guess_residual, iterations,
-                           forwards, backwards, settings)
+                           forwards, backwards, settings, predicted if bool(predicted.any()) else None)
 
 
 def fixed_point_residual(

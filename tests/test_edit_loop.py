@@ -52,7 +52,7 @@ def test_an_identity_edit_gives_the_reconstruction_on_both_branches():
     out = run_edit(prompt_predictor(model), inv.latents, sigmas, EditRecipe(proximal_quantile=0.7), 7.5,
                    timesteps_of(model, sigmas))
     recon = ddim_sample(model, inv.noise, sigmas)
-    torch.testing.assert_close(out.reconstruction, recon, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.reconstruction, recon, atol=2e-6, rtol=0)
     torch.testing.assert_close(out.edited, recon, atol=1e-5, rtol=0)
     pinned = run_edit(prompt_predictor(model), inv.latents, sigmas, EditRecipe(proximal_quantile=0.7, pin_below=0.4),
                       7.5, timesteps_of(model, sigmas))
@@ -107,7 +107,7 @@ def test_without_pinning_the_unedited_source_branch_is_free():
     recipe = EditRecipe(proximal_quantile=0.9, shrink=False)
     out = run_edit(prompt_predictor(model, 3.0), inv.latents, sigmas, recipe, 7.5, timesteps_of(model, sigmas))
     assert out.pinned_steps == ()
-    torch.testing.assert_close(out.reconstruction, ddim_sample(model, inv.noise, sigmas), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.reconstruction, ddim_sample(model, inv.noise, sigmas), atol=2e-6, rtol=0)
 
 
 def test_replay_feeds_the_source_rows_the_stored_trajectory_before_each_prediction():
