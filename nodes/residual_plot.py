@@ -18,7 +18,8 @@ def _series(payload, color) -> Series:
     label += f" ({r.steps_under_delta()}/{r.steps} under delta, {int(r.forwards.sum())} fwd)"
     # Per-step arrays are stored along the sampling grid; plot in inversion order (low sigma first).
     worst = r.residual.max(dim=1).values.flip(0).numpy()
-    return Series(label, worst, r.iterations.flip(0).numpy(), color)
+    predicted = None if r.predicted is None else r.predicted.any(dim=1).flip(0).numpy()
+    return Series(label, worst, r.iterations.flip(0).numpy(), color, predicted)
 
 
 class SPDInvResidualPlot(io.ComfyNode):

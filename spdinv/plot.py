@@ -13,12 +13,15 @@ import numpy as np
 
 @dataclass
 class Series:
-    """One inversion to plot: residual and iterations per inversion step (first step = lowest sigma)."""
+    """One inversion to plot: residual and iterations per inversion step (first step = lowest sigma);
+    ``predicted``: per step, whether its residual is the solver's prediction rather than a measurement (drawn
+    hollow)."""
 
     label: str
     residual: np.ndarray
     iterations: np.ndarray
     color: tuple[int, int, int]
+    predicted: np.ndarray | None = None
 
 
 PALETTE = [(220, 80, 60), (60, 120, 220), (60, 170, 90), (170, 90, 200)]
@@ -72,11 +75,18 @@ def render_residual_plot(series: list[Series], delta: float, width: int = 768, h
             draw.line([x, y, min(x + 6, right), y], fill=(0, 0, 0), width=1)
         draw.text((left + 4, y - 12), f"delta {delta:.0e}", fill=(0, 0, 0), font=font)
     for s in series:
-        pts = [(px(k), py(v)) for k, v in enumerate(s.residual) if np.isfinite(v) and v > 0]
+        steps_drawn = [k for k, v in enumerate(s.residual) if np.isfinite(v) and v > 0]
+        pts = [(px(k), py(s.residual[k])) for k in steps_drawn]
         if len(pts) > 1:
             draw.line(pts, fill=s.color, width=2)
-        for x, y in pts:
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=s.color)
+        for k, (x, y) in zip(steps_drawn, pts, strict=True):
+            if s.predicted is not None and s.predicted[k]:
+                draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(255, 255, 255), outline=s.color, width=2)
+            else:
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=s.color)
+    if any(s.predicted is not None and s.predicted.any() for s in series):
+        draw.text((left + 4, bottom - 14), "hollow: residual predicted by the solver, not measured",
+                  fill=(0, 0, 0), font=font)
     draw.text((left, 10), "fixed-point residual (lines, log) and iterations (bars) per inversion step",
               fill=(0, 0, 0), font=font)
     draw.text((right - 40, top - 14), "iterations", fill=(120, 120, 120), font=font)

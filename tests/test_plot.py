@@ -37,6 +37,26 @@ def test_residual_plot_draws_each_series_as_a_curve_at_its_residuals():
     assert (ddim_last - ddim_first) / (spd_first - ddim_first) == pytest.approx(2 / 3, abs=0.03)
 
 
+def test_residual_plot_draws_a_predicted_residual_hollow_and_says_so():
+    """A step whose residual the solver predicted is a ring in the series' colour (white inside), a measured one a
+    filled dot; the plot names the hollow marks."""
+    steps, width, height = 4, 640, 400
+    predicted = np.array([False, False, True, False])
+    spd = Series("spdinv", np.full(steps, 1e-6), np.full(steps, 3), PALETTE[0], predicted)
+    img = render_residual_plot([spd], delta=5e-6, width=width, height=height)
+    plain = render_residual_plot([Series("spdinv", spd.residual, spd.iterations, PALETTE[0])], delta=5e-6,
+                                 width=width, height=height)
+    row = int(np.median(np.nonzero(np.abs(img.astype(int) - np.array(PALETTE[0])).sum(-1) < 10)[0]))
+
+    def centre(step: int) -> np.ndarray:
+        x = int(70 + (width - 50 - 70) * (step + 0.5) / steps)
+        return img[row - 1:row + 2, x - 1:x + 2].reshape(-1, 3)
+
+    assert (centre(2) == 255).all()  # the ring's inside
+    assert (np.abs(centre(1).astype(int) - np.array(PALETTE[0])).sum(-1) < 10).any()  # a filled dot
+    assert (img != plain).any(axis=-1)[height - 70:height - 50].sum() > 50  # the note under the curves
+
+
 def test_residual_plot_survives_missing_residuals():
     nan = Series("ddim (not measured)", np.full(5, np.nan), np.zeros(5), PALETTE[1])
     img = render_residual_plot([nan], delta=5e-6)
