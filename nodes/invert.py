@@ -103,12 +103,6 @@ class SPDInvInvert(io.ComfyNode):
                                        "pulls each step's noise prediction towards the clean latent by this much "
                                        "(its code: 1.0, with the adamw solver's paper settings). 0 = plain "
                                        "SPDInv."),
-                io.Boolean.Input("predicted_stop", default=True, optional=True,
-                                 tooltip="anderson only: accept a step's next iterate without the UNet pass that "
-                                         "would only verify it, when the residual predicted from the step's own "
-                                         "contraction is under the tolerance (one pass a step saved; the residual "
-                                         "recorded for such a step is the prediction). Off: every accepted latent "
-                                         "is evaluated."),
                 io.Conditioning.Input("negative", optional=True,
                                       tooltip="null_text only: the empty prompt (CLIPTextEncode with no text), "
                                               "whose embedding it tunes step by step. Connect the same one as the "
@@ -116,6 +110,13 @@ class SPDInvInvert(io.ComfyNode):
                 io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1, round=0.01, optional=True,
                                tooltip="null_text only: the guidance the edit will use (the tuned embeddings "
                                        "make the source retrace the inversion at this CFG; reference 7.5)."),
+                # Last: a saved workflow keeps its widget values by position.
+                io.Boolean.Input("predicted_stop", default=True, optional=True,
+                                 tooltip="anderson only: accept a step's next iterate without the UNet pass that "
+                                         "would only verify it, when the residual predicted from the step's own "
+                                         "contraction is under the tolerance (one pass a step saved; the residual "
+                                         "recorded for such a step is the prediction). Off: every accepted latent "
+                                         "is evaluated."),
             ],
             outputs=[
                 Inversion.Output(display_name="inversion",
