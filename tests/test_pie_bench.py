@@ -785,6 +785,22 @@ def test_servers_lacking_nodes_or_the_checkpoint_or_fp32_are_refused_by_name(tmp
             fake_run(pie_dir, tmp_path / "out", [gone])
 
 
+def at_once(run, fakes) -> list:
+    """``run(i, fake)`` for every fake server, each in its own thread at the same time (workers sharing a folder);
+    their results in order."""
+    results = [None] * len(fakes)
+
+    def worker(i: int, fake) -> None:
+        results[i] = run(i, fake)
+
+    threads = [threading.Thread(target=worker, args=(i, f)) for i, f in enumerate(fakes)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_shards_share_one_folder_take_only_their_items_and_resume_them(tmp_path):
     from spdinv_pack.benchmarks.pie.run import Shard, server_split
     from spdinv_pack.tests.fake_comfy import FakeComfy
@@ -792,16 +808,8 @@ def test_shards_share_one_folder_take_only_their_items_and_resume_them(tmp_path)
     pie_dir = pie_of(tmp_path / "pie", 7)
     out = tmp_path / "out"
     with FakeComfy("a") as a, FakeComfy("b") as b:
-        reports = [None, None]
-
-        def worker(i: int, fake) -> None:
-            reports[i] = fake_run(pie_dir, out, [fake], shard=Shard(i, 2), methods=(("ddim", "spdinv"), ("p2p",)))
-
-        threads = [threading.Thread(target=worker, args=(i, f)) for i, f in enumerate((a, b))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        reports = at_once(lambda i, fake: fake_run(pie_dir, out, [fake], shard=Shard(i, 2),
+                                                   methods=(("ddim", "spdinv"), ("p2p",))), (a, b))
         files = made(out)
         assert set(files) == {(m, f"{n:012d}") for m in ("ddim+p2p", "spdinv+p2p") for n in range(7)}
         by_a = {image_id for (_, image_id), maker in files.items() if maker == "a"}
@@ -820,16 +828,8 @@ def test_workers_on_the_same_items_never_replace_each_others_edits(tmp_path):
     pie_dir = pie_of(tmp_path / "pie", 6)
     out = tmp_path / "out"
     with FakeComfy("a") as a, FakeComfy("b") as b:
-        reports = [None, None]
-
-        def worker(i: int, fake) -> None:
-            reports[i] = fake_run(pie_dir, out, [fake], in_flight=1, methods=(("ddim",), ("masactrl",)))
-
-        threads = [threading.Thread(target=worker, args=(i, f)) for i, f in enumerate((a, b))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        reports = at_once(lambda i, fake: fake_run(pie_dir, out, [fake], in_flight=1,
+                                                   methods=(("ddim",), ("masactrl",))), (a, b))
     files = made(out)
     assert len(files) == 6 and reports[0].done + reports[1].done == 6  # each edit saved by one worker only
     assert reports[0].made_elsewhere + reports[1].made_elsewhere == 6
