@@ -1,4 +1,5 @@
-"""The equal-work benchmark's claim check: DDIM's curve interpolated at SPDInv's budgets, the margin judged there."""
+"""The equal-work benchmark's claim check: DDIM's curve interpolated at SPDInv's budgets, the margin judged there,
+and at every budget of a range for the best SPDInv point within it."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import math
 
 import pytest
 
-from spdinv_pack.benchmarks.bench_equal_work import check_margin, interpolate_log_x, verdict
+from spdinv_pack.benchmarks.bench_equal_work import (
+    baseline_at_budget,
+    best_within,
+    check_budgets,
+    check_margin,
+    interpolate_log_x,
+    verdict,
+)
 
 DDIM = [(10, 15.0), (1000, 35.0), (100, 25.0)]  # unsorted on purpose: PSNR 15, 25, 35 dB at 10, 100, 1000 rows
 
@@ -31,3 +39,45 @@ def test_margin_is_judged_against_the_interpolated_baseline():
     assert verdict(checks) is False
     assert verdict(checks[:1] + checks[2:]) is True
     assert verdict(checks[2:]) is None
+
+
+def test_best_within_a_budget_is_the_highest_psnr_at_or_under_it():
+    """Only points costing at most the budget count; the best of them wins, the cheaper on a tie."""
+    pts = [(14, 70.0), (22, 69.0), (41, 73.0), (30, 73.0)]
+    assert best_within(pts, 13) is None
+    assert best_within(pts, 22) == (14, 70.0)
+    assert best_within(pts, 41) == (30, 73.0)
+
+
+def test_baseline_at_a_budget_keeps_a_cheaper_point_that_did_better():
+    """Random weights can make more DDIM steps worse: the budget still buys the cheaper, better point."""
+    ddim = [(5, 17.0), (10, 15.0), (20, 16.5)]
+    assert baseline_at_budget(ddim, 10) == pytest.approx(17.0)
+    assert baseline_at_budget(ddim, 20) == pytest.approx(17.0)
+    assert baseline_at_budget(DDIM, 10**1.5) == pytest.approx(20.0)
+    assert baseline_at_budget(ddim, 21) is None
+
+
+def test_every_budget_is_judged_at_the_worst_case_of_each_stretch():
+    """With SPDInv points at 20 rows (44 dB) and 100 rows (60 dB) against DDIM 15 → 25 dB over 10 → 100 rows:
+    the budget just under 100 rows still has only the 44 dB point against DDIM's ~25 dB there, so it fails
+    although both points hold at their own rows; a budget below the first point fails for want of one."""
+    spd = [(20, 44.0), (100, 60.0)]
+    assert all(c["holds"] for c in check_margin(DDIM, spd, margin=20.0))
+    checks = check_budgets(DDIM, spd, 20.0, 10, 300)
+    by_budget = {c["budget"]: c for c in checks}
+    assert sorted(by_budget) == [10, 19, 20, 99, 100, 300]
+    assert by_budget[10]["holds"] is False and by_budget[10]["best_rows"] is None
+    assert by_budget[20]["holds"] is True and by_budget[20]["best_rows"] == 20
+    assert by_budget[99]["holds"] is False
+    assert by_budget[99]["gap_db"] == pytest.approx(44 - (15 + 10 * math.log10(9.9)))
+    assert by_budget[100]["holds"] is True
+    assert verdict(checks) is False
+    assert verdict(check_budgets(DDIM, spd + [(50, 70.0)], 20.0, 20, 300)) is True
+
+
+def test_budgets_beyond_the_baselines_rows_are_not_judged():
+    """The range's top is capped at DDIM's largest measured rows; a range wholly above it judges nothing."""
+    checks = check_budgets([(5, 10.0), (50, 20.0)], [(20, 45.0)], 20.0, 20, 300)
+    assert max(c["budget"] for c in checks) == 50
+    assert check_budgets([(5, 10.0), (10, 12.0)], [(20, 45.0)], 20.0, 20, 300) == []
