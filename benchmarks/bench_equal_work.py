@@ -228,6 +228,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                             "equal-work-<device>-<resolution>-<models>)")
     p.add_argument("--jobs", type=int, default=1,
                    help="models measured at once, each in its own process (default 1; memory: one model each)")
+    p.add_argument("--add-to", type=Path, metavar="REPORT",
+                   help="add the points measured now to a recorded report (its .json; same resolution and\n"
+                        "prompts), rejudge the claim and rewrite that report (or --out): more points without\n"
+                        "rerunning the recorded ones; the report lists every run that made it")
     p.add_argument("--part", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.points is None:
@@ -366,6 +370,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "so these are the worst cases)",
         "- per point: SPDInv − DDIM at that point's own rows (one setting at one step count; informative)",
         f"- {m['date']}: `{m['command']}`",
+        *(f"- points added {a['date']} at commit {(a['pack_git']['commit'] or 'unknown')[:12]}"
+          f"{' (uncommitted changes)' if a['pack_git']['dirty'] else ''}: `{a['command']}`"
+          for a in m.get("added", [])),
     ]
     for t in report["models"]:
         tm = t["meta"]
@@ -444,10 +451,11 @@ def render_plot(report: dict[str, Any]) -> Any:
     panels += [Panel(f"{t['title']}: edit background (outside centre)", lines(t, "background_psnr_db"), "PSNR dB")
                for t in tables]
     m = report["meta"]
+    runs = [m["pack_git"], *(a["pack_git"] for a in m.get("added", []))]
     return render_line_panels(panels, columns=len(tables), x_label="inversion UNet row evaluations (log)",
                               title=f"PSNR at equal work, {m['resolution']}x{m['resolution']}, commit "
-                                    f"{(m['pack_git']['commit'] or 'unknown')[:7]}"
-                                    + (" (uncommitted changes)" if m["pack_git"]["dirty"] else ""))
+                                    + " + ".join((g["commit"] or "unknown")[:7] for g in runs)
+                                    + (" (uncommitted changes)" if any(g["dirty"] for g in runs) else ""))
 
 
 def default_out(args: argparse.Namespace, device_kind: str, device: str) -> Path:
@@ -466,7 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.part.write_text(json.dumps(inv.json_safe(measure_model(args.models[0], args, cuda)), indent=1))
         return 0
     pack_git = inv.git_state(inv.ROOT)
-    tables: list[dict[str, Any]] = []
+    base = None if args.add_to is None else load_base(args)
+    tables: list[dict[str, Any]] = [] if base is None else list(base["models"])
+    order = [t["model"] for t in tables] + [k for k in args.models if k not in {t["model"] for t in tables}]
     with tempfile.TemporaryDirectory() as tmp:
         waiting, running = list(args.models), {}
         while waiting or running:
@@ -483,28 +493,62 @@ def main(argv: Sequence[str] | None = None) -> int:
             part, proc = running.pop(key)
             if proc.returncode:
                 raise SystemExit(f"bench_equal_work: the {key} process failed ({proc.returncode})")
-            table = json.loads(part.read_text())
-            for r in table["rows"]:
-                for k in ("recon_psnr_db", "background_psnr_db"):
-                    r[k] = math.inf if r[k] is None else r[k]  # json_safe wrote an exact match (inf) as null
+            table = with_infinities(json.loads(part.read_text()))
+            if base is not None:
+                table = merged(base, table)
             table["claim"] = claim_of(table, args.margin, args.budgets)
-            tables.append(table)
-            tables.sort(key=lambda t: args.models.index(t["model"]))
-            write_all(args, argv, pack_git, tables)  # after every model: a stopped run keeps the models done
+            tables = [t for t in tables if t["model"] != table["model"]] + [table]
+            tables.sort(key=lambda t: order.index(t["model"]))
+            write_all(args, argv, pack_git, tables, base)  # after every model: a stopped run keeps the models done
     return 0
 
 
+def with_infinities(table: dict[str, Any]) -> dict[str, Any]:
+    """A model's table as JSON holds it, with an exact reconstruction back to inf (``json_safe`` wrote null)."""
+    for r in table["rows"]:
+        for k in ("recon_psnr_db", "background_psnr_db"):
+            r[k] = math.inf if r[k] is None else r[k]
+    return table
+
+
+def load_base(args: argparse.Namespace) -> dict[str, Any]:
+    """The report ``--add-to`` names, checked to measure what this run measures (resolution, prompts)."""
+    path = args.add_to if args.add_to.suffix == ".json" else args.add_to.with_suffix(".json")
+    if not path.is_file():
+        raise SystemExit(f"bench_equal_work: --add-to {path} is not a file; give a report's .json")
+    base = json.loads(path.read_text())
+    m = base["meta"]
+    ours = {"resolution": args.resolution, "prompt": args.prompt, "target_prompt": args.target_prompt}
+    differ = [f"{k} {m.get(k)!r} there, {v!r} here" for k, v in ours.items() if m.get(k) != v]
+    if differ:
+        raise SystemExit(f"bench_equal_work: --add-to {path} measured something else ({'; '.join(differ)})")
+    for t in base["models"]:
+        with_infinities(t)
+    if args.out is None:
+        args.out = path.with_suffix("")
+    return base
+
+
+def merged(base: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
+    """``table``'s rows after the recorded rows of the same model in ``base`` (the recorded child meta kept)."""
+    old = next((t for t in base["models"] if t["model"] == table["model"]), None)
+    return table if old is None else {**old, "rows": old["rows"] + table["rows"]}
+
+
 def write_all(args: argparse.Namespace, argv: list[str], pack_git: dict[str, Any],
-              tables: list[dict[str, Any]]) -> None:
-    """The report of the models measured so far: JSON, Markdown and the PNG plot."""
-    first = tables[0]["meta"]
-    meta = {key: first[key] for key in ("device", "device_kind", "torch", "python", "comfyui_version",
-                                         "prompt", "target_prompt")}
-    meta.update(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), pack_git=pack_git,
-                resolution=args.resolution, margin_db=args.margin, budgets=list(args.budgets),
-                models=[t["model"] for t in tables],
-                points=[p.text for p in args.points],
-                command=shlex.join([Path(sys.argv[0]).name, *argv]))
+              tables: list[dict[str, Any]], base: dict[str, Any] | None = None) -> None:
+    """The report of the models measured so far: JSON, Markdown and the PNG plot. Added to ``base``, its meta is
+    the recorded one plus this run in ``added`` (date, commit, points, command)."""
+    run = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pack_git": pack_git,
+           "points": [p.text for p in args.points], "command": shlex.join([Path(sys.argv[0]).name, *argv])}
+    if base is None:
+        first = tables[0]["meta"]
+        meta = {key: first[key] for key in ("device", "device_kind", "torch", "python", "comfyui_version",
+                                             "prompt", "target_prompt")}
+        meta.update(run, resolution=args.resolution)
+    else:
+        meta = {**base["meta"], "added": [*base["meta"].get("added", []), run]}
+    meta.update(margin_db=args.margin, budgets=list(args.budgets), models=[t["model"] for t in tables])
     report = {"benchmark": "spdinv-equal-work", "format": 1, "meta": meta, "models": tables,
               "claim_holds": {t["model"]: t["claim"]["holds"] for t in tables}}
     out = args.out or default_out(args, meta["device_kind"], meta["device"])

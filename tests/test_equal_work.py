@@ -3,6 +3,7 @@ and at every budget of a range for the best SPDInv point within it."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -13,6 +14,9 @@ from spdinv_pack.benchmarks.bench_equal_work import (
     check_budgets,
     check_margin,
     interpolate_log_x,
+    load_base,
+    merged,
+    parse_args,
     verdict,
 )
 
@@ -81,3 +85,34 @@ def test_budgets_beyond_the_baselines_rows_are_not_judged():
     checks = check_budgets([(5, 10.0), (50, 20.0)], [(20, 45.0)], 20.0, 20, 300)
     assert max(c["budget"] for c in checks) == 50
     assert check_budgets([(5, 10.0), (10, 12.0)], [(20, 45.0)], 20.0, 20, 300) == []
+
+
+def _report(tmp_path, **meta):
+    row = {"method": "ddim", "label": "ddim", "steps": 5, "invert_row_evals": 5, "edit_row_evals": 15,
+           "recon_psnr_db": None, "background_psnr_db": 12.0}
+    report = {"meta": {"resolution": 128, "prompt": "a photo of a cat", "target_prompt": "a photo of a dog", **meta},
+              "models": [{"model": "sd3", "meta": {"checkpoint": "x"}, "rows": [row]}]}
+    path = tmp_path / "equal-work.json"
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_points_added_to_a_report_follow_its_rows_of_the_same_model(tmp_path):
+    """--add-to: the recorded rows stay first (an exact reconstruction read back as inf), the new rows follow, the
+    recorded model meta is kept; the report is rewritten where it lies unless --out says otherwise."""
+    args = parse_args(["--models", "sd3", "--points", "spdinv@3", "--add-to", str(_report(tmp_path))])
+    base = load_base(args)
+    assert args.out == tmp_path / "equal-work"
+    assert base["models"][0]["rows"][0]["recon_psnr_db"] == math.inf
+    new = {"model": "sd3", "meta": {"checkpoint": "y"}, "rows": [{"label": "spdinv", "steps": 3}]}
+    table = merged(base, new)
+    assert [r["label"] for r in table["rows"]] == ["ddim", "spdinv"] and table["meta"] == {"checkpoint": "x"}
+    assert merged(base, {**new, "model": "sd15"})["rows"] == new["rows"]
+
+
+def test_adding_to_a_report_of_another_measurement_is_refused_naming_the_difference(tmp_path):
+    args = parse_args(["--points", "spdinv@3", "--resolution", "256", "--add-to", str(_report(tmp_path))])
+    with pytest.raises(SystemExit, match="resolution 128 there, 256 here"):
+        load_base(args)
+    with pytest.raises(SystemExit, match="is not a file"):
+        load_base(parse_args(["--add-to", str(tmp_path / "missing.json")]))
