@@ -87,7 +87,11 @@ class InversionSettings:
     """Anderson: accept a step's next iterate without evaluating it when its residual, predicted as the last
     residual times the step's last measured contraction ratio (two evaluations of the same step), is under the
     tolerance. Saves the pass that would only verify it (the next step's warm start then uses the eps of the
-    last evaluated iterate); the recorded residual of such a step is the prediction (``predicted``). False:
+    last evaluated iterate); the recorded residual of such a step is the prediction (``predicted``). Likewise a
+    step that ``max_iters`` cuts short takes the proposal its last evaluation made where that is predicted better
+    than its best evaluated iterate (or after a single evaluation: the proposal is then one application of the
+    map, where the evaluated iterate is only the warm start, and the recorded residual is the evaluated
+    iterate's, a bound where the map contracts). Such steps are flagged ``predicted`` too. False:
     every accepted latent was evaluated."""
     min_progress: float = 2.0
     """Anderson: stop a step whose best residual fell by less than this factor over the last
@@ -263,7 +267,8 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
     each item's best iterate, whose residual was measured by the same evaluation that produced the next
     proposal, so the stopping test costs no extra forward; with ``predicted_stop`` an item whose next proposal
     is predicted under the tolerance (last residual times its last contraction ratio) accepts that proposal
-    without the evaluation that would only have verified it.
+    without the evaluation that would only have verified it, and an item cut short by ``max_iters`` takes its
+    last proposal where that is predicted better than its best evaluated iterate.
     """
     batch = z0.shape[0]
     view = (-1, *([1] * (z0.dim() - 1)))
@@ -289,7 +294,9 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
     """Each item's last contraction ratio ``res_k / res_(k-1)`` within this step (inf until measured)."""
     predicted = torch.zeros(batch, dtype=torch.bool, device=z.device)
     last_mapped = z + r
-    while not bool(done.all()) and evals < settings.max_iters:
+
+    def proposal() -> torch.Tensor:
+        """The Anderson step from ``z``: the mixed residual less the secant history's correction."""
         step = beta.view(view).to(z.dtype) * r
         if hist_dz and settings.memory > 0:
             dz = torch.stack([h.flatten(1) for h in hist_dz], dim=-1).double()
@@ -306,6 +313,10 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
             correction = (dr.mul_(beta.view(-1, 1, 1)).add_(dz) @ gamma).squeeze(-1)
             del dz, dr
             step = step - correction.view_as(z).to(z.dtype)
+        return step
+
+    while not bool(done.all()) and evals < settings.max_iters:
+        step = proposal()
         if settings.predicted_stop:
             accept = ~done & (res * ratio < thr)
             if bool(accept.any()):
@@ -351,6 +362,18 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
         best_history.append(best_res.clone())
         if settings.min_progress > 1 and len(best_history) > PROGRESS_WINDOW:
             done = done | (best_res * settings.min_progress > best_history[-1 - PROGRESS_WINDOW])
+    cut = ~done & torch.isfinite(res)
+    """Items still iterating when ``max_iters`` ran out."""
+    if settings.predicted_stop and bool(cut.any()):
+        # The last evaluation already proposed the next iterate; take it where it is predicted better than the
+        # best evaluated one, and after a single evaluation (the proposal is then one application of the map, the
+        # reference's guess, where the evaluated iterate is only the warm start, on the first step the clean latent).
+        guess = res * ratio
+        take = cut & ((guess < best_res) | (evals == 1))
+        if bool(take.any()):
+            best_z = torch.where(take.view(view), z + proposal(), best_z)
+            best_res = torch.where(take, torch.where(torch.isfinite(guess), guess, res), best_res)
+            predicted = predicted | take
     mapped = torch.where(predicted.view(view), last_mapped, best_z + best_r)
     return _StepOutcome(best_z, best_res, guess_res, evals, evals, 0, mapped, nonfinite, predicted)
 

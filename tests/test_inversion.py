@@ -189,6 +189,32 @@ def test_anderson_safeguard_recovers_from_a_diverging_map():
     assert accelerated.iterations < out.iterations
 
 
+def test_a_step_cut_short_by_max_iters_takes_its_last_proposal_where_it_is_predicted_better():
+    """On the contraction f(z) = 0.8 z + c (fixed point 5c) with one evaluation the step takes f(z0), one
+    application of the map, instead of the warm start it evaluated; cut after three it takes the proposal the
+    third evaluation made, whose true residual is below every evaluated iterate's; the recorded residual is flagged
+    as predicted. Without ``predicted_stop`` the best evaluated iterate is kept, as before."""
+    c = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+
+    def f(z: torch.Tensor, _items: torch.Tensor | None = None) -> torch.Tensor:
+        return 0.8 * z + c
+
+    def true_residual(z: torch.Tensor) -> float:
+        return float(mean_square(f(z) - z)[0])
+
+    z0 = torch.zeros_like(c)
+    one = _anderson(f, z0, InversionSettings(max_iters=1, delta=1e-12, memory=0))
+    assert torch.equal(one.latent, c) and bool(one.predicted[0])
+    assert torch.equal(one.mapped, f(z0))  # the eps handed on is the evaluated one's
+    kept = _anderson(f, z0, InversionSettings(max_iters=1, delta=1e-12, memory=0, predicted_stop=False))
+    assert torch.equal(kept.latent, z0) and not bool(kept.predicted[0])
+    cut = _anderson(f, z0, InversionSettings(max_iters=3, delta=1e-12, memory=0))
+    plain = _anderson(f, z0, InversionSettings(max_iters=3, delta=1e-12, memory=0, predicted_stop=False))
+    assert bool(cut.predicted[0]) and cut.iterations == plain.iterations == 3
+    assert true_residual(cut.latent) < 0.7 * true_residual(plain.latent)
+    assert float(cut.residual[0]) == pytest.approx(true_residual(cut.latent), rel=1e-3)
+
+
 def test_anderson_keeps_the_last_finite_iterate_when_the_map_blows_up():
     c = torch.ones(1, 4, 2, 2)
     calls = {"n": 0}
