@@ -374,20 +374,23 @@ def render_markdown(report: dict[str, Any]) -> str:
           f"{' (uncommitted changes)' if a['pack_git']['dirty'] else ''}: `{a['command']}`"
           for a in m.get("added", [])),
     ]
+    added = bool(m.get("added"))
+    """Points added by later runs: each row names the commit that measured it."""
     for t in report["models"]:
         tm = t["meta"]
         claim = t["claim"]
         by_label = {(c["label"], c["steps"]): c for c in claim["checks"]}
         lines += ["", f"## {t['title']} ({Path(tm['checkpoint']).name}, latent {tm['latent_shape']})", "",
                   "| method | steps | settings | inversion rows | edit rows | recon PSNR dB | background PSNR dB "
-                  "| DDIM at these rows dB | SPDInv − DDIM dB |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  "| DDIM at these rows dB | SPDInv − DDIM dB |" + (" commit |" if added else ""),
+                  "|---|---:|---|---:|---:|---:|---:|---:|---:|" + ("---|" if added else "")]
         for r in sorted(t["rows"], key=lambda r: (family(r["method"]) != "ddim", r["method"], r["invert_row_evals"])):
             c = by_label.get((r["label"], r["steps"]))
+            commit = (r.get("commit") or m["pack_git"]["commit"] or "unknown")[:7]
             lines.append(
                 f"| {r['label']} | {r['steps']} | {r['settings_text']} | {r['invert_row_evals']} "
                 f"| {r['edit_row_evals']} | {_db(r['recon_psnr_db'])} | {_db(r['background_psnr_db'])} "
-                f"| {_db(c and c['baseline_db'])} | {_db(c and c['gap_db'])} |")
+                f"| {_db(c and c['baseline_db'])} | {_db(c and c['gap_db'])} |" + (f" {commit} |" if added else ""))
         budget_checks = claim["budget_checks"]
         lines += ["", f"At every budget ({claim['budgets'][0]:g}–{claim['budgets'][1]:g} rows):", "",
                   "| budget rows | best SPDInv within it | its rows | recon PSNR dB | DDIM at the budget dB "
@@ -494,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if proc.returncode:
                 raise SystemExit(f"bench_equal_work: the {key} process failed ({proc.returncode})")
             table = with_infinities(json.loads(part.read_text()))
+            for r in table["rows"]:
+                r["commit"] = pack_git["commit"]
             if base is not None:
                 table = merged(base, table)
             table["claim"] = claim_of(table, args.margin, args.budgets)
@@ -530,9 +535,13 @@ def load_base(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def merged(base: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
-    """``table``'s rows after the recorded rows of the same model in ``base`` (the recorded child meta kept)."""
+    """``table``'s rows after the recorded rows of the same model in ``base`` (the recorded child meta kept); a
+    point measured again (same spec and steps) replaces its recorded row."""
     old = next((t for t in base["models"] if t["model"] == table["model"]), None)
-    return table if old is None else {**old, "rows": old["rows"] + table["rows"]}
+    if old is None:
+        return table
+    again = {(r["label"], r["steps"]) for r in table["rows"]}
+    return {**old, "rows": [r for r in old["rows"] if (r["label"], r["steps"]) not in again] + table["rows"]}
 
 
 def write_all(args: argparse.Namespace, argv: list[str], pack_git: dict[str, Any],

@@ -99,7 +99,8 @@ def _report(tmp_path, **meta):
 
 def test_points_added_to_a_report_follow_its_rows_of_the_same_model(tmp_path):
     """--add-to: the recorded rows stay first (an exact reconstruction read back as inf), the new rows follow, the
-    recorded model meta is kept; the report is rewritten where it lies unless --out says otherwise."""
+    recorded model meta is kept, a point measured again replaces its row; the report is rewritten where it lies
+    unless --out says otherwise."""
     args = parse_args(["--models", "sd3", "--points", "spdinv@3", "--add-to", str(_report(tmp_path))])
     base = load_base(args)
     assert args.out == tmp_path / "equal-work"
@@ -108,6 +109,8 @@ def test_points_added_to_a_report_follow_its_rows_of_the_same_model(tmp_path):
     table = merged(base, new)
     assert [r["label"] for r in table["rows"]] == ["ddim", "spdinv"] and table["meta"] == {"checkpoint": "x"}
     assert merged(base, {**new, "model": "sd15"})["rows"] == new["rows"]
+    again = {**new, "rows": [{"label": "ddim", "steps": 5, "recon_psnr_db": 30.0}]}
+    assert merged(base, again)["rows"] == again["rows"]  # a point measured again replaces its recorded row
 
 
 def test_adding_to_a_report_of_another_measurement_is_refused_naming_the_difference(tmp_path):
