@@ -115,8 +115,9 @@ class SPDInvInvert(io.ComfyNode):
                                  tooltip="anderson only: accept a step's next iterate without the UNet pass that "
                                          "would only verify it, when the residual predicted from the step's own "
                                          "contraction is under the tolerance (one pass a step saved; the residual "
-                                         "recorded for such a step is the prediction). Off: every accepted latent "
-                                         "is evaluated."),
+                                         "recorded for such a step is the prediction); a step max_iters cuts "
+                                         "short likewise takes its last proposal where it is predicted better. "
+                                         "Off: every accepted latent is evaluated."),
             ],
             outputs=[
                 Inversion.Output(display_name="inversion",
