@@ -253,7 +253,7 @@ def _threshold(settings: InversionSettings, guess_residual: torch.Tensor) -> tor
 
 
 def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
-              relaxation: float = 1.0) -> _StepOutcome:
+              relaxation: float = 1.0, start_is_guess: bool = True) -> _StepOutcome:
     """Forward-only Anderson-accelerated fixed-point iteration, per batch item.
 
     Type-II Anderson mixing over the last ``memory`` secant pairs, with mixing factor
@@ -269,6 +269,9 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
     is predicted under the tolerance (last residual times its last contraction ratio) accepts that proposal
     without the evaluation that would only have verified it, and an item cut short by ``max_iters`` takes its
     last proposal where that is predicted better than its best evaluated iterate.
+
+    ``rel_tol`` is relative to the residual of the DDIM guess: ``z0``'s, or, with ``start_is_guess`` false (the
+    first step, started from the clean latent), the second evaluation's, since ``f(z0)`` is that step's DDIM guess.
     """
     batch = z0.shape[0]
     view = (-1, *([1] * (z0.dim() - 1)))
@@ -340,6 +343,9 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
             hist_dz.pop(0)
             hist_dr.pop(0)
             valid_from = (valid_from - 1).clamp_min(0)
+        if not start_is_guess and evals == 2:
+            guess_res = torch.where(active.view(-1), res_new, guess_res)
+            thr = _threshold(settings, guess_res)
         improved = (res_new < best_res) & ~done
         best_z = torch.where(improved.view(view), z_new, best_z)
         best_r = torch.where(improved.view(view), r_new, best_r)
@@ -499,7 +505,7 @@ def invert(
             z0 = torch.where(finite_guess, z0, x * scale_b)
         if anderson:
             relaxation = step_relaxation(sigma_a, sigma_b, skip(sigma_b)) if settings.relax else 1.0
-            outcome = _anderson(f, z0, settings, relaxation)
+            outcome = _anderson(f, z0, settings, relaxation, start_is_guess=not warm or eps_accepted is not None)
         else:
             outcome = solve(f, z0, settings)
         nonfinite_steps += int(outcome.nonfinite and bool(finite_guess.all()))
