@@ -374,11 +374,11 @@ def _anderson(f: _FixedPointMap, z0: torch.Tensor, settings: InversionSettings,
         # The last evaluation already proposed the next iterate; take it where it is predicted better than the
         # best evaluated one, and after a single evaluation (the proposal is then one application of the map, the
         # reference's guess, where the evaluated iterate is only the warm start, on the first step the clean latent).
-        guess = res * ratio
-        take = cut & ((guess < best_res) | (evals == 1))
+        expected = res * ratio
+        take = cut & ((expected < best_res) | (evals == 1))
         if bool(take.any()):
             best_z = torch.where(take.view(view), z + proposal(), best_z)
-            best_res = torch.where(take, torch.where(torch.isfinite(guess), guess, res), best_res)
+            best_res = torch.where(take, torch.where(torch.isfinite(expected), expected, res), best_res)
             predicted = predicted | take
     mapped = torch.where(predicted.view(view), last_mapped, best_z + best_r)
     return _StepOutcome(best_z, best_res, guess_res, evals, evals, 0, mapped, nonfinite, predicted)
